@@ -1,0 +1,428 @@
+"""Reading, validating and splitting a cohort; the count matrix and its transforms.
+
+Input contract: an AnnData file (.h5ad) with one row per cell, raw UMI counts in ``layers['counts']``
+or in ``X`` (sparse or dense), a donor column and an age column in ``obs`` (names configurable;
+defaults ``donor_id`` / ``age``; the study's own file uses ``ID`` / ``Age``).
+
+Every check raises :class:`DataValidationError` with a one-line message that names the problem and
+the fix, and runs before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+__all__ = [
+    "DataValidationError",
+    "Cohort",
+    "load_h5ad",
+    "load_cohort",
+    "validate_obs",
+    "counts_matrix",
+    "is_count_matrix",
+    "require_counts",
+    "require_non_negative",
+    "log_normalize",
+    "SparseStandardScaler",
+    "donor_frame",
+    "split_donors",
+    "STUDY_SPLIT_FRACTIONS",
+    "file_sha256",
+]
+
+#: The study's donor proportions: 49 train, 9 validation, 11 test of 69 donors.
+STUDY_SPLIT_FRACTIONS = {"train": 49 / 69, "val": 9 / 69, "test": 11 / 69}
+SPLITS = ("train", "val", "test")
+#: Fewest donors we accept: two each for validation and test, five training donors for 5-fold CV.
+MIN_DONORS = 9
+
+
+class DataValidationError(ValueError):
+    """Input data the pipeline cannot use; the message says what is wrong and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and validating
+# --------------------------------------------------------------------------------------------------
+
+
+def load_h5ad(path, donor_key: str = "donor_id", age_key: str = "age"):
+    """Read an .h5ad into memory (the matrix stays sparse) and validate its donor and age columns."""
+    import anndata as ad
+
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"data file {path} does not exist: pass the path of an .h5ad file")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # h5py / anndata raise many types for a broken file
+        raise DataValidationError(
+            f"cannot read {path} as AnnData ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+            "pass an .h5ad written by anndata or scanpy"
+        ) from None
+    validate_obs(adata.obs, donor_key, age_key)
+    return adata
+
+
+def validate_obs(obs: pd.DataFrame, donor_key: str, age_key: str, min_donors: int = MIN_DONORS) -> None:
+    """Check the donor and age columns: present, ages numeric, finite, non-negative, one per donor."""
+    columns = list(map(str, obs.columns))
+    shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
+    for key, what, flag in ((donor_key, "donor", "donor_key"), (age_key, "age", "age_key")):
+        if key not in obs.columns:
+            raise DataValidationError(
+                f"obs has no {what} column '{key}' (columns: {shown or 'none'}): "
+                f"name the right column with {flag} (--{flag.replace('_', '-')})"
+            )
+    if len(obs) == 0:
+        raise DataValidationError("the data has no cells: pass a non-empty .h5ad")
+    donors = obs[donor_key]
+    if donors.isna().any():
+        raise DataValidationError(
+            f"{int(donors.isna().sum())} cells have no donor in obs['{donor_key}']: drop them or fill the column"
+        )
+    ages = pd.to_numeric(obs[age_key], errors="coerce")
+    bad = ages.isna() & obs[age_key].notna()
+    if bad.any():
+        example = obs[age_key][bad].iloc[0]
+        raise DataValidationError(
+            f"obs['{age_key}'] holds non-numeric ages (e.g. {example!r}): store ages in years as numbers"
+        )
+    if ages.isna().any():
+        donor = str(donors[ages.isna()].iloc[0])
+        raise DataValidationError(
+            f"donor {donor} has a missing age in obs['{age_key}']: fill it or drop the donor's cells"
+        )
+    if not np.isfinite(ages.to_numpy()).all():
+        donor = str(donors[~np.isfinite(ages.to_numpy())].iloc[0])
+        raise DataValidationError(f"donor {donor} has an infinite age in obs['{age_key}']: fix the value")
+    if (ages < 0).any():
+        row = ages[ages < 0]
+        donor = str(donors[row.index[0]])
+        raise DataValidationError(
+            f"donor {donor} has a negative age ({row.iloc[0]:g}) in obs['{age_key}']: ages must be years >= 0"
+        )
+    per_donor = pd.DataFrame({"donor": donors.astype(str).to_numpy(), "age": ages.to_numpy()})
+    n_ages = per_donor.groupby("donor")["age"].nunique()
+    if (n_ages > 1).any():
+        donor = n_ages[n_ages > 1].index[0]
+        found = sorted(per_donor.loc[per_donor["donor"] == donor, "age"].unique())[:3]
+        raise DataValidationError(
+            f"donor {donor} has more than one age ({', '.join(f'{a:g}' for a in found)}) in obs['{age_key}']: "
+            "give every cell of a donor the donor's age"
+        )
+    if len(n_ages) < min_donors:
+        raise DataValidationError(
+            f"only {len(n_ages)} donors in obs['{donor_key}']; the donor split needs at least {min_donors} "
+            "(5 training, 2 validation, 2 test): pass a cohort with more donors"
+        )
+
+
+def counts_matrix(adata) -> sp.csr_matrix:
+    """The raw count matrix as CSR float32: ``layers['counts']`` when present, else ``X``."""
+    X = adata.layers["counts"] if "counts" in getattr(adata, "layers", {}) else adata.X
+    if X is None:
+        raise DataValidationError("the AnnData has no matrix in X or layers['counts']: store the counts in X")
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float32)
+    else:
+        X = sp.csr_matrix(np.asarray(X, dtype=np.float32))
+    if X.nnz and not np.isfinite(X.data).all():
+        raise DataValidationError("the expression matrix holds NaN or infinite values: remove or fill them")
+    return X
+
+
+def is_count_matrix(X) -> bool:
+    """True when every stored value is a non-negative integer (raw UMI counts)."""
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if values.size == 0:
+        return True
+    return bool((values >= 0).all() and np.array_equal(values, np.round(values)))
+
+
+def require_counts(X, what: str = "this model") -> None:
+    """Raise unless ``X`` holds raw counts; ``what`` names who needs them in the message."""
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if values.size and (values < 0).any():
+        raise DataValidationError(
+            f"{what} needs raw UMI counts but the matrix has negative values (min {values.min():g}): "
+            "pass raw counts in X or layers['counts'], not scaled or log-normalised data"
+        )
+    if not is_count_matrix(X):
+        example = values[values != np.round(values)][0]
+        raise DataValidationError(
+            f"{what} needs raw UMI counts but the matrix has non-integer values (e.g. {example:g}): "
+            "pass raw counts in X or layers['counts'], or set allow_non_counts (--allow-non-counts) "
+            "to run only the models that accept any values"
+        )
+
+
+def require_non_negative(X, what: str = "this model") -> None:
+    """Raise unless every value of ``X`` is >= 0 (NMF and count transforms need it)."""
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if values.size and (values < 0).any():
+        raise DataValidationError(
+            f"{what} needs non-negative input but the matrix has negative values (min {values.min():g}): "
+            "pass raw counts or log-normalised counts, not z-scores"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Transforms (kept sparse)
+# --------------------------------------------------------------------------------------------------
+
+
+def log_normalize(X, target_sum: float = 1e4) -> sp.csr_matrix:
+    """Library-size normalise each cell to ``target_sum`` counts, then log1p; zeros stay zeros."""
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    X.data *= np.repeat(scale, np.diff(X.indptr)).astype(np.float32)
+    np.log1p(X.data, out=X.data)
+    return X
+
+
+class SparseStandardScaler:
+    """Per-gene z-scoring fitted on training rows without densifying the matrix.
+
+    Means and variances come from sparse sums, so fitting on 189k x 17k cells costs one pass over
+    the non-zeros; ``transform`` densifies only the rows it is given (a batch). Genes with zero
+    variance get scale 1 so they map to 0 rather than NaN.
+    """
+
+    def __init__(self, with_mean: bool = True, clip: float | None = None):
+        self.with_mean = with_mean
+        self.clip = clip
+
+    def fit(self, X) -> "SparseStandardScaler":
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("SparseStandardScaler.fit: no rows to fit on")
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+            mean = np.asarray(X.sum(axis=0), dtype=np.float64).ravel() / n
+            sq = np.asarray(X.multiply(X).sum(axis=0), dtype=np.float64).ravel() / n
+        else:
+            X = np.asarray(X, dtype=np.float64)
+            mean = X.mean(axis=0)
+            sq = (X**2).mean(axis=0)
+        var = np.maximum(sq - mean**2, 0.0)
+        scale = np.sqrt(var)
+        scale[scale == 0] = 1.0
+        self.mean_ = mean.astype(np.float32) if self.with_mean else np.zeros_like(mean, dtype=np.float32)
+        self.scale_ = scale.astype(np.float32)
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        dense = X.toarray() if sp.issparse(X) else np.asarray(X)
+        out = (dense.astype(np.float32, copy=False) - self.mean_) / self.scale_
+        if self.clip is not None:
+            np.clip(out, -self.clip, self.clip, out=out)
+        return out
+
+    def fit_transform(self, X) -> np.ndarray:
+        return self.fit(X).transform(X)
+
+
+# --------------------------------------------------------------------------------------------------
+# Donors and the split
+# --------------------------------------------------------------------------------------------------
+
+
+def donor_frame(obs: pd.DataFrame, donor_key: str, age_key: str) -> pd.DataFrame:
+    """One row per donor: ``donor_id``, ``age``, ``n_cells`` (and ``sex`` when obs has it)."""
+    frame = pd.DataFrame(
+        {"donor_id": obs[donor_key].astype(str).to_numpy(), "age": pd.to_numeric(obs[age_key]).to_numpy()}
+    )
+    extra = [c for c in ("sex", "Sex") if c in obs.columns]
+    if extra:
+        frame["sex"] = obs[extra[0]].astype(str).to_numpy()
+    agg = {"age": ("age", "first"), "n_cells": ("age", "size")}
+    if extra:
+        agg["sex"] = ("sex", "first")
+    return frame.groupby("donor_id", sort=True).agg(**agg).reset_index()
+
+
+def _study_split(donors: pd.DataFrame) -> pd.Series | None:
+    """The study's own split when these donors are the study's cohort (same ids and ages)."""
+    from .simulate import load_paper_cohort
+
+    study = load_paper_cohort().set_index("donor_id")
+    if not set(donors["donor_id"]).issubset(study.index):
+        return None
+    ages = study.loc[donors["donor_id"], "age"].to_numpy(dtype=float)
+    if not np.allclose(ages, donors["age"].to_numpy(dtype=float)):
+        return None
+    split = study.loc[donors["donor_id"], "split"]
+    if set(split) != set(SPLITS):
+        return None  # a subset of the study that lost a split: fall back to a fresh split
+    return pd.Series(split.to_numpy(), index=donors["donor_id"].to_numpy(), name="split")
+
+
+def _stratified_split(donors: pd.DataFrame, seed: int) -> pd.Series:
+    """Age-stratified random split with the study's proportions.
+
+    Donors are sorted by age and cut into as many consecutive strata as there are test donors; one
+    test donor is drawn from each stratum, then the same for validation among the rest. Test and
+    validation donors therefore span the age range, as in the study's age-bin x sex stratification.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(donors)
+    n_test = max(2, int(round(n * STUDY_SPLIT_FRACTIONS["test"])))
+    n_val = max(2, int(round(n * STUDY_SPLIT_FRACTIONS["val"])))
+    order = donors.assign(_tie=rng.random(n)).sort_values(["age", "_tie"])["donor_id"].to_list()
+    split = dict.fromkeys(order, "train")
+    for name, k in (("test", n_test), ("val", n_val)):
+        remaining = [d for d in order if split[d] == "train"]
+        for stratum in np.array_split(np.arange(len(remaining)), k):
+            split[remaining[int(rng.choice(stratum))]] = name
+    return pd.Series(split, name="split").loc[donors["donor_id"].to_numpy()]
+
+
+def split_donors(donors: pd.DataFrame, seed: int = 0, use_study_split: bool = True) -> pd.Series:
+    """Assign every donor to ``train``, ``val`` or ``test`` (index: donor id).
+
+    The study's split is used when the donors are the study's cohort (as in the simulated default
+    and in the study's own file); any other cohort gets an age-stratified split by ``seed`` with the
+    study's proportions (49/9/11 of 69). A donor is in exactly one split.
+    """
+    if len(donors) < MIN_DONORS:
+        raise DataValidationError(
+            f"only {len(donors)} donors; the donor split needs at least {MIN_DONORS}: pass a larger cohort"
+        )
+    if use_study_split:
+        study = _study_split(donors)
+        if study is not None:
+            return study
+    return _stratified_split(donors, seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# The cohort a chapter works on
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cohort:
+    """A validated dataset with its donor split, in the names the models use.
+
+    ``X`` holds raw counts (CSR float32) when ``is_counts``; otherwise the values as given.
+    Per-cell arrays: ``donors`` (str), ``ages`` (float), ``split`` ('train'/'val'/'test').
+    """
+
+    adata: object
+    X: sp.csr_matrix
+    donors: np.ndarray
+    ages: np.ndarray
+    split: np.ndarray
+    donor_table: pd.DataFrame
+    is_counts: bool
+    donor_key: str = "donor_id"
+    age_key: str = "age"
+    split_source: str = "study"
+    gene_names: np.ndarray = field(default=None)
+
+    def mask(self, *splits: str) -> np.ndarray:
+        """Boolean mask of the cells whose donor is in any of ``splits``."""
+        unknown = set(splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; use {SPLITS}")
+        return np.isin(self.split, splits)
+
+    def normalized(self, target_sum: float = 1e4) -> sp.csr_matrix:
+        """log1p(CP10k) of the counts; values that are not counts are returned as given."""
+        return log_normalize(self.X, target_sum) if self.is_counts else self.X
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def n_donors(self) -> int:
+        return int(len(self.donor_table))
+
+
+def load_cohort(
+    adata_or_path,
+    donor_key: str = "donor_id",
+    age_key: str = "age",
+    seed: int = 0,
+    allow_non_counts: bool = False,
+) -> Cohort:
+    """Load (if a path), validate and split a cohort.
+
+    Raises :class:`DataValidationError` on missing columns, bad ages, too few donors, NaN values,
+    and values that are not raw counts (unless ``allow_non_counts``: the count models then skip).
+    """
+    adata = load_h5ad(adata_or_path, donor_key, age_key) if isinstance(adata_or_path, (str, os.PathLike)) else adata_or_path
+    validate_obs(adata.obs, donor_key, age_key)
+    X = counts_matrix(adata)
+    if X.shape[1] == 0:
+        raise DataValidationError("the data has no genes: pass an .h5ad with a non-empty expression matrix")
+    counts = is_count_matrix(X)
+    if not counts and not allow_non_counts:
+        require_counts(X, "NeuroAge (which library-size normalises the data)")
+    donors = donor_frame(adata.obs, donor_key, age_key)
+    split = split_donors(donors, seed=seed)
+    study = _study_split(donors) is not None
+    donors["split"] = split.loc[donors["donor_id"]].to_numpy()
+    cell_donors = adata.obs[donor_key].astype(str).to_numpy()
+    return Cohort(
+        adata=adata,
+        X=X,
+        donors=cell_donors,
+        ages=pd.to_numeric(adata.obs[age_key]).to_numpy(dtype=float),
+        split=split.loc[cell_donors].to_numpy().astype(str),
+        donor_table=donors,
+        is_counts=counts,
+        donor_key=donor_key,
+        age_key=age_key,
+        split_source="study" if study else f"age-stratified (seed {seed})",
+        gene_names=np.asarray(adata.var_names).astype(str),
+    )
+
+
+def file_sha256(path, cache_dir=None) -> str:
+    """SHA-256 of a file.
+
+    With ``cache_dir`` the digest is remembered there by (path, size, mtime), so a multi-GB file is
+    hashed once; nothing is ever written beside the user's data.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = None
+    if cache_dir is not None:
+        memo = Path(cache_dir) / (hashlib.sha1(str(path).encode()).hexdigest() + ".json")
+        try:
+            saved = json.loads(memo.read_text())
+            if all(saved.get(k) == v for k, v in key.items()):
+                return saved["sha256"]
+        except (OSError, ValueError, KeyError):
+            pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    if memo is not None:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({**key, "sha256": value}))
+            os.replace(tmp, memo)
+        except OSError:
+            pass  # an unwritable cache: hashing again next time is fine
+    return value

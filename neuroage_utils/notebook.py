@@ -1,0 +1,202 @@
+"""What every chapter notebook does first and last.
+
+A chapter opens with ``chapter = Chapter("svd", data_path=..., profile=..., ...)``: that resolves the
+dataset (the simulated cohort of the profile when ``data_path`` is empty), validates and splits it,
+and holds the chapter's parameters. It closes with ``chapter.finish()``, which writes
+``results/<section>.json`` atomically. Between the two the notebook calls model functions and adds
+their donor tables with ``chapter.add(...)``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import evaluate, profiles, results
+from .data import Cohort, file_sha256, load_cohort
+
+__all__ = ["Chapter", "simulated_path", "ensure_simulated", "glue", "default_out_dir"]
+
+
+def default_out_dir() -> Path:
+    """The repository root when run from a checkout, else the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "_toc.yml").exists() else Path.cwd()
+
+
+def simulated_path(profile: str, seed: int, out_dir) -> Path:
+    """Where the simulated cohort of ``profile`` and ``seed`` is cached."""
+    return Path(out_dir) / "data" / f"simulated-{profile}-seed{seed}.h5ad"
+
+
+def ensure_simulated(profile: str, seed: int, out_dir, progress: bool = False) -> Path:
+    """Simulate the profile's cohort once and cache it as .h5ad (written atomically)."""
+    path = simulated_path(profile, seed, out_dir)
+    if path.exists():
+        return path
+    from .simulate import simulate_cohort
+
+    params = profiles.section_params(profile, "simulate")
+    adata = simulate_cohort(seed=seed, progress=progress, **params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        adata.write_h5ad(tmp, compression=None)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def glue(name: str, value, display: bool = False):
+    """myst-nb ``glue`` that also works outside Jupyter Book (e.g. under plain papermill)."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # pragma: no cover - myst-nb is in requirements
+        return value
+    _glue(name, value, display=display)
+    return value
+
+
+class Chapter:
+    """One executed chapter: its data, its parameters, the models it scored, and its results file."""
+
+    def __init__(
+        self,
+        section: str,
+        data_path: str | None = None,
+        profile: str = "quick",
+        device: str = "auto",
+        seed: int = 0,
+        donor_key: str = "donor_id",
+        age_key: str = "age",
+        out_dir: str | None = None,
+        allow_non_counts: bool = False,
+    ):
+        self.started = time.perf_counter()
+        self.section = section
+        self.profile = profile
+        self.seed = int(seed)
+        self.device_request = device
+        self.out_dir = Path(out_dir) if out_dir else default_out_dir()
+        self.params = profiles.section_params(profile, section)
+        if data_path:
+            path = Path(data_path)
+        else:
+            path = ensure_simulated(profile, self.seed, self.out_dir)
+            donor_key, age_key = "donor_id", "age"  # the simulator's own column names
+        self.data_path = path
+        self.cohort: Cohort = load_cohort(
+            path, donor_key=donor_key, age_key=age_key, seed=self.seed, allow_non_counts=allow_non_counts
+        )
+        uns = self.cohort.adata.uns
+        self.simulated = "simulation" in uns
+        self.data = {
+            "path": str(path),
+            "sha256": file_sha256(path, cache_dir=self.out_dir / ".cache" / "sha256"),
+            "simulated": bool(self.simulated),
+            "n_cells": self.cohort.n_cells,
+            "n_genes": self.cohort.n_genes,
+            "n_donors": self.cohort.n_donors,
+        }
+        self.models: dict = {}
+        self.extra_params: dict = {}
+        np.random.seed(self.seed)
+
+    # -- devices -------------------------------------------------------------------------------
+    @property
+    def device(self):
+        """The torch device this chapter trains on (``auto``: CUDA when present)."""
+        from .train import resolve_device
+
+        return resolve_device(self.device_request)
+
+    # -- what the page says about its data ----------------------------------------------------
+    def data_summary(self) -> str:
+        """One Markdown paragraph naming the data this page ran on."""
+        d = self.data
+        if self.simulated:
+            origin = (
+                f"the **simulated cohort** built on the study's 69 real donors (profile `{self.profile}`, "
+                f"seed {self.seed}; not the study's access-controlled data)"
+            )
+        else:
+            origin = f"**`{Path(d['path']).name}`** (user data)"
+        kind = "raw UMI counts" if self.cohort.is_counts else "values that are not counts (count models skipped)"
+        return (
+            f"This page ran on {origin}: {d['n_cells']:,} cells x {d['n_genes']:,} genes from "
+            f"{d['n_donors']} donors, {kind}; donor split: {self.cohort.split_source}; "
+            f"file SHA-256 `{d['sha256'][:12]}`."
+        )
+
+    def show_data_summary(self):
+        from IPython.display import Markdown, display
+
+        text = self.data_summary()
+        glue(f"{self.section}_data_summary", Markdown(text), display=False)
+        display(Markdown(text))
+        return text
+
+    # -- scored models -------------------------------------------------------------------------
+    def add(self, key: str, table: pd.DataFrame, split: str, **extra) -> dict:
+        """Score a donor table (see :func:`evaluate.donor_table`) and record it under ``key``."""
+        entry = evaluate.model_entry(table, split, seed=self.seed, **extra)
+        self.models[key] = entry
+        return entry
+
+    def add_cells(self, key: str, cell_pred, mask, split: str, **extra) -> dict:
+        """Average cell predictions of the cells in ``mask`` per donor, then :meth:`add`."""
+        c = self.cohort
+        table = evaluate.donor_table(cell_pred, c.donors[mask], c.ages[mask])
+        return self.add(key, table, split, **extra)
+
+    def add_null(self, split: str, train_splits=("train",), key: str = "null") -> dict:
+        """The null model: the mean age of the training donors, for every donor of ``split``."""
+        c = self.cohort
+        train = c.donor_table[c.donor_table["split"].isin(train_splits)]
+        evald = c.donor_table[c.donor_table["split"] == split]
+        table = evaluate.null_table(train["age"], evald["donor_id"], evald["age"])
+        return self.add(key, table, split, trained_on=list(train_splits))
+
+    def skip(self, key: str, reason: str) -> dict:
+        self.models[key] = evaluate.skipped_entry(reason)
+        return self.models[key]
+
+    def scores(self) -> pd.DataFrame:
+        """The models scored so far, one row each: key, split, MAE, 95% CI, r, donors."""
+        rows = []
+        for key, e in self.models.items():
+            if "skipped" in e:
+                rows.append({"model": key, "split": "-", "MAE": np.nan, "95% CI": "skipped: " + e["skipped"], "r": np.nan, "donors": 0})
+                continue
+            lo, hi = e["mae_ci95"]
+            rows.append(
+                {"model": key, "split": e["split"], "MAE": round(e["mae"], 2), "95% CI": f"{lo:.1f}-{hi:.1f}",
+                 "r": np.nan if e["r"] is None else round(e["r"], 2), "donors": e["n_donors"]}
+            )
+        return pd.DataFrame(rows)
+
+    # -- the end -------------------------------------------------------------------------------
+    @property
+    def runtime_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def finish(self, **extra_params) -> Path:
+        """Write ``results/<section>.json`` (atomically) and return its path."""
+        params = {
+            **self.params,
+            **self.extra_params,
+            **extra_params,
+            "seed": self.seed,
+            "device": str(self.device_request),
+            "donor_key": self.cohort.donor_key,
+            "age_key": self.cohort.age_key,
+            "split_source": self.cohort.split_source,
+        }
+        return results.write_results(
+            self.out_dir, self.section, self.data, self.profile, params, self.runtime_s, self.models
+        )

@@ -1,0 +1,73 @@
+"""Figure styles shared by every chapter."""
+
+from __future__ import annotations
+
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+AGE_CMAP = "viridis"
+SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
+
+
+def set_style() -> None:
+    """The book's look: seaborn's ticks style, readable sizes, no top/right spines."""
+    import seaborn as sns
+
+    sns.set_theme(style="ticks", context="notebook", font_scale=0.95)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "axes.spines.top": False,
+                         "axes.spines.right": False})
+
+
+def predicted_vs_true(table: pd.DataFrame, title: str = "", ax=None, entry: dict | None = None):
+    """Predicted vs true donor age with the least-squares line, the identity and MAE / r in the panel.
+
+    ``table`` is a donor table (``age``, ``predicted``); ``entry`` (a results entry) adds the CI.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 4.0))
+    x = table["age"].to_numpy(float)
+    y = table["predicted"].to_numpy(float)
+    ax.scatter(x, y, s=36, color="#4C72B0", edgecolor="white", linewidth=0.6, zorder=3)
+    lo, hi = min(x.min(), y.min()) - 3, max(x.max(), y.max()) + 3
+    ax.plot([lo, hi], [lo, hi], ls="--", color="0.6", lw=1, label="identity")
+    if len(x) > 1 and np.std(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        grid = np.array([lo, hi])
+        ax.plot(grid, slope * grid + intercept, color="#C44E52", lw=1.5, label="regression")
+    mae = np.mean(np.abs(y - x))
+    r = np.corrcoef(x, y)[0, 1] if np.std(y) > 0 else float("nan")
+    text = f"MAE {mae:.2f} y\nr = {r:.2f}\n{len(x)} donors"
+    if entry is not None and "mae_ci95" in entry:
+        text = f"MAE {mae:.2f} y [{entry['mae_ci95'][0]:.1f}, {entry['mae_ci95'][1]:.1f}]\nr = {r:.2f}\n{len(x)} donors"
+    ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.8"})
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="true age (years)", ylabel="predicted age (years)", title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    return ax
+
+
+def loss_curves(history: pd.DataFrame, columns, ax=None, title: str = "", logy: bool = False):
+    """Training curves from a per-epoch history table."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    for col in columns:
+        if col in history:
+            ax.plot(history.index if "epoch" not in history else history["epoch"], history[col], label=col)
+    ax.set(xlabel="epoch", title=title)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def scores_table(rows: pd.DataFrame, paper_col: str | None = None):
+    """A styled scores table: the best MAE of ours in bold; the paper's column greyed."""
+    styler = rows.style.format(precision=2, na_rep="-")
+    if "MAE" in rows:
+        styler = styler.highlight_min(subset=["MAE"], props="font-weight: bold")
+    if paper_col and paper_col in rows:
+        styler = styler.set_properties(subset=[paper_col], **{"color": "#777777"})
+    return styler.hide(axis="index")

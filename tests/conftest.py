@@ -1,0 +1,45 @@
+"""Shared fixtures: small AnnData cohorts written to temporary .h5ad files."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+
+def make_adata(n_donors=12, cells_per_donor=15, n_genes=30, seed=0, donor_key="donor_id", age_key="age",
+               counts=True):
+    """A tiny cohort with counts and one age per donor; genes 0-4 rise with age."""
+    rng = np.random.default_rng(seed)
+    ages = np.linspace(25, 90, n_donors).round()
+    donors = np.repeat([f"D{i:02d}" for i in range(n_donors)], cells_per_donor)
+    cell_ages = np.repeat(ages, cells_per_donor)
+    rate = np.full((len(donors), n_genes), 2.0)
+    rate[:, :5] *= np.exp((cell_ages[:, None] - 55) / 40)
+    X = rng.poisson(rate).astype(np.float32)
+    if not counts:
+        X = np.log1p(X) + 0.01
+    obs = pd.DataFrame({donor_key: donors, age_key: cell_ages}, index=[f"c{i}" for i in range(len(donors))])
+    var = pd.DataFrame(index=[f"G{i}" for i in range(n_genes)])
+    return ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=var)
+
+
+@pytest.fixture
+def tiny_adata():
+    return make_adata()
+
+
+@pytest.fixture
+def h5ad_path(tmp_path):
+    def write(adata, name="cohort.h5ad"):
+        path = tmp_path / name
+        adata.write_h5ad(path)
+        return path
+
+    return write
