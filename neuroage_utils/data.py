@@ -36,6 +36,7 @@ __all__ = [
     "split_donors",
     "STUDY_SPLIT_FRACTIONS",
     "file_sha256",
+    "subsample_cells",
 ]
 
 #: The study's donor proportions: 49 train, 9 validation, 11 test of 69 donors.
@@ -392,6 +393,22 @@ def load_cohort(
         split_source="study" if study else f"age-stratified (seed {seed})",
         gene_names=np.asarray(adata.var_names).astype(str),
     )
+
+
+def subsample_cells(mask: np.ndarray, max_cells: int | None, seed: int = 0) -> np.ndarray:
+    """At most ``max_cells`` of the cells in boolean ``mask``, drawn uniformly without replacement.
+
+    Keeps a fit affordable on a CPU; every donor keeps its share of cells on average.
+    ``max_cells=None`` returns the mask unchanged.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if max_cells is None or mask.sum() <= max_cells:
+        return mask
+    rng = np.random.default_rng(seed)
+    keep = rng.choice(np.flatnonzero(mask), size=int(max_cells), replace=False)
+    out = np.zeros_like(mask)
+    out[keep] = True
+    return out
 
 
 def file_sha256(path, cache_dir=None) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "model_entry",
     "null_table",
     "skipped_entry",
+    "table_from_donor_predictions",
 ]
 
 
@@ -118,3 +119,16 @@ def null_table(train_donor_ages: Iterable[float], eval_donors, eval_ages) -> pd.
 def skipped_entry(reason: str) -> dict:
     """The results-contract entry of a model that cannot run on this input."""
     return {"skipped": str(reason)}
+
+
+def table_from_donor_predictions(predicted: pd.Series, donors: pd.DataFrame) -> pd.DataFrame:
+    """A donor table from one prediction per donor (pseudobulk-style clocks).
+
+    ``predicted`` is indexed by donor id; ``donors`` has ``donor_id`` and ``age`` columns.
+    """
+    ages = donors.set_index("donor_id")["age"]
+    missing = set(predicted.index.astype(str)) - set(ages.index.astype(str))
+    if missing:
+        raise ValueError(f"predictions for unknown donors: {sorted(missing)[:3]}")
+    ids = predicted.index.astype(str)
+    return donor_table(predicted.to_numpy(), ids, ages.loc[ids].to_numpy())

@@ -104,6 +104,8 @@ class Chapter:
             "n_donors": self.cohort.n_donors,
         }
         self.models: dict = {}
+        self.fitted: dict = {}
+        self.cell_predictions: dict = {}
         self.extra_params: dict = {}
         np.random.seed(self.seed)
 
@@ -161,6 +163,45 @@ class Chapter:
         evald = c.donor_table[c.donor_table["split"] == split]
         table = evaluate.null_table(train["age"], evald["donor_id"], evald["age"])
         return self.add(key, table, split, trained_on=list(train_splits))
+
+    def fit_score(self, key: str, model, X, fit=("train",), on: str = "val", **extra) -> dict:
+        """Fit ``model`` on the cells of the ``fit`` splits, score it on the donors of ``on``.
+
+        ``model`` follows the regressor protocol of this package: ``fit(X, ages, donors=...)`` and
+        ``predict(X) -> ages``. The entry records the splits it was trained on; the fitted model
+        is kept in ``self.fitted[key]`` and the cell predictions in ``self.cell_predictions[key]``.
+        """
+        c = self.cohort
+        train, evaluate_on = c.mask(*fit), c.mask(on)
+        model.fit(X[train], c.ages[train], donors=c.donors[train])
+        pred = model.predict(X[evaluate_on])
+        self.fitted[key] = model
+        self.cell_predictions[key] = pred
+        return self.add_cells(key, pred, evaluate_on, on, trained_on=list(fit), **extra)
+
+    def vae(self, likelihood: str, config: dict, key: str, **extra):
+        """A :class:`~neuroage_utils.models.vae.VAEAgeRegressor` for one row of a tuning table.
+
+        ``config`` holds the row (``hidden``, ``latent``, ``age_hidden``, ``dropout``, ``epochs``);
+        the optimiser and schedules come from the chapter's profile (Adam, batch size, cyclical KL,
+        cosine warm restarts), and the model checkpoints under ``key``.
+        """
+        from .models.vae import VAEAgeRegressor
+
+        P = self.params
+        return VAEAgeRegressor(
+            likelihood=likelihood, hidden=config["hidden"], latent=config["latent"],
+            age_hidden=config["age_hidden"], dropout=config["dropout"], epochs=config["epochs"],
+            lr=P["lr"], batch_size=P["batch_size"], kl_schedule="cyclical", kl_cycle=P["kl_cycle"],
+            lr_schedule="cosine_warm_restarts", T_0=P["t0"], log_normalize=self.cohort.is_counts,
+            device=self.device_request, seed=self.seed, checkpoint_path=self.checkpoint(key),
+            checkpoint_every=P["checkpoint_every"], **extra,
+        )
+
+    def checkpoint(self, key: str) -> Path:
+        """Where model ``key`` of this chapter checkpoints; tied to the data so a checkpoint
+        trained on other data is never resumed."""
+        return self.out_dir / "checkpoints" / self.data["sha256"][:16] / self.section / f"{key}.pt"
 
     def skip(self, key: str, reason: str) -> dict:
         self.models[key] = evaluate.skipped_entry(reason)

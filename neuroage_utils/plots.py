@@ -71,3 +71,53 @@ def scores_table(rows: pd.DataFrame, paper_col: str | None = None):
     if paper_col and paper_col in rows:
         styler = styler.set_properties(subset=[paper_col], **{"color": "#777777"})
     return styler.hide(axis="index")
+
+
+BLOCK_COLORS = {"encoder": "#4C72B0", "mu_head": "#8172B3", "var_head": "#8172B3", "decoder": "#55A868",
+                "age_head": "#C44E52", "likelihood": "#937860", "input_transform": "#999999"}
+
+
+def architecture_figure(layers: pd.DataFrame, title: str = ""):
+    """Draw a network from its layer table (``models.vae.layer_table``): one bar per Linear layer,
+    its height the log of its width, grouped and coloured by block; the age head branches off the
+    encoder's latent layer. Built from the module itself, so it cannot drift from the code.
+    """
+    linear = layers[layers["type"] == "Linear"].reset_index(drop=True)
+    main = linear[linear["block"].isin(["encoder", "mu_head", "decoder"])]
+    age = linear[linear["block"] == "age_head"]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    heights = lambda w: 0.4 + np.log10(float(w))  # noqa: E731 - the log keeps 17,658 and 20 on one page
+
+    def bar(x, y0, width_units, label, color, note=""):
+        h = heights(width_units)
+        ax.add_patch(plt.Rectangle((x - 0.3, y0 - h / 2), 0.6, h, color=color, alpha=0.85))
+        ax.text(x, y0 + h / 2 + 0.08, f"{int(width_units):,}", ha="center", va="bottom", fontsize=8)
+        if note:
+            ax.text(x, y0 - h / 2 - 0.1, note, ha="center", va="top", fontsize=7, color="0.3")
+
+    x = 0
+    first = main.iloc[0]
+    bar(x, 0, first["in"], "input", BLOCK_COLORS["input_transform"], "genes")
+    positions = {}
+    for row in main.itertuples(index=False):
+        x += 1
+        note = {"encoder": "enc", "mu_head": "mu / var", "decoder": "dec"}[row.block]
+        bar(x, 0, row.out, row.name, BLOCK_COLORS[row.block], note)
+        positions[row.name] = x
+        ax.annotate("", xy=(x - 0.32, 0), xytext=(x - 0.68, 0), arrowprops={"arrowstyle": "->", "color": "0.5"})
+    last_encoder = max(v for k, v in positions.items() if k.startswith("encoder"))
+    ax_x, y_age = last_encoder, -3.1
+    for i, row in enumerate(age.itertuples(index=False)):
+        bar(ax_x + i, y_age, row.out, row.name, BLOCK_COLORS["age_head"], "age" if i == len(age) - 1 else "")
+    ax.annotate("", xy=(ax_x, y_age + heights(age.iloc[0]["out"]) / 2 + 0.05), xytext=(ax_x, -heights(main.iloc[len(main[main['block']=='encoder'])-1]["out"]) / 2),
+                arrowprops={"arrowstyle": "->", "color": "#C44E52"})
+    likelihood = layers.loc[layers["block"] == "likelihood", "type"]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=BLOCK_COLORS[b]) for b in ("encoder", "mu_head", "decoder", "age_head")]
+    ax.legend(handles, ["encoder (Linear-BN-ReLU)", "latent mean / variance", "decoder",
+                        "age head (Linear-BN-ReLU-Dropout)"], loc="lower right", fontsize=8, frameon=False)
+    ax.set_xlim(-0.8, x + 0.8)
+    ax.set_ylim(-4.6, 3.0)
+    ax.axis("off")
+    sub = f"reconstruction: {likelihood.iloc[0]}" if len(likelihood) else ""
+    ax.set_title(f"{title}\n{sub}" if title else sub, fontsize=10)
+    return fig

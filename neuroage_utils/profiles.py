@@ -74,6 +74,7 @@ def _profile(cells, genes, min_cells, width, vae_width, epochs, vae_epochs, mlp_
             "early_stopping": None,
         },
         "nmf": {
+            "input": "raw",  # the paper factorises raw counts; "log1p" uses log-normalised counts
             "n_components": nmf_k,
             "max_iter": nmf_iter,
             "mlp": {"hidden": [max(4, int(round(5000 * width)))] * 3, "lr": 1e-3},
