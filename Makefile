@@ -17,6 +17,7 @@ $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -31,7 +32,7 @@ test: venv
 	$(PY) -m pytest
 
 bench: venv
-	$(PY) bench/run_benchmarks.py
+	$(PY) bench/bench_book.py --profile $(PROFILE)
 
 clean:
 	rm -rf _build executed results .cache _toc.partial.yml

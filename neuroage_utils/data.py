@@ -133,7 +133,9 @@ def counts_matrix(adata) -> sp.csr_matrix:
     if X is None:
         raise DataValidationError("the AnnData has no matrix in X or layers['counts']: store the counts in X")
     if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=np.float32)
+        # No copy when the file already holds CSR float32: at paper scale X is gigabytes.
+        X = X if (isinstance(X, sp.csr_matrix) or X.format == "csr") else X.tocsr()
+        X = sp.csr_matrix(X.astype(np.float32, copy=False), copy=False)
     else:
         X = sp.csr_matrix(np.asarray(X, dtype=np.float32))
     if X.nnz and not np.isfinite(X.data).all():

@@ -270,11 +270,16 @@ class CellBatches:
     @staticmethod
     def _matrix_fingerprint(X) -> dict:
         """Cheap identity of the data for checkpoint config hashes (shape, nnz, sums)."""
+        values = X.data if sp.issparse(X) else X.reshape(-1)
+        total = total_sq = 0.0
+        for start in range(0, values.size, 1 << 24):  # float64 sums in blocks: no full-size temporaries
+            block = values[start : start + (1 << 24)].astype(np.float64)
+            total += float(block.sum())
+            total_sq += float(np.dot(block, block))
+        out = {"shape": list(X.shape), "sum": total, "sumsq": total_sq}
         if sp.issparse(X):
-            return {"shape": list(X.shape), "nnz": int(X.nnz), "sum": float(np.sum(X.data, dtype=np.float64)),
-                    "sumsq": float(np.sum(np.square(X.data, dtype=np.float64)))}
-        return {"shape": list(X.shape), "sum": float(np.sum(X, dtype=np.float64)),
-                "sumsq": float(np.sum(np.square(X, dtype=np.float64)))}
+            out["nnz"] = int(X.nnz)
+        return out
 
     def fingerprint(self) -> dict:
         out = dict(self._fingerprint)
@@ -586,7 +591,9 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def _progress_bar(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
+    # Plain (text) tqdm, not tqdm.auto: executed notebooks are rendered statically, where a widget bar
+    # would show as a placeholder, and without ipywidgets tqdm.auto prints a warning into the book.
+    from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="epoch", mininterval=1.0,
                 dynamic_ncols=True)
@@ -700,6 +707,12 @@ def fit(
             early = dict(state["early"])
             best_state = state.get("best_state")
             start = int(state["epochs_done"])
+            if start > epochs:
+                warnings.warn(
+                    f"checkpoint {path} holds {start} epochs, more than the {epochs} requested: returning the "
+                    f"{start}-epoch model (use another checkpoint_path to train a shorter run)",
+                    stacklevel=2,
+                )
 
     def save(epochs_done: int) -> None:
         _atomic_torch_save(
@@ -917,5 +930,6 @@ class TorchAgeRegressor:
 
     def predict(self, X) -> np.ndarray:
         """Predicted age in years, one per cell (the model in eval mode: deterministic)."""
-        scaled = predict_batches(self.module_, self._predict_batches(X))
+        batches = self._predict_batches(X)  # checks fitted and X first
+        scaled = predict_batches(self.module_, batches)
         return scaled.reshape(-1) * self.age_std_ + self.age_mean_

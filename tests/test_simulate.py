@@ -216,7 +216,7 @@ def test_age_genes_track_age_and_null_genes_do_not(mid):
     null = ~var["age_gene"].to_numpy() & expressed & (var["sex_effect"] == 0).to_numpy()
     assert linear.sum() >= 5
     signed = r[linear] * np.sign(var["age_effect"].to_numpy()[linear])
-    assert np.median(signed) > 0.4
+    assert np.median(signed) > 0.25  # chronological age: diluted by the biological-age offset
     assert np.mean(np.abs(r[linear])) > 2.5 * np.mean(np.abs(r[null]))
 
 
@@ -232,7 +232,7 @@ def test_age_effect_is_the_log_fold_change_per_decade(mid):
     true = var["age_effect"].to_numpy()[genes]
     assert np.corrcoef(slopes, true)[0, 1] > 0.8
     fit = np.polyfit(true, slopes, 1)[0]
-    assert 0.6 < fit < 1.4
+    assert 0.75 < fit < 1.25
 
 
 def test_oracle_is_recorded_and_matches_the_biological_ages(tiny):

@@ -26,6 +26,15 @@ from neuroage_utils.train import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP synchronisation costs (large on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _counts(n=90, g=12, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.poisson(rng.gamma(1.0, 2.0, size=(1, g)), size=(n, g)).astype(np.float32)

@@ -543,7 +543,9 @@ class VAEAgeRegressor(TorchAgeRegressor):
         if sp.issparse(X):
             per_entry = sp.csr_matrix((gammaln(X.data.astype(np.float64) + 1.0), X.indices, X.indptr), shape=X.shape)
             return {"log_factorial": np.asarray(per_entry.sum(axis=1)).ravel()}
-        return {"log_factorial": gammaln(np.asarray(X, dtype=np.float64) + 1.0).sum(axis=1)}
+        rows = range(0, X.shape[0], 4096)  # blocks of rows: no full-size float64 temporary
+        return {"log_factorial": np.concatenate(
+            [gammaln(np.asarray(X[i : i + 4096], dtype=np.float64) + 1.0).sum(axis=1) for i in rows])}
 
     def _build_module(self, X, batches: CellBatches) -> AgeVAE:
         module = self._make_module(X.shape[1]).to(batches.device)
@@ -585,7 +587,8 @@ class VAEAgeRegressor(TorchAgeRegressor):
 
     def latent(self, X) -> np.ndarray:
         """Posterior means (cells x latent) for the latent-space figure."""
-        return predict_batches(self.module_, self._predict_batches(X), fn=lambda m, x: m.latent(x))
+        batches = self._predict_batches(X)  # checks fitted and X first
+        return predict_batches(self.module_, batches, fn=lambda m, x: m.latent(x))
 
     def architecture_table(self, n_genes: int | None = None) -> pd.DataFrame:
         """:func:`layer_table` of the fitted model, or of a fresh one with ``n_genes`` inputs."""

@@ -1,0 +1,194 @@
+"""Truncated SVD of z-scored expression, and how strongly each component tracks age.
+
+With every gene z-scored on the training cells, :math:`Z = (X - \\mathbf{1}\\mu^\\top)\\,
+\\mathrm{diag}(\\sigma)^{-1}`, the truncated SVD :math:`Z \\approx U_k S_k V_k^\\top` is PCA: the
+scores of a cell are :math:`z V_k` and column ``j`` of :math:`V_k` is the ``j``-th principal axis.
+The paper ran scikit-learn's ``TruncatedSVD`` with 100 components on the z-scored data of all donors
+and reported a top component-age Pearson r of 0.43; here the factorisation is fitted on training
+donors only and applied to the others.
+
+Sparse input stays sparse. Dividing by :math:`\\sigma` keeps zeros; the centring is done implicitly
+by scikit-learn's ARPACK PCA, which multiplies by :math:`X` and subtracts the rank-one term
+:math:`\\mathbf{1}\\mu^\\top v` inside a ``LinearOperator``. The result is the exact truncated SVD
+of :math:`Z`, not an approximation, and costs seconds on 10k cells x 2000 genes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.decomposition import PCA
+
+from neuroage_utils.data import DataValidationError, SparseStandardScaler
+from neuroage_utils.models.linear import _as_matrix
+
+__all__ = ["SVDModel", "fit_svd", "component_age_correlations", "top_loadings"]
+
+
+def _divide_columns(X, scale_: np.ndarray):
+    """``X / scale_`` per column; zeros of a sparse matrix stay zeros."""
+    if sp.issparse(X):
+        out = X.copy()
+        out.data = out.data / scale_[out.indices].astype(out.dtype)
+        return out
+    return (X / scale_.astype(X.dtype)).astype(X.dtype, copy=False)
+
+
+@dataclass
+class SVDModel:
+    """A truncated SVD (PCA) of z-scored expression fitted on training cells.
+
+    Attributes
+    ----------
+    pca
+        The fitted :class:`sklearn.decomposition.PCA` (ARPACK) on genes divided by ``scale_``.
+    scale_
+        Per-gene training standard deviation (1 for constant genes; ones when ``scale=False``).
+    """
+
+    pca: PCA
+    scale_: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return int(self.pca.n_components_)
+
+    @property
+    def components_(self) -> np.ndarray:
+        """Gene loadings, components x genes (unit rows, in z-score units)."""
+        return self.pca.components_
+
+    @property
+    def explained_variance_ratio_(self) -> np.ndarray:
+        """Share of the total z-scored variance carried by each component."""
+        return self.pca.explained_variance_ratio_
+
+    def transform(self, X) -> np.ndarray:
+        """Component scores (cells x components) of new cells, z-scored with the training statistics."""
+        X = _as_matrix(X, "SVDModel.transform")
+        if X.shape[1] != len(self.scale_):
+            raise DataValidationError(
+                f"the SVD was fitted on {len(self.scale_)} genes but X has {X.shape[1]}: "
+                "pass the same genes, in the same order"
+            )
+        return np.asarray(self.pca.transform(_divide_columns(X, self.scale_)))
+
+
+def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True) -> SVDModel:
+    """Truncated SVD of the z-scored training cells.
+
+    Parameters
+    ----------
+    X_train
+        Training cells x genes, CSR or dense: log-normalised counts in the book
+        (:func:`neuroage_utils.data.log_normalize`), or any continuous expression values.
+    n_components
+        Number of components; ARPACK needs it below ``min(cells, genes)``.
+    seed
+        Seeds ARPACK's starting vector (the result is deterministic given the seed).
+    scale
+        Divide genes by their standard deviation (z-scoring, as in the paper); False gives plain
+        PCA of the centred values, dominated by the most variable genes.
+    """
+    X = _as_matrix(X_train, "fit_svd")
+    limit = min(X.shape) - 1
+    if not 1 <= n_components <= limit:
+        raise DataValidationError(
+            f"fit_svd: n_components={n_components} must be between 1 and min(cells, genes) - 1 = "
+            f"{limit}: lower n_components"
+        )
+    scale_ = SparseStandardScaler().fit(X).scale_.astype(float) if scale else np.ones(X.shape[1])
+    pca = PCA(n_components=n_components, svd_solver="arpack", random_state=seed)
+    pca.fit(_divide_columns(X, scale_))
+    return SVDModel(pca=pca, scale_=scale_)
+
+
+def _pearson_columns(M: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of every column of ``M`` with ``y``; NaN where a column (or ``y``) is constant."""
+    M = np.asarray(M, dtype=float)
+    y = np.asarray(y, dtype=float)
+    Mc = M - M.mean(axis=0)
+    yc = y - y.mean()
+    denom = np.sqrt((Mc**2).sum(axis=0) * (yc**2).sum())
+    num = Mc.T @ yc
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(denom > 0, num / np.where(denom > 0, denom, 1.0), np.nan)
+    return np.clip(r, -1.0, 1.0)
+
+
+def component_age_correlations(scores, ages, donors) -> pd.DataFrame:
+    """How each component (or factor) tracks age, at the cell and at the donor level.
+
+    Parameters
+    ----------
+    scores
+        Cells x components (from :meth:`SVDModel.transform` or an NMF ``transform``).
+    ages, donors
+        One age (years) and donor id per cell.
+
+    Returns
+    -------
+    DataFrame with one row per component: ``component`` (0-based column of ``scores``), ``r_cell``
+    (Pearson r of the cell scores with the cells' ages) and ``r_donor`` (Pearson r of each donor's
+    mean score with the donor's age). ``r_cell`` counts a donor with many cells many times; ``r_donor``
+    weighs donors equally and is the one that matters for a donor-level clock. NaN where a
+    component is constant.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 2:
+        raise DataValidationError(f"scores must be cells x components, got {scores.ndim} dimension(s)")
+    n = scores.shape[0]
+    ages = np.asarray(ages, dtype=float).ravel()
+    donors = np.asarray(donors).astype(str).ravel()
+    if len(ages) != n or len(donors) != n:
+        raise DataValidationError(
+            f"component_age_correlations needs one age and donor per cell: got {len(ages)} ages and "
+            f"{len(donors)} donors for {n} cells"
+        )
+    if not np.isfinite(ages).all() or not np.isfinite(scores).all():
+        raise DataValidationError("component_age_correlations: NaN or infinite ages or scores: remove them")
+    ids, inverse = np.unique(donors, return_inverse=True)
+    counts = np.bincount(inverse)
+    donor_scores = np.zeros((len(ids), scores.shape[1]))
+    np.add.at(donor_scores, inverse, scores)
+    donor_scores /= counts[:, None]
+    donor_age = np.full(len(ids), np.nan)
+    donor_age[inverse] = ages
+    if not np.array_equal(donor_age[inverse], ages):
+        raise DataValidationError("a donor has more than one age: give every cell of a donor the donor's age")
+    return pd.DataFrame(
+        {
+            "component": np.arange(scores.shape[1]),
+            "r_cell": _pearson_columns(scores, ages),
+            "r_donor": _pearson_columns(donor_scores, donor_age),
+        }
+    )
+
+
+def top_loadings(components, gene_names, n_top: int = 10) -> pd.DataFrame:
+    """The ``n_top`` genes with the largest ``|loading|`` of every component (long format).
+
+    Columns: ``component``, ``rank`` (1 = largest), ``gene``, ``loading``.
+    """
+    components = np.asarray(components)
+    names = np.asarray(gene_names).astype(str)
+    if len(names) != components.shape[1]:
+        raise DataValidationError(
+            f"top_loadings got {len(names)} gene names for {components.shape[1]} genes: "
+            "pass the names of the genes the factorisation was fitted on"
+        )
+    n_top = min(n_top, components.shape[1])
+    order = np.argsort(-np.abs(components), axis=1, kind="stable")[:, :n_top]
+    rows = np.repeat(np.arange(components.shape[0]), n_top)
+    cols = order.ravel()
+    return pd.DataFrame(
+        {
+            "component": rows,
+            "rank": np.tile(np.arange(1, n_top + 1), components.shape[0]),
+            "gene": names[cols],
+            "loading": components[rows, cols],
+        }
+    )
