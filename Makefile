@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
+export OMP_WAIT_POLICY ?= PASSIVE
 RUN_ARGS ?=
 
 .PHONY: book test venv smoke clean bench help

@@ -4,4 +4,11 @@ One module per concern (see CONTRIBUTING.md): ``data``, ``simulate``, ``evaluate
 ``profiles``, ``paper``, ``models``, ``train``, ``plots``, ``notebook``, ``run``.
 """
 
+import os
+
+# torch's OpenMP threads spin-wait by default; on a small shared CPU (2 cores, a notebook kernel
+# beside Sphinx or tests) that made training 10-20x slower. Passive waiting costs nothing when the
+# machine is idle. It must be set before torch is first imported, hence here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

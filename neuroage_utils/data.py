@@ -211,14 +211,18 @@ class SparseStandardScaler:
             raise ValueError("SparseStandardScaler.fit: no rows to fit on")
         if sp.issparse(X):
             X = sp.csr_matrix(X)
-            mean = np.asarray(X.sum(axis=0), dtype=np.float64).ravel() / n
-            sq = np.asarray(X.multiply(X).sum(axis=0), dtype=np.float64).ravel() / n
+            mean = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel() / n
+            # Centred sums in float64 (E[x^2] - E[x]^2 in float32 loses the variance): the stored
+            # entries contribute (x - mean)^2, the implicit zeros mean^2 each.
+            centred = X.data.astype(np.float64) - mean[X.indices]
+            sq = np.bincount(X.indices, weights=centred**2, minlength=X.shape[1])
+            zeros = n - np.bincount(X.indices, minlength=X.shape[1])
+            var = (sq + zeros * mean**2) / n
         else:
             X = np.asarray(X, dtype=np.float64)
             mean = X.mean(axis=0)
-            sq = (X**2).mean(axis=0)
-        var = np.maximum(sq - mean**2, 0.0)
-        scale = np.sqrt(var)
+            var = X.var(axis=0)
+        scale = np.sqrt(np.maximum(var, 0.0))
         scale[scale == 0] = 1.0
         self.mean_ = mean.astype(np.float32) if self.with_mean else np.zeros_like(mean, dtype=np.float32)
         self.scale_ = scale.astype(np.float32)

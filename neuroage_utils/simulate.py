@@ -39,8 +39,9 @@ units (sd) per gene between donors. Sex-chromosome genes: 5 Y-linked genes absen
 XIST-like gene absent in men (log-fold change 8, among the 200 most abundant genes).
 
 *Biological age.* b_d = age_d + N(0, 6.5^2): donors of one age are not equally old inside. The
-expression encodes b_d only, so no model can recover the chronological age better than the
-oracle below.
+expression carries no information on age beyond b_d, so predicting b_d itself (the oracle below)
+is the floor of what the data allow; a model can beat it only by luck on a few donors or by
+shrinking b_d towards the cohort's mean age.
 
 *Age genes.* 3% of genes (530 of 17,658), drawn uniformly among non-sex genes (so most are lowly
 expressed, as in real data). Each has a pattern s(b) (0 at 25, 1 at 95 years; see
@@ -95,12 +96,12 @@ n_genes 2,000), seeds 0-4, mean (range):
 quantity                                      simulated                       study
 ============================================  ==============================  ==================
 median UMIs per cell (2,000 genes)            2,844 (2,697-2,943)             --
-median UMIs per cell (17,658 genes, seed 0)   4,082 (2,075 genes detected)    neurons: thousands
+median UMIs per cell (17,658 genes, seed 0)   4,083 (~2,075 genes detected)   neurons: thousands
 fraction of zero entries (2,000 / 17,658)     0.47 / 0.88                     mostly zeros
 best |r| of 100 SVD components with age,      0.43 (0.32-0.57)                0.43
 cell level (z-scored log-normalised data)
 same, component averaged per donor            0.58 (0.42-0.71)                --
-test MAE, cell elastic net (donor mean)       10.7 (8.0-13.9)                 baselines ~8-13
+test MAE, cell elastic net (donor mean)       10.7 (8.0-13.9)                 baselines 8-13
 test MAE, pseudobulk elastic net              7.0 (4.5-9.4)                   --
 test MAE, null (mean training age)            15.3                            15.3
 test MAE, oracle (biological age)             4.6 (3.5-6.1)                   --
@@ -112,9 +113,11 @@ per donor). The age signal was tuned (age_lfc_median, donor effect sizes, biolog
 land in the study's range, not beyond it: a cohort where every model is near-perfect, or none
 beats the null, teaches nothing. On the paper-scale cohort (20 times more cells per donor) models
 see less count noise and should do better; the donor effects and the biological-age offset keep
-a floor that more cells cannot remove. Generating the paper-scale cohort (189,423 x 17,658,
-411 M non-zeros, 3.1 GB CSR) takes ~70 CPU-seconds (about 1-2 minutes on 2 cores) with a
-peak RSS of 3.8 GB (``bench/bench_simulate.py``).
+a floor that more cells cannot remove.
+
+Cost (``bench/bench_simulate.py``): the paper-scale cohort (189,423 x 17,658; 411 M non-zeros,
+3.06 GiB of CSR) takes 71 CPU-seconds (62 s wall on 2 shared cores) with a peak RSS of 3.7 GiB;
+writing it as .h5ad takes 5 s (3.1 GiB file).
 """
 
 from __future__ import annotations

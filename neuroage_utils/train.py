@@ -132,7 +132,9 @@ class InputTransform(nn.Module):
         mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
         scale = torch.as_tensor(np.asarray(scale, dtype=np.float32)).reshape(-1)
         if mean.numel() != self.n_features or scale.numel() != self.n_features:
-            raise ValueError(f"set_scaling: expected {self.n_features} means and scales, got {mean.numel()}, {scale.numel()}")
+            raise ValueError(
+                f"set_scaling: expected {self.n_features} means and scales, got {mean.numel()}, {scale.numel()}"
+            )
         if not (torch.isfinite(mean).all() and torch.isfinite(scale).all() and (scale > 0).all()):
             raise ValueError("set_scaling: means must be finite and scales finite and > 0")
         self.mean.copy_(mean)
@@ -186,7 +188,9 @@ def _as_float32_matrix(X):
         return X
     X = np.asarray(X)
     if X.ndim != 2:
-        raise DataValidationError(f"expected a cells x features matrix, got an array with {X.ndim} dimension(s): pass a 2-D matrix")
+        raise DataValidationError(
+            f"expected a cells x features matrix, got an array with {X.ndim} dimension(s): pass a 2-D matrix"
+        )
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
@@ -470,11 +474,13 @@ class Validation:
             self.donors = np.asarray(self.donors).astype(str)
             if len(self.donors) != self.batches.n_cells:
                 raise DataValidationError(
-                    f"validation donors has {len(self.donors)} values for {self.batches.n_cells} cells: pass one per cell"
+                    f"validation donors has {len(self.donors)} values for {self.batches.n_cells} cells: "
+                    "pass one per cell"
                 )
 
     def fingerprint(self) -> dict:
-        return {"data": self.batches.fingerprint(), "donors": None if self.donors is None else int(len(set(self.donors))),
+        n_donors = None if self.donors is None else int(len(set(self.donors)))
+        return {"data": self.batches.fingerprint(), "donors": n_donors,
                 "target_mean": float(self.target_mean), "target_std": float(self.target_std)}
 
     @torch.no_grad()
@@ -564,7 +570,9 @@ def _load_checkpoint(path: Path, key: str, device: torch.device):
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # a file from elsewhere or a damaged disk: never fatal, never loaded
-        warnings.warn(f"ignoring unreadable checkpoint {path} ({type(exc).__name__}); training from scratch", stacklevel=3)
+        warnings.warn(
+            f"ignoring unreadable checkpoint {path} ({type(exc).__name__}); training from scratch", stacklevel=3
+        )
         return None
     if not isinstance(state, dict) or state.get("config_hash") != key:
         warnings.warn(
@@ -697,6 +705,13 @@ def fit(
     key = config_hash(module, batches, settings) if path is not None else ""
     if path is not None:
         state = _load_checkpoint(path, key, device)
+        if state is not None and int(state["epochs_done"]) > epochs:
+            # A longer run of the same model (e.g. the 1000-epoch row of Table 3 before the 200-epoch
+            # row is re-run): resuming would return the longer run, so start over instead.
+            warnings.warn(
+                f"checkpoint {path} holds {int(state['epochs_done'])} epochs, more than the {epochs} asked for: "
+                "training from scratch", stacklevel=2)
+            state = None
         if state is not None:
             module.load_state_dict(state["module"])
             optimizer.load_state_dict(state["optimizer"])
@@ -820,7 +835,9 @@ def _check_ages(ages, n_cells: int, donors=None, what: str = "ages") -> np.ndarr
     if donors is not None:
         donors = np.asarray(donors).astype(str).reshape(-1)
         if len(donors) != n_cells:
-            raise DataValidationError(f"donors has {len(donors)} values for {n_cells} cells: pass one donor id per cell")
+            raise DataValidationError(
+                f"donors has {len(donors)} values for {n_cells} cells: pass one donor id per cell"
+            )
         per = pd.Series(ages).groupby(donors).nunique()
         if (per > 1).any():
             raise DataValidationError(

@@ -134,3 +134,13 @@ def test_log_normalize_and_scaler_match_dense():
 def test_donor_frame_counts_cells(tiny_adata):
     frame = donor_frame(tiny_adata.obs, "donor_id", "age")
     assert len(frame) == 12 and (frame["n_cells"] == 15).all()
+
+
+def test_sparse_scaler_is_exact_for_large_offsets():
+    # float32 E[x^2] - E[x]^2 loses this variance completely; the scaler must not
+    rng = np.random.default_rng(1)
+    dense = (1000.0 + rng.normal(0, 1, size=(400, 3))).astype(np.float32)
+    dense[::7, 0] = 0.0
+    scaler = SparseStandardScaler().fit(sp.csr_matrix(dense))
+    np.testing.assert_allclose(scaler.scale_, dense.astype(np.float64).std(0), rtol=1e-4)
+    np.testing.assert_allclose(scaler.mean_, dense.astype(np.float64).mean(0), rtol=1e-6)

@@ -310,3 +310,24 @@ def test_unreadable_checkpoint_is_ignored(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         _, hist = _train(path, 2)
     assert len(hist) == 2
+
+
+def test_checkpoint_of_a_longer_run_is_not_resumed_into_a_shorter_one(tmp_path):
+    """Re-running the 2-epoch row after the 4-epoch row must not return the 4-epoch model."""
+    import warnings as _w
+
+    from neuroage_utils.models.mlp import MLPRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 5)).astype(np.float32)
+    ages = rng.uniform(20, 90, 64)
+    ckpt = tmp_path / "m.pt"
+    kw = dict(hidden=(8,), batch_size=16, device="cpu", seed=0, progress=False, checkpoint_every=1)
+    short = MLPRegressor(epochs=2, **kw).fit(X, ages)
+    MLPRegressor(epochs=4, checkpoint_path=ckpt, **kw).fit(X, ages)
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        again = MLPRegressor(epochs=2, checkpoint_path=ckpt, **kw).fit(X, ages)
+    assert any("training from scratch" in str(w.message) for w in caught)
+    assert len(again.history_) == 2
+    np.testing.assert_allclose(again.predict(X), short.predict(X), rtol=1e-5)

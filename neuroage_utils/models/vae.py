@@ -221,7 +221,10 @@ def make_likelihood(name: str, n_genes: int, gaussian_variance: str = "gene") ->
 
 
 def kl_standard_normal(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    r"""Element-wise :math:`\mathrm{KL}(N(\mu, \sigma^2) \| N(0, 1)) = \tfrac12(\sigma^2 + \mu^2 - 1 - \log\sigma^2)`."""
+    r"""Element-wise KL divergence of the posterior from the prior,
+
+    .. math:: \mathrm{KL}(N(\mu, \sigma^2) \,\|\, N(0, 1)) = \tfrac12(\sigma^2 + \mu^2 - 1 - \log\sigma^2).
+    """
     return 0.5 * (var + mu**2 - 1.0 - torch.log(var))
 
 
@@ -565,7 +568,9 @@ class VAEAgeRegressor(TorchAgeRegressor):
     def _kl_schedule(self):
         if isinstance(self.kl_schedule, str):
             if self.kl_schedule != "cyclical":
-                raise ValueError(f"unknown kl_schedule {self.kl_schedule!r}: use 'cyclical', a number, a callable or None")
+                raise ValueError(
+                    f"unknown kl_schedule {self.kl_schedule!r}: use 'cyclical', a number, a callable or None"
+                )
             return cyclical_kl_schedule(**(self.kl_cycle or {}))
         return self.kl_schedule
 
