@@ -52,14 +52,14 @@ def ensure_simulated(profile: str, seed: int, out_dir, progress: bool = False) -
     return path
 
 
-def glue(name: str, value, display: bool = False):
-    """myst-nb ``glue`` that also works outside Jupyter Book (e.g. under plain papermill)."""
-    try:
-        from myst_nb import glue as _glue
-    except ImportError:  # pragma: no cover - myst-nb is in requirements
-        return value
+def glue(name: str, value, display: bool = False) -> None:
+    """myst-nb ``glue``: record ``value`` under ``name`` for the book's text and figures.
+
+    Returns nothing, so a glue call at the end of a cell does not display the value again.
+    """
+    from myst_nb import glue as _glue
+
     _glue(name, value, display=display)
-    return value
 
 
 class Chapter:

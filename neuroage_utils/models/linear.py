@@ -44,7 +44,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import ElasticNetCV
 from sklearn.model_selection import GroupKFold
 
-from neuroage_utils.data import DataValidationError, SparseStandardScaler
+from neuroage_utils.data import DataValidationError
 
 __all__ = [
     "grouped_folds",
@@ -120,6 +120,41 @@ def _donor_ages(ages: np.ndarray, donors: np.ndarray, what: str) -> pd.Series:
             f"{what}: donor {bad[0]} has more than one age: give every cell of a donor the donor's age"
         )
     return spread["min"].rename("age")
+
+
+#: Rows per block when streaming over a matrix: bounds temporary memory at paper scale.
+CHUNK_ROWS = 8192
+
+
+def column_moments(X, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and population variance (float64) of a CSR or dense matrix.
+
+    Streams over blocks of rows, so neither a squared copy of ``X`` nor a float64 copy of it is
+    ever made; sums are accumulated in float64, which float32 sums over 10^5 cells would not be.
+    """
+    n, p = X.shape
+    total = np.zeros(p)
+    total_sq = np.zeros(p)
+    for start in range(0, n, chunk_rows):
+        block = X[start : start + chunk_rows]
+        if sp.issparse(block):
+            values = block.data.astype(np.float64)
+            total += np.bincount(block.indices, weights=values, minlength=p)
+            total_sq += np.bincount(block.indices, weights=values * values, minlength=p)
+        else:
+            values = np.asarray(block, dtype=np.float64)
+            total += values.sum(axis=0)
+            total_sq += (values * values).sum(axis=0)
+    mean = total / n
+    return mean, np.maximum(total_sq / n - mean**2, 0.0)
+
+
+def column_scale(X) -> np.ndarray:
+    """Per-gene standard deviation for z-scoring (ddof 0), with 1 for constant genes (they stay 0)."""
+    _, var = column_moments(X)
+    scale = np.sqrt(var)
+    scale[scale == 0] = 1.0
+    return scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,7 +301,8 @@ class ElasticNetClock:
                 f"the clock was fitted on {self.n_features_in_} genes but X has {X.shape[1]}: "
                 "pass the same genes, in the same order"
             )
-        weights = self.coef_ / self.scale_
+        # weights in X's dtype: a float64 vector would make scipy/numpy copy all of X to float64
+        weights = (self.coef_ / self.scale_).astype(X.dtype)
         return np.asarray(X @ weights, dtype=float).ravel() + self.intercept_
 
     def predict_donors(self, X, donors) -> pd.Series:
@@ -283,13 +319,6 @@ class ElasticNetClock:
 # --------------------------------------------------------------------------------------------------
 
 
-def _column_scale(X, scale: bool) -> np.ndarray:
-    """Per-gene training standard deviation (1 for constant genes), or ones when not scaling."""
-    if not scale:
-        return np.ones(X.shape[1])
-    return SparseStandardScaler().fit(X).scale_.astype(float)
-
-
 def _divide_columns(X, scale_: np.ndarray, dense_limit_gb: float):
     """``X / scale_`` column-wise, as a dense array when that fits in ``dense_limit_gb``.
 
@@ -298,21 +327,23 @@ def _divide_columns(X, scale_: np.ndarray, dense_limit_gb: float):
     sweeps all non-zeros at every step (about 75x slower on 10k cells x 2000 genes at 30% density).
     Above the limit the matrix stays sparse (memory first) and the fit is slow.
     """
-    dtype = X.dtype
-    if sp.issparse(X):
-        dense_bytes = X.shape[0] * X.shape[1] * dtype.itemsize
-        if dense_bytes > dense_limit_gb * 2**30:
-            warnings.warn(
-                f"elastic net on a sparse {X.shape[0]} x {X.shape[1]} matrix (dense would need "
-                f"{dense_bytes / 2**30:.1f} GB > dense_limit_gb={dense_limit_gb}): sparse coordinate "
-                "descent is slow; select fewer genes or subsample cells for a faster fit",
-                stacklevel=3,
-            )
-            out = X.copy()
-            out.data = out.data / scale_[out.indices].astype(dtype)
-            return out
-        X = X.toarray()
-    return (X / scale_.astype(dtype)).astype(dtype, copy=False)
+    inverse = (1.0 / scale_).astype(X.dtype)
+    if not sp.issparse(X):
+        return X * inverse  # a new array: the caller's matrix is left alone
+    dense_bytes = X.shape[0] * X.shape[1] * X.dtype.itemsize
+    if dense_bytes <= dense_limit_gb * 2**30:
+        out = X.toarray()
+        out *= inverse
+        return out
+    warnings.warn(
+        f"elastic net on a sparse {X.shape[0]} x {X.shape[1]} matrix (dense would need "
+        f"{dense_bytes / 2**30:.1f} GB > dense_limit_gb={dense_limit_gb}): sparse coordinate "
+        "descent is slow; select fewer genes or subsample cells for a faster fit",
+        stacklevel=3,
+    )
+    out = X.copy()
+    out.data *= inverse[out.indices]
+    return out
 
 
 def _fit_enet(
@@ -333,7 +364,7 @@ def _fit_enet(
 ) -> ElasticNetClock:
     """The one elastic-net fit shared by the cell, pseudocell and pseudobulk clocks."""
     folds = grouped_folds(groups, n_splits=n_splits, seed=seed)
-    scale_ = _column_scale(X, scale)
+    scale_ = column_scale(X) if scale else np.ones(X.shape[1])
     Xs = _divide_columns(X, scale_, dense_limit_gb)
     model = ElasticNetCV(
         l1_ratio=list(l1_ratios),
@@ -428,12 +459,16 @@ def _check_normalise(normalise) -> None:
 def _sum_rows(X, membership: sp.csr_matrix):
     """``membership @ X`` in float64: each output row sums the cells it names (with multiplicity).
 
-    A sparse ``X`` gives CSR, a dense one an ndarray. float64 because a donor's summed library can
-    exceed 2**24, where float32 stops counting exactly.
+    A sparse ``X`` gives CSR, a dense one an ndarray. Sums are float64 because a donor's summed
+    counts can pass 2**24, where float32 stops counting exactly; ``X`` is converted one block of
+    rows at a time so no float64 copy of the whole matrix is made.
     """
-    if sp.issparse(X):
-        return sp.csr_matrix(membership @ X.astype(np.float64))
-    return np.asarray(membership @ X.astype(np.float64))
+    out = None
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        stop = start + CHUNK_ROWS
+        part = membership[:, start:stop] @ X[start:stop].astype(np.float64)
+        out = part if out is None else out + part
+    return sp.csr_matrix(out) if sp.issparse(X) else np.asarray(out)
 
 
 def _require_summed_counts(sums, what: str) -> None:
