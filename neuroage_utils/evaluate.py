@@ -55,7 +55,7 @@ def donor_table(cell_pred, donors, ages) -> pd.DataFrame:
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+    if len(x) < 2 or np.allclose(x, x[0]) or np.allclose(y, y[0]):
         return float("nan")  # r is undefined for a constant prediction (the null model)
     return float(np.corrcoef(x, y)[0, 1])
 

@@ -47,6 +47,8 @@ from sklearn.model_selection import GroupKFold
 from neuroage_utils.data import DataValidationError
 
 __all__ = [
+    "column_moments",
+    "column_scale",
     "grouped_folds",
     "ElasticNetClock",
     "fit_elastic_net",
@@ -366,6 +368,10 @@ def _fit_enet(
     folds = grouped_folds(groups, n_splits=n_splits, seed=seed)
     scale_ = column_scale(X) if scale else np.ones(X.shape[1])
     Xs = _divide_columns(X, scale_, dense_limit_gb)
+    if sample_weight is not None and not sp.issparse(Xs) and Xs.dtype == np.float32:
+        # scikit-learn re-checks its weighted float32 Gram matrix against a float64 recomputation
+        # with rtol 1e-4, which float32 sums over thousands of cells can fail: fit in float64.
+        Xs = Xs.astype(np.float64)
     model = ElasticNetCV(
         l1_ratio=list(l1_ratios),
         alphas=int(n_alphas),
@@ -482,7 +488,10 @@ def _require_summed_counts(sums, what: str) -> None:
 
 
 def _normalise_profiles(sums, normalise, what: str):
-    """Counts per million (optionally log1p) of each summed profile; zeros stay zeros."""
+    """Counts per million (optionally log1p) of each summed profile, as float32; zeros stay zeros.
+
+    Raw sums (``normalise=None``) stay float64 so large counts remain exact.
+    """
     if normalise is None:
         return sums
     totals = np.asarray(sums.sum(axis=1), dtype=float).ravel()
@@ -497,9 +506,9 @@ def _normalise_profiles(sums, normalise, what: str):
         out.data = out.data * np.repeat(factor, np.diff(out.indptr))
         if normalise == "log_cpm":
             np.log1p(out.data, out=out.data)
-        return out
+        return out.astype(np.float32)
     out = sums * factor[:, None]
-    return np.log1p(out) if normalise == "log_cpm" else out
+    return (np.log1p(out) if normalise == "log_cpm" else out).astype(np.float32)
 
 
 def _membership(rows: np.ndarray, cells: np.ndarray, n_rows: int, n_cells: int) -> sp.csr_matrix:
@@ -524,8 +533,8 @@ def pseudobulk(X, donors, normalise: str | None = "log_cpm"):
     Returns
     -------
     (profiles, donor_ids)
-        ``profiles`` is donors x genes (CSR when ``X`` is sparse, else an ndarray, float64), rows in
-        the order of ``donor_ids`` (sorted).
+        ``profiles`` is donors x genes (CSR when ``X`` is sparse, else an ndarray; float32 once
+        normalised, float64 raw sums), rows in the order of ``donor_ids`` (sorted).
     """
     what = "pseudobulk"
     _check_normalise(normalise)

@@ -1,16 +1,27 @@
-"""Truncated SVD of z-scored expression, and how strongly each component tracks age.
+r"""Truncated SVD of z-scored expression, and how strongly each component tracks age.
 
-With every gene z-scored on the training cells, :math:`Z = (X - \\mathbf{1}\\mu^\\top)\\,
-\\mathrm{diag}(\\sigma)^{-1}`, the truncated SVD :math:`Z \\approx U_k S_k V_k^\\top` is PCA: the
-scores of a cell are :math:`z V_k` and column ``j`` of :math:`V_k` is the ``j``-th principal axis.
-The paper ran scikit-learn's ``TruncatedSVD`` with 100 components on the z-scored data of all donors
-and reported a top component-age Pearson r of 0.43; here the factorisation is fitted on training
-donors only and applied to the others.
+With every gene z-scored on the training cells,
 
-Sparse input stays sparse. Dividing by :math:`\\sigma` keeps zeros; the centring is done implicitly
-by scikit-learn's ARPACK PCA, which multiplies by :math:`X` and subtracts the rank-one term
-:math:`\\mathbf{1}\\mu^\\top v` inside a ``LinearOperator``. The result is the exact truncated SVD
-of :math:`Z`, not an approximation, and costs seconds on 10k cells x 2000 genes.
+.. math::
+
+    Z = (X - \mathbf{1}\mu^\top)\,D^{-1}, \qquad D = \mathrm{diag}(\sigma),
+
+the truncated SVD :math:`Z \approx U_k S_k V_k^\top` is PCA of the z-scores: the scores of a cell
+are :math:`z V_k` and the rows of :math:`V_k^\top` are gene loadings. The paper ran scikit-learn's
+``TruncatedSVD`` (100 components) on the z-scored data of all donors and reported a top
+component-age Pearson r of 0.43; here the factorisation is fitted on training donors only and
+applied to the others.
+
+:math:`Z` is never formed. ARPACK (``scipy.sparse.linalg.svds``) only needs products with it, and
+
+.. math::
+
+    Z v = X (D^{-1} v) - \mathbf{1}\,(\mu^\top D^{-1} v), \qquad
+    Z^\top u = D^{-1} (X^\top u) - D^{-1}\mu\,(\mathbf{1}^\top u),
+
+so a sparse ``X`` stays sparse and is not even copied: the result is the exact truncated SVD of
+:math:`Z`, not an approximation. Products run in ``X``'s dtype (float32 for counts), since mixing
+in float64 would make scipy copy the whole matrix at every product.
 """
 
 from __future__ import annotations
@@ -20,21 +31,33 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.decomposition import PCA
+from scipy.sparse.linalg import LinearOperator, svds
 
-from neuroage_utils.data import DataValidationError, SparseStandardScaler
-from neuroage_utils.models.linear import _as_matrix
+from neuroage_utils.data import DataValidationError
+from neuroage_utils.models.linear import _as_matrix, column_moments
 
 __all__ = ["SVDModel", "fit_svd", "component_age_correlations", "top_loadings"]
 
 
-def _divide_columns(X, scale_: np.ndarray):
-    """``X / scale_`` per column; zeros of a sparse matrix stay zeros."""
-    if sp.issparse(X):
-        out = X.copy()
-        out.data = out.data / scale_[out.indices].astype(out.dtype)
-        return out
-    return (X / scale_.astype(X.dtype)).astype(X.dtype, copy=False)
+def _zscore_operator(X, mean: np.ndarray, scale: np.ndarray) -> LinearOperator:
+    """``Z = (X - 1 mean^T) / scale`` as a linear operator (products only, nothing densified)."""
+    dtype = X.dtype
+    inv = (1.0 / scale).astype(dtype)
+    shift = (mean / scale).astype(dtype)
+
+    def matmat(V):
+        V = np.asarray(V, dtype=dtype).reshape(X.shape[1], -1)
+        return np.asarray(X @ (inv[:, None] * V)) - shift @ V
+
+    def rmatmat(U):
+        U = np.asarray(U, dtype=dtype).reshape(X.shape[0], -1)
+        return inv[:, None] * np.asarray(X.T @ U) - shift[:, None] * U.sum(axis=0)
+
+    return LinearOperator(
+        X.shape, dtype=dtype,
+        matvec=lambda v: matmat(v).ravel(), rmatvec=lambda u: rmatmat(u).ravel(),
+        matmat=matmat, rmatmat=rmatmat,
+    )
 
 
 @dataclass
@@ -43,42 +66,45 @@ class SVDModel:
 
     Attributes
     ----------
-    pca
-        The fitted :class:`sklearn.decomposition.PCA` (ARPACK) on genes divided by ``scale_``.
-    scale_
-        Per-gene training standard deviation (1 for constant genes; ones when ``scale=False``).
+    components_
+        Gene loadings, components x genes (orthonormal rows, z-score units), strongest first.
+        Signs are fixed so that each row's largest-magnitude loading is positive.
+    singular_values_
+        :math:`S_k`, decreasing.
+    explained_variance_ratio_
+        Share of the total variance of the z-scores carried by each component.
+    mean_, scale_
+        Training per-gene mean and standard deviation (1 for constant genes; the z-scoring).
     """
 
-    pca: PCA
+    components_: np.ndarray
+    singular_values_: np.ndarray
+    explained_variance_ratio_: np.ndarray
+    mean_: np.ndarray
     scale_: np.ndarray
 
     @property
     def n_components(self) -> int:
-        return int(self.pca.n_components_)
-
-    @property
-    def components_(self) -> np.ndarray:
-        """Gene loadings, components x genes (unit rows, in z-score units)."""
-        return self.pca.components_
-
-    @property
-    def explained_variance_ratio_(self) -> np.ndarray:
-        """Share of the total z-scored variance carried by each component."""
-        return self.pca.explained_variance_ratio_
+        return int(self.components_.shape[0])
 
     def transform(self, X) -> np.ndarray:
-        """Component scores (cells x components) of new cells, z-scored with the training statistics."""
+        r"""Component scores (cells x components) of new cells, z-scored with the training statistics.
+
+        :math:`(x - \mu) D^{-1} V_k = x\,(D^{-1} V_k) - \mu^\top D^{-1} V_k`: one product with ``X``.
+        """
         X = _as_matrix(X, "SVDModel.transform")
         if X.shape[1] != len(self.scale_):
             raise DataValidationError(
                 f"the SVD was fitted on {len(self.scale_)} genes but X has {X.shape[1]}: "
                 "pass the same genes, in the same order"
             )
-        return np.asarray(self.pca.transform(_divide_columns(X, self.scale_)))
+        weights = (self.components_ / self.scale_).T  # genes x components
+        offset = self.mean_ @ weights
+        return np.asarray(X @ weights.astype(X.dtype)) - offset.astype(X.dtype)
 
 
 def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True) -> SVDModel:
-    """Truncated SVD of the z-scored training cells.
+    """Truncated SVD of the z-scored training cells (exact, via ARPACK; see the module notes).
 
     Parameters
     ----------
@@ -100,10 +126,20 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True)
             f"fit_svd: n_components={n_components} must be between 1 and min(cells, genes) - 1 = "
             f"{limit}: lower n_components"
         )
-    scale_ = SparseStandardScaler().fit(X).scale_.astype(float) if scale else np.ones(X.shape[1])
-    pca = PCA(n_components=n_components, svd_solver="arpack", random_state=seed)
-    pca.fit(_divide_columns(X, scale_))
-    return SVDModel(pca=pca, scale_=scale_)
+    mean, var = column_moments(X)
+    scale_ = np.sqrt(var)
+    scale_[scale_ == 0] = 1.0  # constant genes: all-zero z-scores rather than NaN
+    if not scale:
+        scale_ = np.ones_like(scale_)
+    total_variance = float((var / scale_**2).sum()) * X.shape[0]  # squared Frobenius norm of Z
+    v0 = np.random.default_rng(seed).uniform(-1, 1, min(X.shape)).astype(X.dtype)
+    _, s, vt = svds(_zscore_operator(X, mean, scale_), k=n_components, v0=v0)
+    order = np.argsort(s)[::-1]  # svds returns ascending singular values
+    s, vt = s[order].astype(float), vt[order].astype(float)
+    # deterministic signs: the largest-|loading| gene of each component is positive
+    vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
+    ratio = s**2 / total_variance if total_variance > 0 else np.zeros_like(s)
+    return SVDModel(components_=vt, singular_values_=s, explained_variance_ratio_=ratio, mean_=mean, scale_=scale_)
 
 
 def _pearson_columns(M: np.ndarray, y: np.ndarray) -> np.ndarray:
