@@ -198,6 +198,20 @@ class Chapter:
             checkpoint_every=P["checkpoint_every"], **extra,
         )
 
+    def training_settings(self) -> pd.DataFrame:
+        """The VAE training settings as run under this profile, beside the paper's."""
+        P = self.params
+        kl = P["kl_cycle"]
+        return pd.DataFrame(
+            {
+                "as run": [f"Adam, {P['lr']:g}", P["batch_size"],
+                           f"{kl['zero_epochs']} / {kl['rise_epochs']} / {kl['hold_epochs']}", P["t0"]],
+                "paper": ["Adam, 0.001", 4096, "20 / 10 / 10", 20],
+            },
+            index=["optimiser, learning rate", "batch size (cells)",
+                   "KL cycle: epochs at 0 / rising / at 1", "cosine warm-restart period (epochs)"],
+        )
+
     def checkpoint(self, key: str) -> Path:
         """Where model ``key`` of this chapter checkpoints; tied to the data so a checkpoint
         trained on other data is never resumed."""

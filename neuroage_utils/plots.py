@@ -15,6 +15,14 @@ def set_style() -> None:
     """The book's look: seaborn's ticks style, readable sizes, no top/right spines."""
     import seaborn as sns
 
+    try:  # in a kernel, render figures inline whatever MPLBACKEND says (glue needs image/png)
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None and getattr(shell, "kernel", None) is not None:
+            shell.run_line_magic("matplotlib", "inline")
+    except ImportError:  # pragma: no cover - IPython comes with the kernel
+        pass
     sns.set_theme(style="ticks", context="notebook", font_scale=0.95)
     plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "axes.spines.top": False,
                          "axes.spines.right": False})

@@ -59,7 +59,8 @@ def _scaled(grid, width: float = 1.0, epochs: float = 1.0, min_epochs: int = 2):
 
 
 def _profile(cells, genes, min_cells, width, vae_width, epochs, vae_epochs, mlp_epochs, batch, svd_k, nmf_k, nmf_iter,
-             en_alphas, en_l1, boot_pseudocells, max_cells_fit, checkpoint_every):
+             en_alphas, en_l1, boot_pseudocells, max_cells_fit, checkpoint_every, kl_cycle=(20, 10, 10), t0=20):
+    kl = {"zero_epochs": kl_cycle[0], "rise_epochs": kl_cycle[1], "hold_epochs": kl_cycle[2]}
     return {
         "simulate": {"cell_fraction": cells, "n_genes": genes, "min_cells_per_donor": min_cells},
         "data": {},
@@ -86,16 +87,16 @@ def _profile(cells, genes, min_cells, width, vae_width, epochs, vae_epochs, mlp_
             "poisson_grid": _scaled(_POISSON_VAE_GRID, width=vae_width, epochs=vae_epochs),
             "batch_size": batch,
             "lr": 1e-3,
-            "t0": 20,
-            "kl_cycle": {"zero_epochs": 20, "rise_epochs": 10, "hold_epochs": 10},
+            "t0": t0,
+            "kl_cycle": kl,
             "checkpoint_every": checkpoint_every,
         },
         "dae": {
             "grid": _scaled(_DAE_GRID, width=vae_width, epochs=epochs),
             "batch_size": batch,
             "lr": 1e-3,
-            "t0": 20,
-            "kl_cycle": {"zero_epochs": 20, "rise_epochs": 10, "hold_epochs": 10},
+            "t0": t0,
+            "kl_cycle": kl,
             "checkpoint_every": checkpoint_every,
         },
     }
@@ -106,12 +107,14 @@ PROFILES = {
     "smoke": _profile(cells=0.004, genes=200, min_cells=12, width=0.01, vae_width=0.1, epochs=0.03, vae_epochs=0.01,
                       mlp_epochs=3, batch=256, svd_k=8, nmf_k=6, nmf_iter=60, en_alphas=5, en_l1=[0.5, 1.0],
                       boot_pseudocells={"n_per_donor": 5, "cells_per_pseudocell": 8},
-                      max_cells_fit=3000, checkpoint_every=2),
+                      max_cells_fit=3000, checkpoint_every=2, kl_cycle=(1, 1, 1), t0=2),
     # The default book: the paper's designs on ~10k cells x 2,000 genes, narrower and shorter.
-    "quick": _profile(cells=0.05, genes=2000, min_cells=20, width=0.1, vae_width=1.0, epochs=0.3, vae_epochs=0.1,
-                      mlp_epochs=30, batch=1024, svd_k=100, nmf_k=100, nmf_iter=200, en_alphas=20,
-                      en_l1=[0.1, 0.5, 0.9, 1.0], boot_pseudocells={"n_per_donor": 20, "cells_per_pseudocell": 30},
-                      max_cells_fit=20_000, checkpoint_every=10),
+    # The KL cycle and the restart period shrink with the epochs (5 + 5 + 5 and 10 instead of
+    # 20 + 10 + 10 and 20), so that a 20-epoch run still sees the KL term at full weight.
+    "quick": _profile(cells=0.05, genes=2000, min_cells=20, width=0.1, vae_width=1.0, epochs=0.2, vae_epochs=0.06,
+                      mlp_epochs=30, batch=1024, svd_k=100, nmf_k=100, nmf_iter=100, en_alphas=20,
+                      en_l1=[0.1, 0.5, 0.9, 1.0], boot_pseudocells={"n_per_donor": 10, "cells_per_pseudocell": 30},
+                      max_cells_fit=20_000, checkpoint_every=10, kl_cycle=(5, 5, 5), t0=10),
     # The paper's exact settings: 189,423 cells x 17,658 genes, full widths and epochs, batch 4096.
     "paper": _profile(cells=1.0, genes=17658, min_cells=0, width=1.0, vae_width=1.0, epochs=1.0, vae_epochs=1.0,
                       mlp_epochs=30, batch=4096, svd_k=100, nmf_k=100, nmf_iter=200, en_alphas=20,

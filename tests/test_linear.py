@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from scipy.stats import hypergeom
+from sklearn.linear_model import ElasticNetCV
 
 from neuroage_utils.data import DataValidationError, log_normalize
 from neuroage_utils.models import linear
@@ -125,6 +126,31 @@ def test_sparse_and_dense_input_fit_the_same_clock(cohort, cell_clock):
     assert dense.alpha_ == pytest.approx(cell_clock.alpha_, rel=1e-3)  # float32 scale statistics
     assert dense.l1_ratio_ == cell_clock.l1_ratio_
     np.testing.assert_allclose(dense.coef_, cell_clock.coef_, atol=1e-3)
+
+
+def test_float32_fit_matches_a_float64_scikit_learn_fit():
+    # this cohort's float32 Gram matrix fails scikit-learn's own per-fold re-check (rounding only)
+    X, ages, donors, _ = simulate(n_donors=20, cells=20, n_genes=60, uneven=True, seed=1)
+    L = log_normalize(X)
+    clock = linear.fit_elastic_net(L, ages, donors, l1_ratios=(0.5, 1.0), n_alphas=5, seed=0)
+    reference = ElasticNetCV(l1_ratio=[0.5, 1.0], alphas=5, cv=linear.grouped_folds(donors, 5, seed=0))
+    reference.fit(L.toarray().astype(np.float64) / clock.scale_, ages)
+    assert clock.alpha_ == pytest.approx(reference.alpha_, rel=1e-4)
+    assert clock.l1_ratio_ == reference.l1_ratio_
+    np.testing.assert_allclose(clock.coef_, reference.coef_, atol=1e-4)
+    np.testing.assert_allclose(clock.model.mse_path_, reference.mse_path_, rtol=1e-3)
+
+
+def test_sparse_solver_above_the_dense_limit_gives_the_same_clock():
+    X, ages, donors, _ = simulate(n_donors=10, cells=15, n_genes=30, seed=4)
+    L = log_normalize(X)
+    dense = linear.fit_elastic_net(L, ages, donors, l1_ratios=(0.9,), n_alphas=5, max_iter=5000)
+    with pytest.warns(UserWarning, match="sparse coordinate descent is slow"):
+        sparse = linear.fit_elastic_net(
+            L, ages, donors, l1_ratios=(0.9,), n_alphas=5, max_iter=5000, dense_limit_gb=0
+        )
+    assert sparse.alpha_ == pytest.approx(dense.alpha_, rel=1e-4)
+    np.testing.assert_allclose(sparse.coef_, dense.coef_, atol=1e-2)
 
 
 def test_coef_table_and_cv_path(cell_clock):

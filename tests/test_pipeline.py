@@ -86,7 +86,7 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, breakage, me
     elif breakage == "negative_age":
         adata.obs.loc[adata.obs["donor_id"] == "D02", "age"] = -1.0
     else:
-        adata.X = adata.X * 0.5 + 0.25
+        adata.X = adata.X.toarray() * 0.5 + 0.25
     path = tmp_path / "bad.h5ad"
     adata.write_h5ad(path)
     out = tmp_path / "out"
