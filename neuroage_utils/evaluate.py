@@ -21,6 +21,8 @@ __all__ = [
     "null_table",
     "skipped_entry",
     "table_from_donor_predictions",
+    "paired_difference",
+    "describe_difference",
 ]
 
 
@@ -132,3 +134,34 @@ def table_from_donor_predictions(predicted: pd.Series, donors: pd.DataFrame) -> 
         raise ValueError(f"predictions for unknown donors: {sorted(missing)[:3]}")
     ids = predicted.index.astype(str)
     return donor_table(predicted.to_numpy(), ids, ages.loc[ids].to_numpy())
+
+
+def paired_difference(entry_a: dict, entry_b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    """MAE of model a minus MAE of model b on the donors both scored, with a paired bootstrap 95%
+    interval (donors resampled together, so the shared difficulty of a donor cancels out).
+
+    Negative means a is better. ``excludes_zero`` says whether the interval excludes 0.
+    """
+    def errors(entry):
+        return {p["donor_id"]: abs(p["predicted"] - p["age"]) for p in entry["predictions"]}
+
+    ea, eb = errors(entry_a), errors(entry_b)
+    shared = sorted(set(ea) & set(eb))
+    if not shared:
+        raise ValueError("paired_difference: the two models share no donor")
+    diff = np.array([ea[d] - eb[d] for d in shared])
+    rng = np.random.default_rng(seed)
+    boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"difference": float(diff.mean()), "ci95": [float(lo), float(hi)], "n_donors": len(shared),
+            "excludes_zero": bool(lo > 0 or hi < 0)}
+
+
+def describe_difference(name_a: str, name_b: str, comparison: dict) -> str:
+    """One sentence for the book: how model a compares with model b, and whether that is evidence."""
+    d, (lo, hi) = comparison["difference"], comparison["ci95"]
+    direction = "lower" if d < 0 else "higher"
+    verdict = ("the interval excludes zero" if comparison["excludes_zero"]
+               else "the interval includes zero, so these donors cannot tell the two apart")
+    return (f"{name_a} misses the {comparison['n_donors']} donors by {abs(d):.2f} years {direction} on average than "
+            f"{name_b} (paired bootstrap 95% interval of the difference: {lo:+.2f} to {hi:+.2f}); {verdict}.")

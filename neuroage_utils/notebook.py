@@ -235,6 +235,35 @@ class Chapter:
             )
         return pd.DataFrame(rows)
 
+    # -- comparisons ---------------------------------------------------------------------------
+    def entry(self, ref: str) -> dict | None:
+        """A scored model by key, or ``"section::key"`` from another chapter's results file on the
+        same data; None when absent, skipped, or run on other data."""
+        if "::" not in ref:
+            e = self.models.get(ref)
+        else:
+            section, key = ref.split("::", 1)
+            try:
+                doc = results.read_results(self.out_dir, section)
+            except FileNotFoundError:
+                return None
+            e = doc["models"].get(key) if doc["data"]["sha256"] == self.data["sha256"] else None
+        return e if e and "mae" in e else None
+
+    def verdicts(self, pairs, names: dict | None = None) -> str:
+        """Markdown bullets comparing models pairwise on shared donors (paired bootstrap), one per
+        pair whose two models exist; a pair with a missing model says so."""
+        names = names or {}
+        lines = []
+        for a, b in pairs:
+            ea, eb = self.entry(a), self.entry(b)
+            na, nb = names.get(a, a), names.get(b, b)
+            if ea is None or eb is None:
+                lines.append(f"- {na} vs {nb}: not compared ({a if ea is None else b} was not run on this data).")
+                continue
+            lines.append("- " + evaluate.describe_difference(na, nb, evaluate.paired_difference(ea, eb, seed=self.seed)))
+        return "\n".join(lines)
+
     # -- the end -------------------------------------------------------------------------------
     @property
     def runtime_s(self) -> float:

@@ -50,3 +50,17 @@ def test_r_of_a_constant_prediction_is_undefined_despite_rounding():
     # a per-donor mean of identical cell values can differ from the value in the last bit
     table = donor_table([55.3] * 7 + [55.3] * 3, list("aaaaaaabbb"), [30] * 7 + [80] * 3)
     assert donor_metrics(table)["r"] != donor_metrics(table)["r"]  # NaN
+
+
+def test_paired_difference_detects_a_better_model_and_not_a_tie():
+    from neuroage_utils.evaluate import paired_difference
+
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(20, 90, 40)
+    ids = [f"d{i}" for i in range(40)]
+    good = model_entry(donor_table(ages + rng.normal(0, 2, 40), ids, ages), "test")
+    bad = model_entry(donor_table(ages + rng.normal(0, 15, 40), ids, ages), "test")
+    cmp = paired_difference(good, bad)
+    assert cmp["difference"] < 0 and cmp["excludes_zero"] and cmp["n_donors"] == 40
+    same = paired_difference(good, good)
+    assert same["difference"] == 0 and not same["excludes_zero"]

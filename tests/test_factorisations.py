@@ -90,7 +90,9 @@ def test_sparse_svd_is_the_exact_pca_of_z_scored_data(cohort):
     dense = L.toarray().astype(float)
     z = (dense - dense.mean(axis=0)) / dense.std(axis=0)
     reference = PCA(n_components=5, svd_solver="full").fit(z)
-    np.testing.assert_allclose(model.explained_variance_ratio_, reference.explained_variance_ratio_, rtol=1e-3)
+    np.testing.assert_allclose(
+        model.explained_variance_ratio_, reference.explained_variance_ratio_, rtol=1e-3
+    )
     ours, theirs = model.transform(L), reference.transform(z)
     signs = np.sign((ours * theirs).sum(axis=0))  # components are defined up to sign
     np.testing.assert_allclose(ours * signs, theirs, atol=1e-2 * np.abs(theirs).max())

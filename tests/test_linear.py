@@ -254,7 +254,8 @@ def test_pseudocells_sum_the_right_number_of_cells_of_their_own_donor():
     donors = donors[order]
     donor_index = np.array([int(d[1:]) for d in donors])
     # gene 0 marks the donor (value donor index + 1), gene 1 counts cells, gene 2 is noise
-    X = np.column_stack([donor_index + 1, np.ones(len(donors)), rng.poisson(3, len(donors))]).astype(np.float32)
+    X = np.column_stack([donor_index + 1, np.ones(len(donors)), rng.poisson(3, len(donors))])
+    X = X.astype(np.float32)
 
     k, n = 7, 9  # more cells per pseudocell than the donor has: drawn with replacement
     profiles, owners = linear.pseudocells(sp.csr_matrix(X), donors, k, n, seed=0, normalise=None)

@@ -35,7 +35,7 @@ does for sparse input. The coefficients equal those of an elastic net on fully z
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -217,7 +217,7 @@ class ElasticNetClock:
     """
 
     model: ElasticNetCV
-    scale_: np.ndarray
+    scale_: np.ndarray = field(repr=False)
     converged: bool = True
 
     # -- fitted hyper-parameters and coefficients ------------------------------------------------
@@ -251,7 +251,9 @@ class ElasticNetClock:
 
     def coef_table(self, gene_names=None, nonzero_only: bool = True) -> pd.DataFrame:
         """Genes and coefficients (years per SD of expression), sorted by decreasing ``|coef|``."""
-        names = np.arange(self.n_features_in_).astype(str) if gene_names is None else np.asarray(gene_names).astype(str)
+        if gene_names is None:
+            gene_names = np.arange(self.n_features_in_)
+        names = np.asarray(gene_names).astype(str)
         if len(names) != self.n_features_in_:
             raise DataValidationError(
                 f"coef_table got {len(names)} gene names for a clock on {self.n_features_in_} genes: "
@@ -275,20 +277,19 @@ class ElasticNetClock:
         if mse.ndim == 2:
             mse, alphas = mse[None], alphas[None]
         n_folds = mse.shape[-1]
-        rows = []
-        for i, ratio in enumerate(l1):
-            for j, alpha in enumerate(alphas[i]):
-                fold = mse[i, j]
-                rows.append(
-                    {
-                        "l1_ratio": float(ratio),
-                        "alpha": float(alpha),
-                        "mse_mean": float(fold.mean()),
-                        "mse_sem": float(fold.std(ddof=1) / np.sqrt(n_folds)) if n_folds > 1 else float("nan"),
-                        "selected": bool(np.isclose(ratio, self.l1_ratio_) and np.isclose(alpha, self.alpha_)),
-                    }
-                )
-        return pd.DataFrame(rows)
+        sem = mse.std(axis=-1, ddof=1) / np.sqrt(n_folds) if n_folds > 1 else np.full(mse.shape[:-1], np.nan)
+        table = pd.DataFrame(
+            {
+                "l1_ratio": np.repeat(l1.astype(float), alphas.shape[1]),
+                "alpha": alphas.ravel(),
+                "mse_mean": mse.mean(axis=-1).ravel(),
+                "mse_sem": sem.ravel(),
+            }
+        )
+        table["selected"] = np.isclose(table["l1_ratio"], self.l1_ratio_) & np.isclose(
+            table["alpha"], self.alpha_
+        )
+        return table
 
     # -- prediction -------------------------------------------------------------------------------
     def predict(self, X) -> np.ndarray:
@@ -426,7 +427,8 @@ def fit_elastic_net(
     ----------
     X
         Cells x genes, CSR or dense; the features as the clock should see them (the book passes
-        log-normalised counts, :func:`neuroage_utils.data.log_normalize`). Not densified.
+        log-normalised counts, :func:`neuroage_utils.data.log_normalize`). A sparse matrix is
+        densified for the fit only when small (``dense_limit_gb``).
     ages, donors
         One age (years) and one donor id per cell.
     l1_ratios, n_alphas
@@ -605,7 +607,8 @@ def pseudocells(
         if replace:
             drawn.append(rng.choice(cells, size=(n_per_donor, cells_per_pseudocell), replace=True))
         else:
-            drawn.append(np.stack([rng.choice(cells, cells_per_pseudocell, replace=False) for _ in range(n_per_donor)]))
+            draws = [rng.choice(cells, cells_per_pseudocell, replace=False) for _ in range(n_per_donor)]
+            drawn.append(np.stack(draws))
     drawn = np.concatenate(drawn)  # (n_donors * n_per_donor, cells_per_pseudocell)
     rows = np.repeat(np.arange(len(drawn)), cells_per_pseudocell)
     sums = _sum_rows(X, _membership(rows, drawn.ravel(), len(drawn), X.shape[0]))

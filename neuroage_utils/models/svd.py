@@ -139,7 +139,9 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True)
     # deterministic signs: the largest-|loading| gene of each component is positive
     vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
     ratio = s**2 / total_variance if total_variance > 0 else np.zeros_like(s)
-    return SVDModel(components_=vt, singular_values_=s, explained_variance_ratio_=ratio, mean_=mean, scale_=scale_)
+    return SVDModel(
+        components_=vt, singular_values_=s, explained_variance_ratio_=ratio, mean_=mean, scale_=scale_
+    )
 
 
 def _pearson_columns(M: np.ndarray, y: np.ndarray) -> np.ndarray:
