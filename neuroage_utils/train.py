@@ -857,6 +857,21 @@ class TorchAgeRegressor:
 
     max_dense_bytes = DEFAULT_MAX_DENSE_BYTES
 
+    def _set_training_options(self, epochs, lr, batch_size, early_stopping_patience, device, seed,
+                              checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes) -> None:
+        """Store the options every subclass shares (see :func:`fit` for their meaning)."""
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.early_stopping_patience = early_stopping_patience
+        self.device = device
+        self.seed = int(seed)
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = int(checkpoint_every)
+        self.progress = bool(progress)
+        self.weight_decay = float(weight_decay)
+        self.max_dense_bytes = int(max_dense_bytes)
+
     # -- hooks -------------------------------------------------------------------------------------
     def _build_module(self, X, batches: CellBatches) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError

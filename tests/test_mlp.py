@@ -12,13 +12,7 @@ from neuroage_utils.data import DataValidationError, SparseStandardScaler
 from neuroage_utils.models.mlp import AgeMLP, MLPRegressor
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP synchronisation costs (large on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cohort(n_donors=12, cells=30, g=20, seed=0):

@@ -104,18 +104,9 @@ class MLPRegressor(TorchAgeRegressor):
     ):
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
-        self.epochs = int(epochs)
-        self.lr = float(lr)
-        self.batch_size = int(batch_size)
         self.scale_inputs = bool(scale_inputs)
-        self.early_stopping_patience = early_stopping_patience
-        self.device = device
-        self.seed = int(seed)
-        self.checkpoint_path = checkpoint_path
-        self.checkpoint_every = int(checkpoint_every)
-        self.progress = bool(progress)
-        self.weight_decay = float(weight_decay)
-        self.max_dense_bytes = int(max_dense_bytes)
+        self._set_training_options(epochs, lr, batch_size, early_stopping_patience, device, seed,
+                                   checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes)
 
     def _build_module(self, X, batches: CellBatches) -> AgeMLP:
         if X.shape[1] < 1:

@@ -490,21 +490,12 @@ class VAEAgeRegressor(TorchAgeRegressor):
         self.gaussian_variance = gaussian_variance
         self.log_normalize = bool(log_normalize)
         self.target_sum = float(target_sum)
-        self.epochs = int(epochs)
-        self.lr = float(lr)
-        self.batch_size = int(batch_size)
         self.kl_schedule = kl_schedule
         self.kl_cycle = dict(kl_cycle) if kl_cycle else None
         self.lr_schedule = lr_schedule
         self.T_0 = int(T_0)
-        self.early_stopping_patience = early_stopping_patience
-        self.device = device
-        self.seed = int(seed)
-        self.checkpoint_path = checkpoint_path
-        self.checkpoint_every = int(checkpoint_every)
-        self.progress = bool(progress)
-        self.weight_decay = float(weight_decay)
-        self.max_dense_bytes = int(max_dense_bytes)
+        self._set_training_options(epochs, lr, batch_size, early_stopping_patience, device, seed,
+                                   checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes)
 
     # -- hooks of TorchAgeRegressor ----------------------------------------------------------------
     def _make_module(self, n_genes: int) -> AgeVAE:
