@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evaluate, profiles, results
+from . import evaluate, paper, profiles, results
 from .data import Cohort, file_sha256, load_cohort
 
 __all__ = ["Chapter", "simulated_path", "ensure_simulated", "glue", "default_out_dir"]
@@ -217,22 +217,55 @@ class Chapter:
         trained on other data is never resumed."""
         return self.out_dir / "checkpoints" / self.data["sha256"][:16] / self.section / f"{key}.pt"
 
+    def tuning_table(self, runs, paper_mae=None) -> tuple[pd.DataFrame, int]:
+        """A tuning table (the paper's Tables 1-4) from ``(config, entry)`` pairs scored on validation
+        donors: the configuration as run, our MAE and interval, the paper's MAE beside it, and the
+        null model's validation row last. Returns the table and the index of the best run."""
+        rows = []
+        for i, (config, entry) in enumerate(runs, 1):
+            lo, hi = entry["mae_ci95"]
+            rows.append({"model": str(i), **{k: str(v) for k, v in config.items()}, "MAE": entry["mae"],
+                         "95% CI": f"{lo:.1f}-{hi:.1f}"})
+        table = pd.DataFrame(rows)
+        best = int(table["MAE"].idxmin())
+        if paper_mae is not None:
+            table["paper MAE"] = list(paper_mae)[: len(table)]
+        if "null_val" not in self.models:
+            self.add_null("val", key="null_val")
+        null = self.models["null_val"]
+        null_row = {"model": "null (training mean)", "MAE": null["mae"],
+                    "95% CI": f"{null['mae_ci95'][0]:.1f}-{null['mae_ci95'][1]:.1f}"}
+        if paper_mae is not None:
+            null_row["paper MAE"] = paper.TEXT["null_val_mae"]
+        table = pd.concat([table, pd.DataFrame([null_row])], ignore_index=True)
+        config_columns = [c for c in table.columns if c not in ("MAE", "95% CI", "paper MAE")]
+        table[config_columns] = table[config_columns].fillna("")
+        return table, best
+
     def skip(self, key: str, reason: str) -> dict:
         self.models[key] = evaluate.skipped_entry(reason)
         return self.models[key]
 
-    def scores(self) -> pd.DataFrame:
-        """The models scored so far, one row each: key, split, MAE, 95% CI, r, donors."""
+    def scores(self, keys=None, others: dict | None = None) -> pd.DataFrame:
+        """Scored models, one row each: key, split, MAE, 95% CI, r, donors.
+
+        ``keys`` selects this chapter's models (default: all); ``others`` maps ``"section::key"``
+        references (read from other chapters' results on the same data) to row labels.
+        """
+        chosen = [(k, self.models[k]) for k in (keys if keys is not None else self.models) if k in self.models]
+        for ref, label in (others or {}).items():
+            entry = self.entry(ref)
+            if entry is not None:
+                chosen.append((label, entry))
         rows = []
-        for key, e in self.models.items():
+        for key, e in chosen:
             if "skipped" in e:
-                rows.append({"model": key, "split": "-", "MAE": np.nan, "95% CI": "skipped: " + e["skipped"], "r": np.nan, "donors": 0})
+                rows.append({"model": key, "split": "-", "MAE": np.nan, "95% CI": "skipped: " + e["skipped"],
+                             "r": np.nan, "donors": 0})
                 continue
             lo, hi = e["mae_ci95"]
-            rows.append(
-                {"model": key, "split": e["split"], "MAE": round(e["mae"], 2), "95% CI": f"{lo:.1f}-{hi:.1f}",
-                 "r": np.nan if e["r"] is None else round(e["r"], 2), "donors": e["n_donors"]}
-            )
+            rows.append({"model": key, "split": e["split"], "MAE": round(e["mae"], 2), "95% CI": f"{lo:.1f}-{hi:.1f}",
+                         "r": np.nan if e["r"] is None else round(e["r"], 2), "donors": e["n_donors"]})
         return pd.DataFrame(rows)
 
     # -- comparisons ---------------------------------------------------------------------------
