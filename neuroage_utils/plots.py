@@ -129,3 +129,11 @@ def architecture_figure(layers: pd.DataFrame, title: str = ""):
     sub = f"reconstruction: {likelihood.iloc[0]}" if len(likelihood) else ""
     ax.set_title(f"{title}\n{sub}" if title else sub, fontsize=10)
     return fig
+
+
+def placeholder_figure(text: str):
+    """A small figure that says why a figure is missing (a model skipped on this input)."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="0.35")
+    ax.axis("off")
+    return fig

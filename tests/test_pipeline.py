@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from neuroage_utils import profiles, results
@@ -95,3 +96,25 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, breakage, me
     last = proc.stderr.strip().splitlines()[-1]
     assert message in last and last.startswith("error:")
     assert not (out / "results").exists() and not (out / "executed").exists()
+
+
+def test_values_that_are_not_counts_run_with_count_models_skipped(tmp_path):
+    """z-scored data (negative floats): accepted with --allow-non-counts; count models and NMF are
+    recorded as skipped with a reason, the others are scored."""
+    adata = make_adata(n_donors=14, cells_per_donor=12, n_genes=40)
+    dense = np.log1p(adata.X.toarray())
+    adata.X = ((dense - dense.mean(0)) / (dense.std(0) + 1e-6)).astype(np.float32)
+    path = tmp_path / "zscored.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "out"
+    proc = run("--data", str(path), "--profile", "smoke", "--out", str(out), "--no-book", "--allow-non-counts",
+               "--device", "cpu", "--only", "nmf", "vae")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    vae = results.read_results(out, "vae")
+    assert vae["data"]["simulated"] is False
+    assert "raw counts" in vae["models"]["vae_poisson"]["skipped"]
+    assert "raw counts" in vae["models"]["vae_nb"]["skipped"]
+    assert "mae" in vae["models"]["vae_gaussian"]
+    nmf = results.read_results(out, "nmf")
+    assert "non-negative" in nmf["models"]["nmf_mlp"]["skipped"]
+    assert "mae" in nmf["models"]["null"]
