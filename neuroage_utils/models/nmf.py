@@ -16,7 +16,7 @@ The paper fitted NMF (k = 100, scikit-learn defaults) to the **raw** counts of t
 validation donors: ``transform="raw"`` reproduces that. On raw counts the Frobenius loss is dominated
 by highly expressed genes and by library size; ``transform="log1p"`` factorises ``log(1 + x)``
 instead, which compresses that range (pass raw counts; log-normalised input with ``"raw"`` works
-too). Which one a chapter uses is recorded in its results.
+too). The default is the paper's ``"raw"``; a chapter that uses ``"log1p"`` says so.
 """
 
 from __future__ import annotations
@@ -50,14 +50,17 @@ def _prepare(X, transform: str, dense_limit_gb: float, what: str):
         raise DataValidationError(f"unknown NMF transform={transform!r}: use one of {INPUT_TRANSFORMS}")
     X = _as_matrix(X, what)
     require_non_negative(X, "NMF")
-    if transform == "log1p":
-        X = X.copy()
-        if sp.issparse(X):
-            np.log1p(X.data, out=X.data)
-        else:
-            np.log1p(X, out=X)
-    if sp.issparse(X) and X.shape[0] * X.shape[1] * X.dtype.itemsize <= dense_limit_gb * 2**30:
+    densified = sp.issparse(X) and X.shape[0] * X.shape[1] * X.dtype.itemsize <= dense_limit_gb * 2**30
+    if densified:
         X = X.toarray()
+    if transform == "log1p":
+        if sp.issparse(X):
+            X = X.copy()
+            np.log1p(X.data, out=X.data)
+        elif densified:
+            np.log1p(X, out=X)  # our own copy: transform in place
+        else:
+            X = np.log1p(X)  # never modify the caller's array
     return X
 
 
