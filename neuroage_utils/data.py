@@ -37,6 +37,7 @@ __all__ = [
     "STUDY_SPLIT_FRACTIONS",
     "file_sha256",
     "subsample_cells",
+    "column_moments",
 ]
 
 #: The study's donor proportions: 49 train, 9 validation, 11 test of 69 donors.
@@ -193,6 +194,30 @@ def log_normalize(X, target_sum: float = 1e4) -> sp.csr_matrix:
     return X
 
 
+def column_moments(X, chunk_rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and population variance (float64) of a CSR or dense matrix.
+
+    Streams over blocks of rows, so neither a squared copy of ``X`` nor a float64 copy of it is
+    ever made (at paper scale either would be gigabytes); sums are accumulated in float64, which
+    float32 sums over 10^5 cells would not be.
+    """
+    n, p = X.shape
+    total = np.zeros(p)
+    total_sq = np.zeros(p)
+    for start in range(0, n, chunk_rows):
+        block = X[start : start + chunk_rows]
+        if sp.issparse(block):
+            values = block.data.astype(np.float64)
+            total += np.bincount(block.indices, weights=values, minlength=p)
+            total_sq += np.bincount(block.indices, weights=values * values, minlength=p)
+        else:
+            values = np.asarray(block, dtype=np.float64)
+            total += values.sum(axis=0)
+            total_sq += (values * values).sum(axis=0)
+    mean = total / n
+    return mean, np.maximum(total_sq / n - mean**2, 0.0)
+
+
 class SparseStandardScaler:
     """Per-gene z-scoring fitted on training rows without densifying the matrix.
 
@@ -206,23 +231,10 @@ class SparseStandardScaler:
         self.clip = clip
 
     def fit(self, X) -> "SparseStandardScaler":
-        n = X.shape[0]
-        if n == 0:
+        if X.shape[0] == 0:
             raise ValueError("SparseStandardScaler.fit: no rows to fit on")
-        if sp.issparse(X):
-            X = sp.csr_matrix(X)
-            mean = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel() / n
-            # Centred sums in float64 (E[x^2] - E[x]^2 in float32 loses the variance): the stored
-            # entries contribute (x - mean)^2, the implicit zeros mean^2 each.
-            centred = X.data.astype(np.float64) - mean[X.indices]
-            sq = np.bincount(X.indices, weights=centred**2, minlength=X.shape[1])
-            zeros = n - np.bincount(X.indices, minlength=X.shape[1])
-            var = (sq + zeros * mean**2) / n
-        else:
-            X = np.asarray(X, dtype=np.float64)
-            mean = X.mean(axis=0)
-            var = X.var(axis=0)
-        scale = np.sqrt(np.maximum(var, 0.0))
+        mean, var = column_moments(X)
+        scale = np.sqrt(var)
         scale[scale == 0] = 1.0
         self.mean_ = mean.astype(np.float32) if self.with_mean else np.zeros_like(mean, dtype=np.float32)
         self.scale_ = scale.astype(np.float32)

@@ -45,10 +45,9 @@ from sklearn.linear_model import ElasticNetCV, enet_path
 from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
-from neuroage_utils.data import DataValidationError
+from neuroage_utils.data import DataValidationError, column_moments
 
 __all__ = [
-    "column_moments",
     "column_scale",
     "grouped_folds",
     "ElasticNetClock",
@@ -127,29 +126,6 @@ def _donor_ages(ages: np.ndarray, donors: np.ndarray, what: str) -> pd.Series:
 
 #: Rows per block when streaming over a matrix: bounds temporary memory at paper scale.
 CHUNK_ROWS = 8192
-
-
-def column_moments(X, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and population variance (float64) of a CSR or dense matrix.
-
-    Streams over blocks of rows, so neither a squared copy of ``X`` nor a float64 copy of it is
-    ever made; sums are accumulated in float64, which float32 sums over 10^5 cells would not be.
-    """
-    n, p = X.shape
-    total = np.zeros(p)
-    total_sq = np.zeros(p)
-    for start in range(0, n, chunk_rows):
-        block = X[start : start + chunk_rows]
-        if sp.issparse(block):
-            values = block.data.astype(np.float64)
-            total += np.bincount(block.indices, weights=values, minlength=p)
-            total_sq += np.bincount(block.indices, weights=values * values, minlength=p)
-        else:
-            values = np.asarray(block, dtype=np.float64)
-            total += values.sum(axis=0)
-            total_sq += (values * values).sum(axis=0)
-    mean = total / n
-    return mean, np.maximum(total_sq / n - mean**2, 0.0)
 
 
 def column_scale(X) -> np.ndarray:

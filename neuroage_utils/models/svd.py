@@ -34,7 +34,8 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, svds
 
 from neuroage_utils.data import DataValidationError
-from neuroage_utils.models.linear import _as_matrix, column_moments
+from neuroage_utils.data import column_moments
+from neuroage_utils.models.linear import _as_matrix
 
 __all__ = ["SVDModel", "fit_svd", "component_age_correlations", "top_loadings"]
 
