@@ -163,5 +163,6 @@ def describe_difference(name_a: str, name_b: str, comparison: dict) -> str:
     direction = "lower" if d < 0 else "higher"
     verdict = ("the interval excludes zero" if comparison["excludes_zero"]
                else "the interval includes zero, so these donors cannot tell the two apart")
-    return (f"{name_a} misses the {comparison['n_donors']} donors by {abs(d):.2f} years {direction} on average than "
+    subject = name_a[:1].upper() + name_a[1:]
+    return (f"{subject} misses the {comparison['n_donors']} donors by {abs(d):.2f} years {direction} on average than "
             f"{name_b} (paired bootstrap 95% interval of the difference: {lo:+.2f} to {hi:+.2f}); {verdict}.")
