@@ -34,17 +34,8 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from neuroage_utils.data import log_normalize  # noqa: E402
 from neuroage_utils.simulate import DEFAULT_PARAMETERS, simulate_cohort  # noqa: E402
-
-
-def log_normalize(X, target_sum: float = 1e4) -> sp.csr_matrix:
-    """log1p of counts scaled to ``target_sum`` per row (kept local: a calibration needs no deps)."""
-    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    X.data *= np.repeat(scale, np.diff(X.indptr)).astype(np.float32)
-    np.log1p(X.data, out=X.data)
-    return X
 
 
 def zscore(train: np.ndarray, *others: np.ndarray):

@@ -55,3 +55,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_blas_thread():
+    """Tiny matrices: one BLAS thread. Two OpenBLAS threads on a busy 2-core machine made 600 x 200
+    products about 100x slower (threads wait for a core), and gain nothing at this size."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
-from threadpoolctl import threadpool_limits
 
 from neuroage_utils.data import DataValidationError, log_normalize
 from neuroage_utils.models import nmf, svd
@@ -25,12 +24,7 @@ def simulate(n_donors=40, cells=30, n_genes=200, n_age_genes=10, effect=0.6, see
     return sp.csr_matrix(counts), ages, donors, np.arange(n_age_genes)
 
 
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    """Tiny matrices: one BLAS thread. Two OpenBLAS threads on a busy 2-core machine made 600 x 200
-    products about 100x slower (threads wait for a core), and gain nothing at this size."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")
