@@ -164,16 +164,23 @@ class Chapter:
         table = evaluate.null_table(train["age"], evald["donor_id"], evald["age"])
         return self.add(key, table, split, trained_on=list(train_splits))
 
-    def fit_score(self, key: str, model, X, fit=("train",), on: str = "val", **extra) -> dict:
+    def fit_score(self, key: str, model, X, fit=("train",), on: str = "val", watch: str | None = None,
+                  **extra) -> dict:
         """Fit ``model`` on the cells of the ``fit`` splits, score it on the donors of ``on``.
 
         ``model`` follows the regressor protocol of this package: ``fit(X, ages, donors=...)`` and
-        ``predict(X) -> ages``. The entry records the splits it was trained on; the fitted model
+        ``predict(X) -> ages``. ``watch`` names a split whose donors a torch model follows during
+        training (validation MAE per epoch; needed for early stopping). The entry records the splits it
+        was trained on; the fitted model
         is kept in ``self.fitted[key]`` and the cell predictions in ``self.cell_predictions[key]``.
         """
         c = self.cohort
         train, evaluate_on = c.mask(*fit), c.mask(on)
-        model.fit(X[train], c.ages[train], donors=c.donors[train])
+        if watch is not None:  # a torch model watches these donors (validation loss, early stopping)
+            w = c.mask(watch)
+            model.fit(X[train], c.ages[train], donors=c.donors[train], validation=(X[w], c.ages[w], c.donors[w]))
+        else:
+            model.fit(X[train], c.ages[train], donors=c.donors[train])
         pred = model.predict(X[evaluate_on])
         self.fitted[key] = model
         self.cell_predictions[key] = pred
