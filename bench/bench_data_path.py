@@ -46,7 +46,7 @@ def main() -> None:
     steps["load_validate_split_s"] = time.perf_counter() - t
     t = time.perf_counter()
     normed = log_normalize(cohort.X)
-    scaler = SparseStandardScaler().fit(normed[cohort.mask("train")])
+    scaler = SparseStandardScaler().fit(normed, rows=cohort.mask("train"))
     batch = scaler.transform(normed[:4096])
     steps["normalise_scale_s"] = time.perf_counter() - t
     report = {

@@ -144,12 +144,17 @@ def counts_matrix(adata) -> sp.csr_matrix:
     return X
 
 
-def is_count_matrix(X) -> bool:
-    """True when every stored value is a non-negative integer (raw UMI counts)."""
+def is_count_matrix(X, chunk: int = 1 << 24) -> bool:
+    """True when every stored value is a non-negative integer (raw UMI counts).
+
+    Checked in chunks, so a paper-scale matrix needs no full-size temporary arrays.
+    """
     values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if values.size == 0:
-        return True
-    return bool((values >= 0).all() and np.array_equal(values, np.round(values)))
+    for start in range(0, values.size, chunk):
+        part = values[start : start + chunk]
+        if not ((part >= 0).all() and np.array_equal(part, np.round(part))):
+            return False
+    return True
 
 
 def require_counts(X, what: str = "this model") -> None:
@@ -184,28 +189,44 @@ def require_non_negative(X, what: str = "this model") -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def log_normalize(X, target_sum: float = 1e4) -> sp.csr_matrix:
-    """Library-size normalise each cell to ``target_sum`` counts, then log1p; zeros stay zeros."""
-    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    X.data *= np.repeat(scale, np.diff(X.indptr)).astype(np.float32)
-    np.log1p(X.data, out=X.data)
-    return X
+def log_normalize(X, target_sum: float = 1e4, chunk_rows: int = 16384) -> sp.csr_matrix:
+    """Library-size normalise each cell to ``target_sum`` counts, then log1p; zeros stay zeros.
+
+    Returns a new CSR matrix whose values are new but whose ``indices``/``indptr`` are shared with
+    ``X`` (only the values change), and works through blocks of rows, so the extra memory is one
+    copy of the values (at paper scale 1.6 GB, not the 8 GB a naive float64 pass would take).
+    """
+    X = sp.csr_matrix(X)
+    data = X.data.astype(np.float32, copy=True)
+    totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
+    indptr = X.indptr
+    for start in range(0, X.shape[0], chunk_rows):
+        stop = min(start + chunk_rows, X.shape[0])
+        a, b = indptr[start], indptr[stop]
+        block = data[a:b]
+        block *= np.repeat(scale[start:stop], np.diff(indptr[start : stop + 1]))
+        np.log1p(block, out=block)
+    return sp.csr_matrix((data, X.indices, indptr), shape=X.shape, copy=False)
 
 
-def column_moments(X, chunk_rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def column_moments(X, chunk_rows: int = 8192, rows=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and population variance (float64) of a CSR or dense matrix.
 
     Streams over blocks of rows, so neither a squared copy of ``X`` nor a float64 copy of it is
     ever made (at paper scale either would be gigabytes); sums are accumulated in float64, which
-    float32 sums over 10^5 cells would not be.
+    float32 sums over 10^5 cells would not be. ``rows`` (a boolean mask) restricts the moments to
+    those rows without copying them out first (e.g. the training cells).
     """
-    n, p = X.shape
+    p = X.shape[1]
+    rows = None if rows is None else np.asarray(rows, dtype=bool)
+    n = X.shape[0] if rows is None else int(rows.sum())
     total = np.zeros(p)
     total_sq = np.zeros(p)
-    for start in range(0, n, chunk_rows):
+    for start in range(0, X.shape[0], chunk_rows):
         block = X[start : start + chunk_rows]
+        if rows is not None:
+            block = block[rows[start : start + chunk_rows]]
         if sp.issparse(block):
             values = block.data.astype(np.float64)
             total += np.bincount(block.indices, weights=values, minlength=p)
@@ -230,10 +251,11 @@ class SparseStandardScaler:
         self.with_mean = with_mean
         self.clip = clip
 
-    def fit(self, X) -> "SparseStandardScaler":
-        if X.shape[0] == 0:
+    def fit(self, X, rows=None) -> "SparseStandardScaler":
+        """Fit on ``X``, or on the rows of ``X`` in boolean mask ``rows`` (no copy of them is made)."""
+        if X.shape[0] == 0 or (rows is not None and not np.any(rows)):
             raise ValueError("SparseStandardScaler.fit: no rows to fit on")
-        mean, var = column_moments(X)
+        mean, var = column_moments(X, rows=rows)
         scale = np.sqrt(var)
         scale[scale == 0] = 1.0
         self.mean_ = mean.astype(np.float32) if self.with_mean else np.zeros_like(mean, dtype=np.float32)

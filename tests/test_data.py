@@ -144,3 +144,13 @@ def test_sparse_scaler_is_exact_for_large_offsets():
     scaler = SparseStandardScaler().fit(sp.csr_matrix(dense))
     np.testing.assert_allclose(scaler.scale_, dense.astype(np.float64).std(0), rtol=1e-4)
     np.testing.assert_allclose(scaler.mean_, dense.astype(np.float64).mean(0), rtol=1e-6)
+
+
+def test_scaler_on_a_row_mask_equals_the_scaler_on_those_rows():
+    rng = np.random.default_rng(2)
+    X = sp.csr_matrix(rng.poisson(0.7, size=(300, 6)).astype(np.float32))
+    rows = rng.random(300) < 0.4
+    a = SparseStandardScaler().fit(X, rows=rows)
+    b = SparseStandardScaler().fit(X[rows])
+    np.testing.assert_allclose(a.mean_, b.mean_, rtol=1e-6)
+    np.testing.assert_allclose(a.scale_, b.scale_, rtol=1e-6)
