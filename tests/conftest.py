@@ -65,3 +65,27 @@ def one_blas_thread():
 
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+def age_counts(n_donors=40, cells=30, n_genes=200, n_age_genes=10, effect=0.6, seed=0, uneven=False,
+               same_direction=False):
+    """Poisson counts in which the first ``n_age_genes`` genes' log-means move linearly with age.
+
+    Returns counts (CSR float32), per-cell ages and donor ids, and the indices of the age genes.
+    ``uneven`` gives donors between cells/3 and 3*cells cells, as real donors are unequal;
+    ``same_direction`` makes every age gene rise with age (otherwise the sign is random).
+    """
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(max(2, cells // 3), 3 * cells, n_donors) if uneven else np.full(n_donors, cells)
+    donor_ids = np.array([f"D{i:02d}" for i in range(n_donors)])
+    donor_age = rng.uniform(25, 90, n_donors)
+    donors = np.repeat(donor_ids, sizes)
+    ages = np.repeat(donor_age, sizes)
+    base = rng.lognormal(0.5, 0.7, n_genes)
+    beta = np.zeros(n_genes)
+    n_age_genes = min(n_age_genes, n_genes)
+    beta[:n_age_genes] = effect if same_direction else rng.choice([-1.0, 1.0], n_age_genes) * effect
+    z = (ages - 57.5) / 19.0
+    library = rng.lognormal(0.0, 0.3, len(ages))[:, None]
+    counts = rng.poisson(library * base * np.exp(beta * z[:, None])).astype(np.float32)
+    return sp.csr_matrix(counts), ages, donors, np.arange(n_age_genes)

@@ -8,20 +8,12 @@ from sklearn.decomposition import PCA
 from neuroage_utils.data import DataValidationError, log_normalize
 from neuroage_utils.models import nmf, svd
 
+from .conftest import age_counts
 
-def simulate(n_donors=40, cells=30, n_genes=200, n_age_genes=10, effect=0.6, seed=0):
-    """Poisson counts whose first ``n_age_genes`` genes rise with age (log-linear, same direction)."""
-    rng = np.random.default_rng(seed)
-    donor_age = rng.uniform(25, 90, n_donors)
-    donors = np.repeat([f"D{i:02d}" for i in range(n_donors)], cells)
-    ages = np.repeat(donor_age, cells)
-    base = rng.lognormal(0.5, 0.7, n_genes)
-    beta = np.zeros(n_genes)
-    beta[:n_age_genes] = effect
-    z = (ages - 57.5) / 19.0
-    library = rng.lognormal(0.0, 0.3, len(ages))[:, None]
-    counts = rng.poisson(library * base * np.exp(beta * z[:, None])).astype(np.float32)
-    return sp.csr_matrix(counts), ages, donors, np.arange(n_age_genes)
+
+def simulate(**kwargs):
+    """Counts whose planted age genes all rise with age (see ``conftest.age_counts``)."""
+    return age_counts(same_direction=True, **kwargs)
 
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
