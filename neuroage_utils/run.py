@@ -177,7 +177,7 @@ def _machine() -> str:
 
 def write_status_page(out: Path, timings: dict) -> Path:
     """``executed/status.md``: how, where and how long each page executed, and on which data."""
-    rows = []
+    rows, datasets = [], {}
     for section in SECTIONS:
         res = out / "results" / f"{section}.json"
         nb = out / "executed" / f"{section}.ipynb"
@@ -185,14 +185,21 @@ def write_status_page(out: Path, timings: dict) -> Path:
             continue
         doc = json.loads(res.read_text())
         d = doc["data"]
-        data = (
-            f"simulated ({Path(d['path']).name})" if d["simulated"] else f"{Path(d['path']).name}"
-        ) + f", {d['n_cells']:,} x {d['n_genes']:,}, {d['n_donors']} donors, sha256 `{d['sha256'][:10]}`"
+        origin = "simulated cohort" if d["simulated"] else "user data"
+        datasets[d["sha256"][:10]] = (
+            f"`{d['sha256'][:10]}`: {origin} `{Path(d['path']).name}`, {d['n_cells']:,} cells x "
+            f"{d['n_genes']:,} genes, {d['n_donors']} donors"
+        )
         when = dt.datetime.fromtimestamp(nb.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        how = timings.get(section, "cached")
+        try:  # papermill records the wall time of the whole execution in the notebook
+            seconds = json.loads(nb.read_text())["metadata"]["papermill"]["duration"]
+            took = f"{seconds:.1f} s"
+        except (ValueError, KeyError, TypeError):
+            took = "?"
+        how = "executed" if section in timings else "cached (inputs unchanged)"
         rows.append(
             f"| [{SECTION_TITLES[section]}]({section}.ipynb) | {doc['profile']} | {doc['params'].get('device', '?')} "
-            f"| {doc['runtime_s']:.1f} s | {how} | {when} | {data} |"
+            f"| {doc['runtime_s']:.1f} s | {took} | {how} | {when} | `{d['sha256'][:10]}` |"
         )
     text = "\n".join(
         [
@@ -201,12 +208,17 @@ def write_status_page(out: Path, timings: dict) -> Path:
             "How, where and how long each page executed. Pages are executed by "
             "`python -m neuroage_utils.run` with papermill, then rendered with execution off; a page is "
             "re-executed only when its notebook, the `neuroage_utils` package, its parameters or its data "
-            "changed (\"cached\" below means it was not re-run in the latest build).",
+            "changed. *Analysis runtime* is what the notebook measured from loading the data to writing its "
+            "results; *kernel wall time* is papermill's, kernel start-up included.",
             "",
             f"Machine of the latest build: {_machine()}.",
             "",
-            "| page | profile | device | notebook runtime | latest build | executed | data |",
-            "|---|---|---|---|---|---|---|",
+            "Data (by the first characters of the file's SHA-256):",
+            "",
+            *[f"- {line}" for line in datasets.values()],
+            "",
+            "| page | profile | device | analysis runtime | kernel wall time | latest build | executed at | data |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
             "",
         ]
