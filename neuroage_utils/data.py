@@ -416,8 +416,9 @@ def load_cohort(
     if not counts and not allow_non_counts:
         require_counts(X, "NeuroAge (which library-size normalises the data)")
     donors = donor_frame(adata.obs, donor_key, age_key)
-    split = split_donors(donors, seed=seed)
-    study = _study_split(donors) is not None
+    study_split = _study_split(donors)
+    split = study_split if study_split is not None else split_donors(donors, seed=seed, use_study_split=False)
+    study = study_split is not None
     donors["split"] = split.loc[donors["donor_id"]].to_numpy()
     cell_donors = adata.obs[donor_key].astype(str).to_numpy()
     return Cohort(
