@@ -20,6 +20,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .checks import donor_ages, is_count_matrix, require_counts
+from .errors import DataValidationError
+from .features import log_normalize
+from .paper import load_paper_cohort
+
 __all__ = [
     "DataValidationError",
     "Cohort",
@@ -27,17 +32,11 @@ __all__ = [
     "load_cohort",
     "validate_obs",
     "counts_matrix",
-    "is_count_matrix",
-    "require_counts",
-    "require_non_negative",
-    "log_normalize",
-    "SparseStandardScaler",
     "donor_frame",
     "split_donors",
     "STUDY_SPLIT_FRACTIONS",
     "file_sha256",
     "subsample_cells",
-    "column_moments",
 ]
 
 #: The study's donor proportions: 49 train, 9 validation, 11 test of 69 donors.
@@ -45,10 +44,6 @@ STUDY_SPLIT_FRACTIONS = {"train": 49 / 69, "val": 9 / 69, "test": 11 / 69}
 SPLITS = ("train", "val", "test")
 #: Fewest donors we accept: two each for validation and test, five training donors for 5-fold CV.
 MIN_DONORS = 9
-
-
-class DataValidationError(ValueError):
-    """Input data the pipeline cannot use; the message says what is wrong and how to fix it."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,15 +107,7 @@ def validate_obs(obs: pd.DataFrame, donor_key: str, age_key: str, min_donors: in
         raise DataValidationError(
             f"donor {donor} has a negative age ({row.iloc[0]:g}) in obs['{age_key}']: ages must be years >= 0"
         )
-    per_donor = pd.DataFrame({"donor": donors.astype(str).to_numpy(), "age": ages.to_numpy()})
-    n_ages = per_donor.groupby("donor")["age"].nunique()
-    if (n_ages > 1).any():
-        donor = n_ages[n_ages > 1].index[0]
-        found = sorted(per_donor.loc[per_donor["donor"] == donor, "age"].unique())[:3]
-        raise DataValidationError(
-            f"donor {donor} has more than one age ({', '.join(f'{a:g}' for a in found)}) in obs['{age_key}']: "
-            "give every cell of a donor the donor's age"
-        )
+    n_ages = donor_ages(ages.to_numpy(), donors.astype(str).to_numpy(), where=f" in obs['{age_key}']")
     if len(n_ages) < min_donors:
         raise DataValidationError(
             f"only {len(n_ages)} donors in obs['{donor_key}']; the donor split needs at least {min_donors} "
@@ -144,135 +131,6 @@ def counts_matrix(adata) -> sp.csr_matrix:
     return X
 
 
-def is_count_matrix(X, chunk: int = 1 << 24) -> bool:
-    """True when every stored value is a non-negative integer (raw UMI counts).
-
-    Checked in chunks, so a paper-scale matrix needs no full-size temporary arrays.
-    """
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    for start in range(0, values.size, chunk):
-        part = values[start : start + chunk]
-        if not ((part >= 0).all() and np.array_equal(part, np.round(part))):
-            return False
-    return True
-
-
-def require_counts(X, what: str = "this model") -> None:
-    """Raise unless ``X`` holds raw counts; ``what`` names who needs them in the message."""
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if values.size and (values < 0).any():
-        raise DataValidationError(
-            f"{what} needs raw UMI counts but the matrix has negative values (min {values.min():g}): "
-            "pass raw counts in X or layers['counts'], not scaled or log-normalised data"
-        )
-    if not is_count_matrix(X):
-        example = values[values != np.round(values)][0]
-        raise DataValidationError(
-            f"{what} needs raw UMI counts but the matrix has non-integer values (e.g. {example:g}): "
-            "pass raw counts in X or layers['counts'], or set allow_non_counts (--allow-non-counts) "
-            "to run only the models that accept any values"
-        )
-
-
-def require_non_negative(X, what: str = "this model") -> None:
-    """Raise unless every value of ``X`` is >= 0 (NMF and count transforms need it)."""
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if values.size and (values < 0).any():
-        raise DataValidationError(
-            f"{what} needs non-negative input but the matrix has negative values (min {values.min():g}): "
-            "pass raw counts or log-normalised counts, not z-scores"
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Transforms (kept sparse)
-# --------------------------------------------------------------------------------------------------
-
-
-def log_normalize(X, target_sum: float = 1e4, chunk_rows: int = 16384) -> sp.csr_matrix:
-    """Library-size normalise each cell to ``target_sum`` counts, then log1p; zeros stay zeros.
-
-    Returns a new CSR matrix whose values are new but whose ``indices``/``indptr`` are shared with
-    ``X`` (only the values change), and works through blocks of rows, so the extra memory is one
-    copy of the values (at paper scale 1.6 GB, not the 8 GB a naive float64 pass would take).
-    """
-    X = sp.csr_matrix(X)
-    data = X.data.astype(np.float32, copy=True)
-    totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
-    indptr = X.indptr
-    for start in range(0, X.shape[0], chunk_rows):
-        stop = min(start + chunk_rows, X.shape[0])
-        a, b = indptr[start], indptr[stop]
-        block = data[a:b]
-        block *= np.repeat(scale[start:stop], np.diff(indptr[start : stop + 1]))
-        np.log1p(block, out=block)
-    return sp.csr_matrix((data, X.indices, indptr), shape=X.shape, copy=False)
-
-
-def column_moments(X, chunk_rows: int = 8192, rows=None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and population variance (float64) of a CSR or dense matrix.
-
-    Streams over blocks of rows, so neither a squared copy of ``X`` nor a float64 copy of it is
-    ever made (at paper scale either would be gigabytes); sums are accumulated in float64, which
-    float32 sums over 10^5 cells would not be. ``rows`` (a boolean mask) restricts the moments to
-    those rows without copying them out first (e.g. the training cells).
-    """
-    p = X.shape[1]
-    rows = None if rows is None else np.asarray(rows, dtype=bool)
-    n = X.shape[0] if rows is None else int(rows.sum())
-    total = np.zeros(p)
-    total_sq = np.zeros(p)
-    for start in range(0, X.shape[0], chunk_rows):
-        block = X[start : start + chunk_rows]
-        if rows is not None:
-            block = block[rows[start : start + chunk_rows]]
-        if sp.issparse(block):
-            values = block.data.astype(np.float64)
-            total += np.bincount(block.indices, weights=values, minlength=p)
-            total_sq += np.bincount(block.indices, weights=values * values, minlength=p)
-        else:
-            values = np.asarray(block, dtype=np.float64)
-            total += values.sum(axis=0)
-            total_sq += (values * values).sum(axis=0)
-    mean = total / n
-    return mean, np.maximum(total_sq / n - mean**2, 0.0)
-
-
-class SparseStandardScaler:
-    """Per-gene z-scoring fitted on training rows without densifying the matrix.
-
-    Means and variances come from sparse sums, so fitting on 189k x 17k cells costs one pass over
-    the non-zeros; ``transform`` densifies only the rows it is given (a batch). Genes with zero
-    variance get scale 1 so they map to 0 rather than NaN.
-    """
-
-    def __init__(self, with_mean: bool = True, clip: float | None = None):
-        self.with_mean = with_mean
-        self.clip = clip
-
-    def fit(self, X, rows=None) -> "SparseStandardScaler":
-        """Fit on ``X``, or on the rows of ``X`` in boolean mask ``rows`` (no copy of them is made)."""
-        if X.shape[0] == 0 or (rows is not None and not np.any(rows)):
-            raise ValueError("SparseStandardScaler.fit: no rows to fit on")
-        mean, var = column_moments(X, rows=rows)
-        scale = np.sqrt(var)
-        scale[scale == 0] = 1.0
-        self.mean_ = mean.astype(np.float32) if self.with_mean else np.zeros_like(mean, dtype=np.float32)
-        self.scale_ = scale.astype(np.float32)
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        dense = X.toarray() if sp.issparse(X) else np.asarray(X)
-        out = (dense.astype(np.float32, copy=False) - self.mean_) / self.scale_
-        if self.clip is not None:
-            np.clip(out, -self.clip, self.clip, out=out)
-        return out
-
-    def fit_transform(self, X) -> np.ndarray:
-        return self.fit(X).transform(X)
-
-
 # --------------------------------------------------------------------------------------------------
 # Donors and the split
 # --------------------------------------------------------------------------------------------------
@@ -294,8 +152,6 @@ def donor_frame(obs: pd.DataFrame, donor_key: str, age_key: str) -> pd.DataFrame
 
 def _study_split(donors: pd.DataFrame) -> pd.Series | None:
     """The study's own split when these donors are the study's cohort (same ids and ages)."""
-    from .simulate import load_paper_cohort
-
     study = load_paper_cohort().set_index("donor_id")
     if not set(donors["donor_id"]).issubset(study.index):
         return None

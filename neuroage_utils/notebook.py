@@ -9,7 +9,6 @@ their donor tables with ``chapter.add(...)``.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -18,38 +17,16 @@ import pandas as pd
 
 from . import evaluate, paper, profiles, results
 from .data import Cohort, file_sha256, load_cohort
+from .simulate import ensure_simulated
+from .train.device import device_label, resolve_device
 
-__all__ = ["Chapter", "simulated_path", "ensure_simulated", "glue", "default_out_dir"]
+__all__ = ["Chapter", "glue", "default_out_dir"]
 
 
 def default_out_dir() -> Path:
     """The repository root when run from a checkout, else the working directory."""
     here = Path(__file__).resolve().parent.parent
     return here if (here / "_toc.yml").exists() else Path.cwd()
-
-
-def simulated_path(profile: str, seed: int, out_dir) -> Path:
-    """Where the simulated cohort of ``profile`` and ``seed`` is cached."""
-    return Path(out_dir) / "data" / f"simulated-{profile}-seed{seed}.h5ad"
-
-
-def ensure_simulated(profile: str, seed: int, out_dir, progress: bool = False) -> Path:
-    """Simulate the profile's cohort once and cache it as .h5ad (written atomically)."""
-    path = simulated_path(profile, seed, out_dir)
-    if path.exists():
-        return path
-    from .simulate import simulate_cohort
-
-    params = profiles.section_params(profile, "simulate")
-    adata = simulate_cohort(seed=seed, progress=progress, **params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        adata.write_h5ad(tmp, compression=None)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def glue(name: str, value, display: bool = False) -> None:
@@ -81,7 +58,11 @@ class Chapter:
         self.section = section
         self.profile = profile
         self.seed = int(seed)
-        self.device_request = device
+        # Resolved once, here: every model of the chapter gets this torch.device, and the results
+        # file records the device that ran (not the request "auto").
+        self.device_request = str(device)
+        self.device = resolve_device(device)
+        self.device_label = device_label(self.device)
         self.out_dir = Path(out_dir) if out_dir else default_out_dir()
         self.params = profiles.section_params(profile, section)
         if data_path:
@@ -108,14 +89,6 @@ class Chapter:
         self.cell_predictions: dict = {}
         self.extra_params: dict = {}
         np.random.seed(self.seed)
-
-    # -- devices -------------------------------------------------------------------------------
-    @property
-    def device(self):
-        """The torch device this chapter trains on (``auto``: CUDA when present)."""
-        from .train import resolve_device
-
-        return resolve_device(self.device_request)
 
     # -- what the page says about its data ----------------------------------------------------
     def data_summary(self) -> str:
@@ -201,7 +174,7 @@ class Chapter:
             age_hidden=config["age_hidden"], dropout=config["dropout"], epochs=config["epochs"],
             lr=P["lr"], batch_size=P["batch_size"], kl_schedule="cyclical", kl_cycle=P["kl_cycle"],
             lr_schedule="cosine_warm_restarts", T_0=P["t0"], log_normalize=self.cohort.is_counts,
-            device=self.device_request, seed=self.seed, checkpoint_path=self.checkpoint(key),
+            device=self.device, seed=self.seed, checkpoint_path=self.checkpoint(key),
             checkpoint_every=P["checkpoint_every"], **extra,
         )
 
@@ -316,7 +289,8 @@ class Chapter:
             **self.extra_params,
             **extra_params,
             "seed": self.seed,
-            "device": str(self.device_request),
+            "device": self.device_label,
+            "device_requested": self.device_request,
             "donor_key": self.cohort.donor_key,
             "age_key": self.cohort.age_key,
             "split_source": self.cohort.split_source,

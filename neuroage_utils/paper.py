@@ -1,10 +1,12 @@
-"""What the paper reports (Su & Mukundan), for side-by-side display only.
+"""The study (Su & Mukundan): its donor table and every number it reports, for side-by-side display.
 
 Nothing here is ever used as a result of ours: chapters show these numbers in a column labelled
 "paper" beside the values their own executed code produced.
 """
 
 from __future__ import annotations
+
+from importlib import resources
 
 import pandas as pd
 
@@ -92,3 +94,17 @@ def reported_table() -> pd.DataFrame:
         ("Denoising VAE (Table 4, model 1)", "test", TEXT["dae_test_mae"], None, "section 5.3.1"),
     ]
     return pd.DataFrame(rows, columns=["model", "split", "paper_mae", "paper_r", "source"])
+
+
+def load_paper_cohort() -> pd.DataFrame:
+    """The study's 69 control donors: ``donor_id`` (str), ``sex``, ``age``, ``n_cells``, ``split``.
+
+    Package data (``neuroage_utils/cohort_data/paper_cohort.csv``; provenance in the README beside
+    it): the authors' published split and per-donor neuron counts, no expression values.
+    """
+    source = resources.files("neuroage_utils").joinpath("cohort_data", "paper_cohort.csv")
+    with source.open("r") as fh:
+        cohort = pd.read_csv(fh, dtype={"donor_id": str, "sex": str, "split": str})
+    cohort["age"] = cohort["age"].astype(float)
+    cohort["n_cells"] = cohort["n_cells"].astype(int)
+    return cohort

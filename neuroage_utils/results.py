@@ -24,9 +24,10 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_results", "read_results", "validate_results", "atomic_write_text", "ResultsError"]
+__all__ = ["write_results", "read_results", "validate_results", "atomic_write_text", "atomic_write", "atomic_path", "ResultsError"]
 
 TOP_LEVEL_KEYS = ("section", "data", "profile", "params", "runtime_s", "models")
 DATA_KEYS = ("path", "sha256", "simulated", "n_cells", "n_genes", "n_donors")
@@ -37,21 +38,38 @@ class ResultsError(ValueError):
     """A results document that does not follow the contract."""
 
 
-def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    ``os.replace`` is atomic on POSIX and Windows: a reader (or a resumed run) sees the old file or
+    the new one, never a half-written one, whatever kills the writer; on failure the old file stays.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path, write, binary: bool = False) -> Path:
+    """Call ``write(file)`` on a temporary file, fsync it, then move it onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb" if binary else "w") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    return atomic_write(path, lambda fh: fh.write(text))
 
 
 def _clean(value):

@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 from . import profiles
-from .data import DataValidationError, file_sha256, load_cohort
-from .notebook import ensure_simulated
+from .data import file_sha256, load_cohort
+from .errors import DataValidationError
+from .simulate import ensure_simulated
 from .results import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent

@@ -127,7 +127,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -135,7 +135,10 @@ import scipy.sparse as sp
 from scipy import stats
 from scipy.special import logsumexp
 
-from .data import DataValidationError
+from .errors import DataValidationError
+from .paper import load_paper_cohort
+from . import profiles
+from .results import atomic_path
 
 __all__ = [
     "N_GENES_FULL",
@@ -143,6 +146,8 @@ __all__ = [
     "AGE_PATTERNS",
     "SimulationParameters",
     "load_paper_cohort",
+    "simulated_path",
+    "ensure_simulated",
     "age_shape",
     "simulate_cohort",
 ]
@@ -256,20 +261,6 @@ CALIBRATION = {
 # --------------------------------------------------------------------------------------------------
 # The study's donors
 # --------------------------------------------------------------------------------------------------
-
-
-def load_paper_cohort() -> pd.DataFrame:
-    """The study's 69 control donors: ``donor_id`` (str), ``sex``, ``age``, ``n_cells``, ``split``.
-
-    Package data (``neuroage_utils/cohort_data/paper_cohort.csv``; provenance in the README beside
-    it): the authors' published split and per-donor neuron counts, no expression values.
-    """
-    source = resources.files("neuroage_utils").joinpath("cohort_data", "paper_cohort.csv")
-    with source.open("r") as fh:
-        cohort = pd.read_csv(fh, dtype={"donor_id": str, "sex": str, "split": str})
-    cohort["age"] = cohort["age"].astype(float)
-    cohort["n_cells"] = cohort["n_cells"].astype(int)
-    return cohort
 
 
 def _validate_donors(donors: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -874,3 +865,25 @@ def _fill_uns(adata, cohort, truth, cells, p, seed, cell_fraction, n_genes, min_
     adata.uns["oracle_donor_mae"] = float(value)
     adata.uns["oracle_donor_mae_by_split"] = by_split
     adata.uns["oracle_definition"] = definition
+
+
+# --------------------------------------------------------------------------------------------------
+# The cached simulated cohort of a profile
+# --------------------------------------------------------------------------------------------------
+
+
+def simulated_path(profile: str, seed: int, out_dir) -> Path:
+    """Where the simulated cohort of ``profile`` and ``seed`` is cached."""
+    return Path(out_dir) / "data" / f"simulated-{profile}-seed{seed}.h5ad"
+
+
+def ensure_simulated(profile: str, seed: int, out_dir, progress: bool = False) -> Path:
+    """Simulate the profile's cohort once and cache it as .h5ad (written atomically)."""
+    path = simulated_path(profile, seed, out_dir)
+    if path.exists():
+        return path
+    params = profiles.section_params(profile, "simulate")
+    adata = simulate_cohort(seed=seed, progress=progress, **params)
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp, compression=None)
+    return path

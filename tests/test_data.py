@@ -5,17 +5,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from neuroage_utils.data import (
-    DataValidationError,
-    SparseStandardScaler,
-    donor_frame,
-    is_count_matrix,
-    load_cohort,
-    log_normalize,
-    require_counts,
-    split_donors,
-)
-from neuroage_utils.simulate import load_paper_cohort
+from neuroage_utils.checks import is_count_matrix, require_counts
+from neuroage_utils.data import donor_frame, load_cohort, split_donors
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.features import SparseStandardScaler, log_normalize
+from neuroage_utils.paper import load_paper_cohort
 
 from .conftest import make_adata
 

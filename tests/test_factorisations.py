@@ -5,7 +5,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
-from neuroage_utils.data import DataValidationError, log_normalize
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.features import log_normalize
 from neuroage_utils.models import nmf, svd
 
 from .conftest import age_counts

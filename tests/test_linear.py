@@ -7,7 +7,8 @@ import scipy.sparse as sp
 from scipy.stats import hypergeom
 from sklearn.linear_model import ElasticNetCV
 
-from neuroage_utils.data import DataValidationError, log_normalize
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.features import log_normalize
 from neuroage_utils.models import linear
 
 from .conftest import age_counts

@@ -8,8 +8,10 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from neuroage_utils.data import DataValidationError, SparseStandardScaler
-from neuroage_utils.models.mlp import AgeMLP, MLPRegressor
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.features import SparseStandardScaler
+from neuroage_utils.models.mlp import MLPRegressor
+from neuroage_utils.models.networks import AgeMLP
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

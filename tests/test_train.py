@@ -10,11 +10,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from neuroage_utils.data import DataValidationError, SparseStandardScaler, log_normalize
-from neuroage_utils.models.mlp import AgeMLP
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.features import SparseStandardScaler, log_normalize
+from neuroage_utils.models.blocks import InputTransform
+from neuroage_utils.models.networks import AgeMLP
 from neuroage_utils.train import (
     CellBatches,
-    InputTransform,
     Validation,
     cosine_warm_restarts_lr,
     cyclical_kl_schedule,

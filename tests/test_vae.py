@@ -9,16 +9,15 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from neuroage_utils.data import DataValidationError
-from neuroage_utils.models.vae import (
-    AgeVAE,
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.models.likelihoods import (
     GaussianLikelihood,
     NegativeBinomialLikelihood,
     PoissonLikelihood,
-    VAEAgeRegressor,
     kl_standard_normal,
-    layer_table,
 )
+from neuroage_utils.models.networks import AgeVAE, layer_table
+from neuroage_utils.models.vae import VAEAgeRegressor
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

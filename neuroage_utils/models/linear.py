@@ -45,7 +45,9 @@ from sklearn.linear_model import ElasticNetCV, enet_path
 from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
-from neuroage_utils.data import DataValidationError, column_moments
+from ..checks import as_matrix, cell_ages, donor_ages, donor_ids
+from ..errors import DataValidationError
+from ..features import column_scale, pseudobulk, pseudocells
 
 __all__ = [
     "column_scale",
@@ -60,8 +62,6 @@ __all__ = [
     "fit_pseudocell_elastic_net",
 ]
 
-#: Normalisations of summed profiles: log1p of counts per million, counts per million, raw sums.
-NORMALISATIONS = ("log_cpm", "cpm", None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,71 +69,7 @@ NORMALISATIONS = ("log_cpm", "cpm", None)
 # --------------------------------------------------------------------------------------------------
 
 
-def _as_matrix(X, what: str):
-    """``X`` as CSR or a 2-D float ndarray, checked finite; never densifies a sparse matrix."""
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        if X.dtype not in (np.float32, np.float64):
-            X = X.astype(np.float32)
-        values = X.data
-    else:
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise DataValidationError(f"{what} needs a cells x genes matrix, got {X.ndim} dimension(s)")
-        if X.dtype not in (np.float32, np.float64):
-            X = X.astype(np.float32)
-        values = X
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise DataValidationError(f"{what} got an empty matrix of shape {X.shape}: pass cells and genes")
-    if not np.isfinite(values).all():
-        raise DataValidationError(f"{what}: the matrix holds NaN or infinite values: remove or fill them")
-    return X
 
-
-def _per_cell(values, n: int, name: str, what: str) -> np.ndarray:
-    values = np.asarray(values).ravel()
-    if len(values) != n:
-        raise DataValidationError(f"{what} needs one {name} per cell: got {len(values)} for {n} cells")
-    return values
-
-
-def _donor_ids(donors, n: int, what: str) -> np.ndarray:
-    return _per_cell(donors, n, "donor id", what).astype(str)
-
-
-def _ages(ages, n: int, what: str) -> np.ndarray:
-    ages = _per_cell(ages, n, "age", what)
-    try:
-        ages = ages.astype(float)
-    except ValueError:
-        raise DataValidationError(f"{what}: ages are not numbers: pass ages in years") from None
-    if not np.isfinite(ages).all():
-        raise DataValidationError(f"{what}: some ages are NaN or infinite: fill or drop those cells")
-    return ages
-
-
-def _donor_ages(ages: np.ndarray, donors: np.ndarray, what: str) -> pd.Series:
-    """One age per donor (index sorted like ``np.unique``); a donor with two ages is an error."""
-    frame = pd.DataFrame({"donor": donors, "age": ages})
-    spread = frame.groupby("donor", sort=True)["age"].agg(["min", "max"])
-    bad = spread.index[spread["min"] != spread["max"]]
-    if len(bad):
-        raise DataValidationError(
-            f"{what}: donor {bad[0]} has more than one age: give every cell of a donor the donor's age"
-        )
-    return spread["min"].rename("age")
-
-
-#: Rows per block when streaming over a matrix: bounds temporary memory at paper scale.
-CHUNK_ROWS = 8192
-
-
-def column_scale(X) -> np.ndarray:
-    """Per-gene standard deviation for z-scoring (ddof 0), with 1 for constant genes (they stay 0)."""
-    _, var = column_moments(X)
-    scale = np.sqrt(var)
-    scale[scale == 0] = 1.0
-    return scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,7 +211,7 @@ class ElasticNetClock:
         ``(X / scale) @ w + b = X @ (w / scale) + b``: folding the scale into the coefficients keeps
         a sparse ``X`` sparse.
         """
-        X = _as_matrix(X, "predict")
+        X = as_matrix(X, "predict")
         if X.shape[1] != self.n_features_in_:
             raise DataValidationError(
                 f"the clock was fitted on {self.n_features_in_} genes but X has {X.shape[1]}: "
@@ -287,8 +223,8 @@ class ElasticNetClock:
 
     def predict_donors(self, X, donors) -> pd.Series:
         """Predicted age per donor: the mean over the donor's cells (the paper's rule)."""
-        X = _as_matrix(X, "predict_donors")
-        donors = _donor_ids(donors, X.shape[0], "predict_donors")
+        X = as_matrix(X, "predict_donors")
+        donors = donor_ids(donors, X.shape[0], "predict_donors")
         pred = pd.Series(self.predict(X)).groupby(donors, sort=True).mean()
         pred.index.name = "donor_id"
         return pred.rename("predicted")
@@ -430,10 +366,10 @@ def fit_elastic_net(
         genes: 0.08 GB, about 40 s on 2 cores); larger inputs stay sparse and fit slowly.
     """
     what = "fit_elastic_net"
-    X = _as_matrix(X, what)
-    donors = _donor_ids(donors, X.shape[0], what)
-    ages = _ages(ages, X.shape[0], what)
-    _donor_ages(ages, donors, what)
+    X = as_matrix(X, what)
+    donors = donor_ids(donors, X.shape[0], what)
+    ages = cell_ages(ages, X.shape[0], what)
+    donor_ages(ages, donors, what)
     weight = None
     if balance_donors:
         _, inverse, counts = np.unique(donors, return_inverse=True, return_counts=True)
@@ -449,150 +385,6 @@ def fit_elastic_net(
 # --------------------------------------------------------------------------------------------------
 # Summed profiles: pseudobulk and pseudocells
 # --------------------------------------------------------------------------------------------------
-
-
-def _check_normalise(normalise) -> None:
-    if normalise not in NORMALISATIONS:
-        raise DataValidationError(f"unknown normalise={normalise!r}: use one of {NORMALISATIONS}")
-
-
-def _sum_rows(X, membership: sp.csr_matrix):
-    """``membership @ X`` in float64: each output row sums the cells it names (with multiplicity).
-
-    A sparse ``X`` gives CSR, a dense one an ndarray. Sums are float64 because a donor's summed
-    counts can pass 2**24, where float32 stops counting exactly; ``X`` is converted one block of
-    rows at a time so no float64 copy of the whole matrix is made.
-    """
-    out = None
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        stop = start + CHUNK_ROWS
-        part = membership[:, start:stop] @ X[start:stop].astype(np.float64)
-        out = part if out is None else out + part
-    return sp.csr_matrix(out) if sp.issparse(X) else np.asarray(out)
-
-
-def _require_summed_counts(sums, what: str) -> None:
-    """Summed raw counts are non-negative integers; anything else means the input was not counts."""
-    values = sums.data if sp.issparse(sums) else sums.ravel()
-    if values.size and (values.min() < 0 or not np.array_equal(values, np.round(values))):
-        raise DataValidationError(
-            f"{what} sums raw UMI counts but the matrix has negative or non-integer values: "
-            "pass raw counts (X or layers['counts']), not log-normalised or scaled data"
-        )
-
-
-def _normalise_profiles(sums, normalise, what: str):
-    """Counts per million (optionally log1p) of each summed profile, as float32; zeros stay zeros.
-
-    Raw sums (``normalise=None``) stay float64 so large counts remain exact.
-    """
-    if normalise is None:
-        return sums
-    totals = np.asarray(sums.sum(axis=1), dtype=float).ravel()
-    if (totals <= 0).any():
-        raise DataValidationError(
-            f"{what}: a summed profile has no counts (row {int(np.argmax(totals <= 0))}): "
-            "drop donors or cells without counts"
-        )
-    factor = 1e6 / totals
-    if sp.issparse(sums):
-        out = sums.copy()
-        out.data = out.data * np.repeat(factor, np.diff(out.indptr))
-        if normalise == "log_cpm":
-            np.log1p(out.data, out=out.data)
-        return out.astype(np.float32)
-    out = sums * factor[:, None]
-    return (np.log1p(out) if normalise == "log_cpm" else out).astype(np.float32)
-
-
-def _membership(rows: np.ndarray, cells: np.ndarray, n_rows: int, n_cells: int) -> sp.csr_matrix:
-    """Sparse 0/1 (or multiplicity) matrix with a 1 at (row, cell) for each pair; duplicates add."""
-    data = np.ones(len(cells))
-    return sp.csr_matrix(sp.coo_matrix((data, (rows, cells)), shape=(n_rows, n_cells)))
-
-
-def pseudobulk(X, donors, normalise: str | None = "log_cpm"):
-    """One profile per donor: the donor's counts summed over all its cells.
-
-    Parameters
-    ----------
-    X
-        Raw counts, cells x genes (CSR or dense).
-    donors
-        One donor id per cell.
-    normalise
-        ``"log_cpm"``: :math:`\\log(1 + 10^6\\,x_{dg} / \\sum_g x_{dg})`; ``"cpm"``: without the log;
-        ``None``: the raw sums.
-
-    Returns
-    -------
-    (profiles, donor_ids)
-        ``profiles`` is donors x genes (CSR when ``X`` is sparse, else an ndarray; float32 once
-        normalised, float64 raw sums), rows in the order of ``donor_ids`` (sorted).
-    """
-    what = "pseudobulk"
-    _check_normalise(normalise)
-    X = _as_matrix(X, what)
-    donors = _donor_ids(donors, X.shape[0], what)
-    ids, inverse = np.unique(donors, return_inverse=True)
-    sums = _sum_rows(X, _membership(inverse, np.arange(X.shape[0]), len(ids), X.shape[0]))
-    _require_summed_counts(sums, what)
-    return _normalise_profiles(sums, normalise, what), ids
-
-
-def pseudocells(
-    X,
-    donors,
-    cells_per_pseudocell: int = 15,
-    n_per_donor: int = 100,
-    seed: int = 0,
-    normalise: str | None = "log_cpm",
-    replace: bool = True,
-):
-    """Bootstrapped pseudocells: each the summed counts of a few cells drawn from one donor.
-
-    Following the "BootstrapCell" scheme of Buckley et al. (2023, Nature Aging; 15 cells, 100
-    pseudocells per animal), every donor gets ``n_per_donor`` pseudocells, each summing
-    ``cells_per_pseudocell`` of the donor's cells drawn at random. With ``replace=True`` (a bootstrap)
-    a cell may be drawn twice in one pseudocell, and donors with fewer cells than
-    ``cells_per_pseudocell`` still work; with ``replace=False`` such donors are an error.
-    Pseudocells of one donor share cells, so they must stay in one CV fold (grouped by donor).
-
-    Returns
-    -------
-    (profiles, pseudocell_donors)
-        ``profiles`` is (donors * n_per_donor) x genes, CSR when ``X`` is sparse, else an ndarray,
-        normalised like :func:`pseudobulk`; ``pseudocell_donors`` names each row's donor.
-    """
-    what = "pseudocells"
-    _check_normalise(normalise)
-    if cells_per_pseudocell < 1 or n_per_donor < 1:
-        raise DataValidationError(
-            f"{what} needs cells_per_pseudocell >= 1 and n_per_donor >= 1, got "
-            f"{cells_per_pseudocell} and {n_per_donor}"
-        )
-    X = _as_matrix(X, what)
-    donors = _donor_ids(donors, X.shape[0], what)
-    ids, inverse = np.unique(donors, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    cells_of = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
-    drawn = []
-    for donor, cells in zip(ids, cells_of):
-        if not replace and len(cells) < cells_per_pseudocell:
-            raise DataValidationError(
-                f"{what}: donor {donor} has {len(cells)} cells, fewer than cells_per_pseudocell="
-                f"{cells_per_pseudocell}: lower it or use replace=True"
-            )
-        if replace:
-            drawn.append(rng.choice(cells, size=(n_per_donor, cells_per_pseudocell), replace=True))
-        else:
-            draws = [rng.choice(cells, cells_per_pseudocell, replace=False) for _ in range(n_per_donor)]
-            drawn.append(np.stack(draws))
-    drawn = np.concatenate(drawn)  # (n_donors * n_per_donor, cells_per_pseudocell)
-    rows = np.repeat(np.arange(len(drawn)), cells_per_pseudocell)
-    sums = _sum_rows(X, _membership(rows, drawn.ravel(), len(drawn), X.shape[0]))
-    _require_summed_counts(sums, what)
-    return _normalise_profiles(sums, normalise, what), np.repeat(ids, n_per_donor)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -657,9 +449,9 @@ def fit_pseudobulk_elastic_net(
     grid and scaling are as in :func:`fit_elastic_net`; genes are z-scored across donors.
     """
     what = "fit_pseudobulk_elastic_net"
-    X = _as_matrix(X, what)
-    donors = _donor_ids(donors, X.shape[0], what)
-    donor_age = _donor_ages(_ages(ages, X.shape[0], what), donors, what)
+    X = as_matrix(X, what)
+    donors = donor_ids(donors, X.shape[0], what)
+    donor_age = donor_ages(cell_ages(ages, X.shape[0], what), donors, what)
     profiles, ids = pseudobulk(X, donors, normalise)
     clock = _fit_enet(
         profiles, donor_age.loc[ids].to_numpy(), ids, l1_ratios=l1_ratios, n_alphas=n_alphas,
@@ -693,9 +485,9 @@ def fit_pseudocell_elastic_net(
     other arguments are those of :func:`pseudocells` and :func:`fit_elastic_net`.
     """
     what = "fit_pseudocell_elastic_net"
-    X = _as_matrix(X, what)
-    donors = _donor_ids(donors, X.shape[0], what)
-    donor_age = _donor_ages(_ages(ages, X.shape[0], what), donors, what)
+    X = as_matrix(X, what)
+    donors = donor_ids(donors, X.shape[0], what)
+    donor_age = donor_ages(cell_ages(ages, X.shape[0], what), donors, what)
     profiles, owners = pseudocells(
         X, donors, cells_per_pseudocell, n_per_donor, seed=seed, normalise=normalise, replace=replace
     )

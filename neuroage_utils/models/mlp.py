@@ -1,4 +1,4 @@
-"""The age MLP of the paper's baselines: (Linear -> BatchNorm1d -> ReLU -> Dropout) blocks, Linear(1).
+"""The sklearn-like age MLP of the paper's baselines: (Linear -> BatchNorm1d -> ReLU -> Dropout) blocks, Linear(1).
 
 The paper's baseline (Table 1) and the head of its NMF model: Adam, lr 1e-3, dropout 0.4, batch 4096,
 widths tuned over [500, 500], [1000, 1000] and [5000, 5000, 5000]. The loss is the mean squared
@@ -10,57 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..data import DataValidationError, SparseStandardScaler
-from ..train import DEFAULT_MAX_DENSE_BYTES, CellBatches, InputTransform, TorchAgeRegressor
+from ..errors import DataValidationError
+from ..features import SparseStandardScaler
+from ..train import DEFAULT_MAX_DENSE_BYTES, CellBatches
+from .estimator import TorchAgeRegressor
+from .networks import AgeMLP
 
-__all__ = ["mlp_blocks", "AgeMLP", "MLPRegressor"]
-
-
-def mlp_blocks(n_inputs: int, hidden: Sequence[int], dropout: float) -> list[nn.Module]:
-    """Per width ``h``: Linear(prev, h) -> BatchNorm1d(h) -> ReLU -> Dropout(dropout) (no dropout layer if 0)."""
-    layers: list[nn.Module] = []
-    prev = int(n_inputs)
-    for width in hidden:
-        layers += [nn.Linear(prev, int(width)), nn.BatchNorm1d(int(width)), nn.ReLU()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        prev = int(width)
-    return layers
-
-
-class AgeMLP(nn.Module):
-    r"""Age regressor :math:`\hat y = f(T(x))`: ``input_transform`` T, MLP blocks, then Linear(1).
-
-    ``loss`` is :math:`\frac1n \sum_i (\hat y_i - y_i)^2` on the scaled age :math:`y`; ``kl_weight``
-    is accepted for the training-loop interface and ignored.
-    """
-
-    def __init__(self, n_inputs: int, hidden: Sequence[int] = (500, 500), dropout: float = 0.4):
-        super().__init__()
-        if n_inputs < 1:
-            raise ValueError(f"AgeMLP needs at least one input feature, got {n_inputs}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.n_inputs = int(n_inputs)
-        self.hidden = tuple(int(h) for h in hidden)
-        self.dropout = float(dropout)
-        self.input_transform = InputTransform(n_inputs)  # identity until set_scaling
-        last = self.hidden[-1] if self.hidden else self.n_inputs
-        self.layers = nn.Sequential(*mlp_blocks(n_inputs, self.hidden, dropout), nn.Linear(last, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.input_transform(x)).squeeze(-1)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
-
-    def loss(self, batch: dict, kl_weight: float = 0.0) -> dict:
-        mse = F.mse_loss(self.forward(batch["x"]), batch["y"])
-        return {"loss": mse, "mse": mse}
+__all__ = ["MLPRegressor"]
 
 
 class MLPRegressor(TorchAgeRegressor):

@@ -29,9 +29,9 @@ import scipy.sparse as sp
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
-from neuroage_utils.data import DataValidationError, require_non_negative
-from neuroage_utils.models.linear import _as_matrix
-from neuroage_utils.models.svd import component_age_correlations, top_loadings
+from ..checks import as_matrix, require_non_negative
+from ..errors import DataValidationError
+from .svd import component_age_correlations, top_loadings
 
 __all__ = ["NMFModel", "fit_nmf", "factor_age_correlations", "top_loadings", "INPUT_TRANSFORMS"]
 
@@ -48,7 +48,7 @@ def _prepare(X, transform: str, dense_limit_gb: float, what: str):
     """
     if transform not in INPUT_TRANSFORMS:
         raise DataValidationError(f"unknown NMF transform={transform!r}: use one of {INPUT_TRANSFORMS}")
-    X = _as_matrix(X, what)
+    X = as_matrix(X, what)
     require_non_negative(X, "NMF")
     densified = sp.issparse(X) and X.shape[0] * X.shape[1] * X.dtype.itemsize <= dense_limit_gb * 2**30
     if densified:

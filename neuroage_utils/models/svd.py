@@ -30,12 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, svds
 
-from neuroage_utils.data import DataValidationError
-from neuroage_utils.data import column_moments
-from neuroage_utils.models.linear import _as_matrix
+from ..checks import as_matrix, donor_ages
+from ..errors import DataValidationError
+from ..features import column_moments
 
 __all__ = ["SVDModel", "fit_svd", "component_age_correlations", "top_loadings"]
 
@@ -93,7 +92,7 @@ class SVDModel:
 
         :math:`(x - \mu) D^{-1} V_k = x\,(D^{-1} V_k) - \mu^\top D^{-1} V_k`: one product with ``X``.
         """
-        X = _as_matrix(X, "SVDModel.transform")
+        X = as_matrix(X, "SVDModel.transform")
         if X.shape[1] != len(self.scale_):
             raise DataValidationError(
                 f"the SVD was fitted on {len(self.scale_)} genes but X has {X.shape[1]}: "
@@ -120,7 +119,7 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True)
         Divide genes by their standard deviation (z-scoring, as in the paper); False gives plain
         PCA of the centred values, dominated by the most variable genes.
     """
-    X = _as_matrix(X_train, "fit_svd")
+    X = as_matrix(X_train, "fit_svd")
     limit = min(X.shape) - 1
     if not 1 <= n_components <= limit:
         raise DataValidationError(
@@ -194,10 +193,7 @@ def component_age_correlations(scores, ages, donors) -> pd.DataFrame:
     donor_scores = np.zeros((len(ids), scores.shape[1]))
     np.add.at(donor_scores, inverse, scores)
     donor_scores /= counts[:, None]
-    donor_age = np.full(len(ids), np.nan)
-    donor_age[inverse] = ages
-    if not np.array_equal(donor_age[inverse], ages):
-        raise DataValidationError("a donor has more than one age: give every cell of a donor the donor's age")
+    donor_age = donor_ages(ages, donors, "component_age_correlations").to_numpy()  # sorted like ids
     return pd.DataFrame(
         {
             "component": np.arange(scores.shape[1]),
