@@ -37,6 +37,9 @@ __all__ = [
     "STUDY_SPLIT_FRACTIONS",
     "file_sha256",
     "subsample_cells",
+    "split_table",
+    "library_stats",
+    "cells_per_donor_stats",
 ]
 
 #: The study's donor proportions: 49 train, 9 validation, 11 test of 69 donors.
@@ -340,3 +343,53 @@ def file_sha256(path, cache_dir=None) -> str:
         except OSError:
             pass  # an unwritable cache: hashing again next time is fine
     return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Describing a cohort (the data chapter's tables)
+# --------------------------------------------------------------------------------------------------
+
+
+def split_table(donors: pd.DataFrame, paper_donors: dict | None = None) -> pd.DataFrame:
+    """Donors, cells and ages per split and over all donors (females when the table has ``sex``).
+
+    ``paper_donors`` (split -> donors, and ``"all"``) adds the paper's donor counts as a column.
+    """
+    order = list(SPLITS)
+    by_split = (donors.groupby("split")
+                .agg(donors=("donor_id", "size"), cells=("n_cells", "sum"), age_min=("age", "min"),
+                     age_median=("age", "median"), age_max=("age", "max"))
+                .reindex(order))
+    if "sex" in donors:
+        by_split["female"] = donors.groupby("split")["sex"].apply(lambda s: int((s == "female").sum())).reindex(order)
+    by_split.loc["all"] = [len(donors), donors["n_cells"].sum(), donors["age"].min(), donors["age"].median(),
+                           donors["age"].max()] + ([int((donors["sex"] == "female").sum())] if "sex" in donors else [])
+    if paper_donors is not None:
+        by_split["paper donors"] = [paper_donors[s] for s in [*order, "all"]]
+    return by_split.astype({c: int for c in by_split.columns if c not in ("age_min", "age_median", "age_max")})
+
+
+def library_stats(cohort: "Cohort") -> dict:
+    """Per-cell library sizes and detected genes, and a QC table of the matrix as loaded."""
+    X = sp.csr_matrix(cohort.X)
+    umis = np.asarray(X.sum(axis=1)).ravel()
+    genes_detected = np.diff(X.indptr)
+    frac_zero = 1.0 - X.nnz / (X.shape[0] * X.shape[1])
+    table = pd.Series({
+        "cells": cohort.n_cells, "genes": cohort.n_genes, "donors": cohort.n_donors,
+        "median UMIs per cell": float(np.median(umis)),
+        "UMIs per cell, 5th-95th percentile": f"{np.percentile(umis, 5):,.0f}-{np.percentile(umis, 95):,.0f}",
+        "median genes detected per cell": float(np.median(genes_detected)),
+        "fraction of zero entries": round(frac_zero, 4),
+        "raw counts": cohort.is_counts,
+    }, name="value").to_frame()
+    return {"umis": umis, "genes_detected": genes_detected, "median_umis": float(np.median(umis)),
+            "fraction_zero": float(frac_zero), "table": table}
+
+
+def cells_per_donor_stats(donors: pd.DataFrame) -> dict:
+    """Fewest, median and most cells per donor, and the share of all cells held by the top five donors."""
+    cells = donors["n_cells"]
+    return {"min": int(cells.min()), "median": int(cells.median()), "max": int(cells.max()),
+            "top5_share": float(cells.nlargest(5).sum() / cells.sum())}
+

@@ -166,3 +166,26 @@ def describe_difference(name_a: str, name_b: str, comparison: dict) -> str:
     subject = name_a[:1].upper() + name_a[1:]
     return (f"{subject} misses the {comparison['n_donors']} donors by {abs(d):.2f} years {direction} on average than "
             f"{name_b} (paired bootstrap 95% interval of the difference: {lo:+.2f} to {hi:+.2f}); {verdict}.")
+
+
+def gene_recovery(coef_table: pd.DataFrame, var: pd.DataFrame, n_top: int = 15) -> dict:
+    """How well a clock's selected genes (``coef_table``: a ``gene`` column, strongest first) find
+    the true age genes of a simulated cohort (``var['age_gene']``, ``var['age_pattern']``).
+
+    Returns ``top`` (the top ``n_top`` rows with their truth), ``table`` (non-zero genes, true age
+    genes among them, precision, chance precision = the share of age genes, enrichment, recall),
+    and the unrounded ``precision`` and ``chance``.
+    """
+    top = coef_table.head(n_top).copy()
+    top["true age gene"] = var.loc[top["gene"], "age_gene"].to_numpy()
+    top["true pattern"] = var.loc[top["gene"], "age_pattern"].to_numpy()
+    chosen = coef_table["gene"].to_numpy()
+    hits = int(var.loc[chosen, "age_gene"].sum())
+    precision = hits / max(len(chosen), 1)
+    base = float(var["age_gene"].mean())
+    recovery = pd.Series({"non-zero genes": len(chosen), "true age genes among them": hits,
+                          "precision": round(precision, 3), "chance precision": round(base, 3),
+                          "enrichment over chance": round(precision / base, 1) if base else np.nan,
+                          "recall of age genes": round(hits / int(var["age_gene"].sum()), 3)}, name="value")
+    return {"top": top, "table": recovery, "precision": precision, "chance": base}
+

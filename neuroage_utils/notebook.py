@@ -39,8 +39,23 @@ def glue(name: str, value, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
+#: The papermill parameters every chapter notebook declares (its first code cell).
+PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", "out_dir", "allow_non_counts")
+
+
 class Chapter:
     """One executed chapter: its data, its parameters, the models it scored, and its results file."""
+
+    @classmethod
+    def start(cls, section: str, namespace: dict) -> "Chapter":
+        """What a notebook's first line after its parameters does: the book's figure style, then the
+        chapter built from the papermill parameters found in ``namespace`` (the notebook's ``globals()``)."""
+        from . import plots
+
+        plots.set_style()
+        params = {name: namespace[name] for name in PARAMETERS if name in namespace}
+        params["out_dir"] = params.get("out_dir") or None
+        return cls(section, **params)
 
     def __init__(
         self,
@@ -159,6 +174,33 @@ class Chapter:
         self.cell_predictions[key] = pred
         return self.add_cells(key, pred, evaluate_on, on, trained_on=list(fit), **extra)
 
+    def mlp(self, config: dict, **overrides):
+        """A :class:`~neuroage_utils.models.mlp.MLPRegressor` for one row of a tuning grid.
+
+        ``config`` holds the row (``hidden``, ``lr``); epochs, batch size and dropout come from the
+        chapter's profile (``mlp_epochs``, ``batch_size``, ``dropout`` when the profile sets one);
+        ``overrides`` replace any of them.
+        """
+        from .models.mlp import MLPRegressor
+
+        P = self.params
+        options = {"hidden": config["hidden"], "lr": config["lr"], "epochs": P["mlp_epochs"],
+                   "batch_size": P["batch_size"], "device": self.device, "seed": self.seed}
+        if "dropout" in P:
+            options["dropout"] = P["dropout"]
+        options.update(overrides)
+        return MLPRegressor(**options)
+
+    def seen_fit(self, key: str, X, splits=("train", "val")) -> dict:
+        """How fitted model ``key`` does on the donors it was trained on: their donor MAE, and the
+        standard deviation of their ages (what a model that learnt nothing would miss by)."""
+        c = self.cohort
+        seen = c.mask(*splits)
+        table = evaluate.donor_table(self.fitted[key].predict(X[seen]), c.donors[seen], c.ages[seen])
+        ages = c.donor_table.loc[c.donor_table["split"].isin(splits), "age"]
+        return pd.Series({"donor MAE on its training donors": evaluate.donor_metrics(table)["mae"],
+                          "SD of their ages": float(ages.std()), "training donors": int(len(ages))}, name=key)
+
     def vae(self, likelihood: str, config: dict, key: str, **extra):
         """A :class:`~neuroage_utils.models.vae.VAEAgeRegressor` for one row of a tuning table.
 
@@ -222,15 +264,29 @@ class Chapter:
         table[config_columns] = table[config_columns].fillna("")
         return table, best
 
+    @staticmethod
+    def paper_comparison(ours: dict, theirs: dict) -> pd.DataFrame:
+        """Test MAE and r of our models (column -> results entry, or None when not run) beside the
+        paper's (column -> ``(mae, r)``), rounded for display."""
+        columns = {label: [e["mae"] if e else np.nan, e["r"] if e and e["r"] is not None else np.nan]
+                   for label, e in ours.items()}
+        columns.update({label: list(values) for label, values in theirs.items()})
+        return pd.DataFrame(columns, index=["test MAE (years)", "test r"]).round(2)
+
+    def record(self, **params) -> None:
+        """Add parameters (e.g. a statistic worth keeping) to the results file's ``params``."""
+        self.extra_params.update(params)
+
     def skip(self, key: str, reason: str) -> dict:
         self.models[key] = evaluate.skipped_entry(reason)
         return self.models[key]
 
-    def scores(self, keys=None, others: dict | None = None) -> pd.DataFrame:
+    def scores(self, keys=None, others: dict | None = None, paper: dict | None = None) -> pd.DataFrame:
         """Scored models, one row each: key, split, MAE, 95% CI, r, donors.
 
         ``keys`` selects this chapter's models (default: all); ``others`` maps ``"section::key"``
-        references (read from other chapters' results on the same data) to row labels.
+        references (read from other chapters' results on the same data) to row labels; ``paper``
+        maps row labels to the paper's MAE, shown in a ``paper MAE`` column.
         """
         chosen = [(k, self.models[k]) for k in (keys if keys is not None else self.models) if k in self.models]
         for ref, label in (others or {}).items():
@@ -246,7 +302,10 @@ class Chapter:
             lo, hi = e["mae_ci95"]
             rows.append({"model": key, "split": e["split"], "MAE": round(e["mae"], 2), "95% CI": f"{lo:.1f}-{hi:.1f}",
                          "r": np.nan if e["r"] is None else round(e["r"], 2), "donors": e["n_donors"]})
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        if paper is not None:
+            table["paper MAE"] = table["model"].map(paper)
+        return table
 
     # -- comparisons ---------------------------------------------------------------------------
     def entry(self, ref: str) -> dict | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 PROFILE_NAMES = ("smoke", "quick", "paper")
 SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae")
 
@@ -45,6 +47,9 @@ _DAE_GRID = [
     {"epochs": 100, "age_hidden": [30, 20], "latent": 100, "hidden": [512, 256], "noise": 0.5, "dropout": 0.0},
 ]
 
+#: Penalties tried by the ridge regression on SVD scores (10^-2 ... 10^4, 13 values).
+_RIDGE_ALPHAS = np.logspace(-2, 4, 13).tolist()
+
 
 def _scaled(grid, width: float = 1.0, epochs: float = 1.0, min_epochs: int = 2):
     """A copy of ``grid`` with encoder/MLP widths and epochs multiplied (age-head widths kept)."""
@@ -64,7 +69,7 @@ def _profile(cells, genes, min_cells, width, vae_width, epochs, vae_epochs, mlp_
     return {
         "simulate": {"cell_fraction": cells, "n_genes": genes, "min_cells_per_donor": min_cells},
         "data": {},
-        "svd": {"n_components": svd_k, "max_cells_plot": 20_000},
+        "svd": {"n_components": svd_k, "max_cells_plot": 20_000, "ridge_alphas": _RIDGE_ALPHAS},
         "baselines": {
             "elastic_net": {"n_alphas": en_alphas, "l1_ratios": en_l1, "n_splits": 5, "max_cells": max_cells_fit},
             "pseudocells": boot_pseudocells,

@@ -148,6 +148,7 @@ __all__ = [
     "load_paper_cohort",
     "simulated_path",
     "ensure_simulated",
+    "ground_truth",
     "age_shape",
     "simulate_cohort",
 ]
@@ -887,3 +888,13 @@ def ensure_simulated(profile: str, seed: int, out_dir, progress: bool = False) -
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp, compression=None)
     return path
+
+
+def ground_truth(adata) -> dict:
+    """What a simulated cohort knows about itself: age genes per pattern, the oracle's donor MAE."""
+    var = adata.var
+    table = (var[var["age_gene"]].groupby(["age_pattern", "age_subtype"]).size().rename("genes").reset_index())
+    return {"n_age_genes": int(var["age_gene"].sum()), "n_genes": len(var),
+            "oracle_mae": float(adata.uns["oracle_donor_mae"]),
+            "oracle_definition": adata.uns.get("oracle_definition", ""), "table": table}
+

@@ -133,6 +133,12 @@ class ElasticNetClock:
     scale_: np.ndarray = field(repr=False)
     converged: bool = True
 
+    def summary(self, n_cells_fit: int, n_splits: int) -> pd.DataFrame:
+        """The chosen penalty, mixing and sparsity, with the cells fitted and the CV folds."""
+        return pd.Series({"alpha": self.alpha_, "l1 ratio": self.l1_ratio_, "non-zero genes": self.n_nonzero_,
+                          "cells fitted": int(n_cells_fit), "CV folds (grouped by donor)": n_splits},
+                         name="elastic net").to_frame()
+
     # -- fitted hyper-parameters and coefficients ------------------------------------------------
     @property
     def alpha_(self) -> float:

@@ -227,3 +227,29 @@ def top_loadings(components, gene_names, n_top: int = 10) -> pd.DataFrame:
             "loading": components[rows, cols],
         }
     )
+
+
+def top_components(corr: pd.DataFrame) -> dict:
+    """The component with the largest |r| over cells and the one over donors, from
+    :func:`component_age_correlations`."""
+    cell = corr.loc[corr["r_cell"].abs().idxmax()]
+    donor = corr.loc[corr["r_donor"].abs().idxmax()]
+    return {"abs_r_cell": float(abs(cell["r_cell"])), "component_cell": int(cell["component"]),
+            "abs_r_donor": float(abs(donor["r_donor"])), "component_donor": int(donor["component"])}
+
+
+def top_components_table(top: dict, n_components: int, paper_components=None, paper_abs_r=None) -> pd.DataFrame:
+    """:func:`top_components` as a table, ours beside the paper's (which reports the top |r| only)."""
+    return pd.DataFrame({
+        "ours": [int(n_components), top["abs_r_cell"], top["component_cell"], top["abs_r_donor"], top["component_donor"]],
+        "paper": [paper_components, paper_abs_r, None, None, None],
+    }, index=["components", "top |r| over cells", "its component", "top |r| over donors", "its component"])
+
+
+def fit_component_ridge(scores, ages, alphas):
+    """Ridge regression of cell ages on component scores, its penalty chosen by (efficient
+    leave-one-out) cross-validation over ``alphas``; returns the fitted ``RidgeCV``."""
+    from sklearn.linear_model import RidgeCV
+
+    return RidgeCV(alphas=np.asarray(alphas, dtype=float)).fit(scores, ages)
+

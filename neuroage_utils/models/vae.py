@@ -20,7 +20,7 @@ from .estimator import TorchAgeRegressor
 from .likelihoods import LIKELIHOODS
 from .networks import AgeVAE, layer_table
 
-__all__ = ["VAEAgeRegressor"]
+__all__ = ["VAEAgeRegressor", "latent_pcs"]
 
 
 class VAEAgeRegressor(TorchAgeRegressor):
@@ -197,3 +197,14 @@ class VAEAgeRegressor(TorchAgeRegressor):
         if n_genes is None:
             raise ValueError("architecture_table: fit the model first or pass n_genes")
         return layer_table(self._make_module(int(n_genes)))
+
+
+def latent_pcs(Z, n_components: int = 2, max_rows: int = 20_000) -> np.ndarray:
+    """Latent means ``Z`` (cells x latent) projected on their first principal axes.
+
+    The axes come from the first ``max_rows`` rows (an SVD of the centred means), every row is projected.
+    """
+    Zc = Z - Z.mean(0)
+    _, _, vt = np.linalg.svd(Zc[: min(len(Zc), max_rows)], full_matrices=False)
+    return Zc @ vt[:n_components].T
+
