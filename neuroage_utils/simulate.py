@@ -893,7 +893,7 @@ def ensure_simulated(profile: str, seed: int, out_dir, progress: bool = False) -
 def ground_truth(adata) -> dict:
     """What a simulated cohort knows about itself: age genes per pattern, the oracle's donor MAE."""
     var = adata.var
-    table = (var[var["age_gene"]].groupby(["age_pattern", "age_subtype"]).size().rename("genes").reset_index())
+    table = (var[var["age_gene"]].groupby(["age_pattern", "age_subtype"], observed=False).size().rename("genes").reset_index())
     return {"n_age_genes": int(var["age_gene"].sum()), "n_genes": len(var),
             "oracle_mae": float(adata.uns["oracle_donor_mae"]),
             "oracle_definition": adata.uns.get("oracle_definition", ""), "table": table}
