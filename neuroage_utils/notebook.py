@@ -222,13 +222,14 @@ class Chapter:
 
     def training_settings(self) -> pd.DataFrame:
         """The VAE training settings as run under this profile, beside the paper's."""
-        P = self.params
+        P, T = self.params, paper.TRAINING
         kl = P["kl_cycle"]
         return pd.DataFrame(
             {
                 "as run": [f"Adam, {P['lr']:g}", P["batch_size"],
                            f"{kl['zero_epochs']} / {kl['rise_epochs']} / {kl['hold_epochs']}", P["t0"]],
-                "paper": ["Adam, 0.001", 4096, "20 / 10 / 10", 20],
+                "paper": [f"{T['optimiser']}, {T['lr']:g}", T["batch_size"],
+                          " / ".join(str(v) for v in T["kl_cycle"].values()), T["t0"]],
             },
             index=["optimiser, learning rate", "batch size (cells)",
                    "KL cycle: epochs at 0 / rising / at 1", "cosine warm-restart period (epochs)"],
