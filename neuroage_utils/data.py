@@ -24,6 +24,7 @@ from .checks import donor_ages, is_count_matrix, require_counts
 from .errors import DataValidationError
 from .features import log_normalize
 from .paper import load_paper_cohort
+from .results import atomic_write_text
 
 __all__ = [
     "DataValidationError",
@@ -336,10 +337,7 @@ def file_sha256(path, cache_dir=None) -> str:
     value = digest.hexdigest()
     if memo is not None:
         try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({**key, "sha256": value}))
-            os.replace(tmp, memo)
+            atomic_write_text(memo, json.dumps({**key, "sha256": value}))
         except OSError:
             pass  # an unwritable cache: hashing again next time is fine
     return value
