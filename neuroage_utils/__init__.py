@@ -1,7 +1,9 @@
 """NeuroAge: the code behind the executable report on single-cell aging clocks of human neurons.
 
-One module per concern (see CONTRIBUTING.md): ``data``, ``simulate``, ``evaluate``, ``results``,
-``profiles``, ``paper``, ``models``, ``train``, ``plots``, ``notebook``, ``run``.
+One module per concern, layers that run one way (see CONTRIBUTING.md): ``errors``, ``paper``,
+``results``; ``checks``, ``evaluate``; ``features``, ``profiles``; ``data``, ``simulate``; ``models``
+(torch blocks, likelihoods, networks; linear and factorisation models); ``train``; the estimators
+``models.mlp`` and ``models.vae``; ``plots``, ``notebook``, ``run``.
 """
 
 import os
