@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from neuroage_utils.data import log_normalize  # noqa: E402
+from neuroage_utils.features import log_normalize  # noqa: E402
 from neuroage_utils.simulate import DEFAULT_PARAMETERS, simulate_cohort  # noqa: E402
 
 

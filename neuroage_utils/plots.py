@@ -86,7 +86,7 @@ BLOCK_COLORS = {"encoder": "#4C72B0", "mu_head": "#8172B3", "var_head": "#8172B3
 
 
 def architecture_figure(layers: pd.DataFrame, title: str = ""):
-    """Draw a network from its layer table (``models.vae.layer_table``): one bar per Linear layer,
+    """Draw a network from its layer table (``models.networks.layer_table``): one bar per Linear layer,
     its height the log of its width, grouped and coloured by block; the age head branches off the
     encoder's latent layer. Built from the module itself, so it cannot drift from the code.
     """

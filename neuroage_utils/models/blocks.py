@@ -24,7 +24,7 @@ class InputTransform(nn.Module):
     4. in training mode only, additive Gaussian noise :math:`x \leftarrow x + \sigma\varepsilon`,
        :math:`\varepsilon \sim N(0, I)` (``noise_std`` = :math:`\sigma`; see :meth:`add_noise`).
 
-    Steps 1-2 equal ``data.log_normalize`` and step 3 ``data.SparseStandardScaler`` (population
+    Steps 1-2 equal ``features.log_normalize`` and step 3 ``features.SparseStandardScaler`` (population
     standard deviation; constant features get scale 1).
     """
 

@@ -348,7 +348,7 @@ def fit_elastic_net(
     ----------
     X
         Cells x genes, CSR or dense; the features as the clock should see them (the book passes
-        log-normalised counts, :func:`neuroage_utils.data.log_normalize`). A sparse matrix is
+        log-normalised counts, :func:`neuroage_utils.features.log_normalize`). A sparse matrix is
         densified for the fit only when small (``dense_limit_gb``).
     ages, donors
         One age (years) and one donor id per cell.

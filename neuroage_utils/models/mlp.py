@@ -31,12 +31,12 @@ class MLPRegressor(TorchAgeRegressor):
         Adam learning rate and cells per batch (paper: 1e-3, 4096).
     scale_inputs
         ``True``: z-score every feature with mean and standard deviation of the training rows
-        (``data.SparseStandardScaler``; applied per batch, so a sparse X is never densified whole).
+        (``features.SparseStandardScaler``; applied per batch, so a sparse X is never densified whole).
         ``False``: X is used as given (already scaled, e.g. by the caller).
     early_stopping_patience
         Epochs without a better validation MAE before stopping (needs ``validation`` in ``fit``).
     device, seed, checkpoint_path, checkpoint_every, progress
-        See :func:`neuroage_utils.train.fit`.
+        See :func:`neuroage_utils.train.loop.fit`.
 
     Attributes after ``fit``: ``module_`` (the AgeMLP), ``history_`` (per-epoch losses),
     ``age_mean_``, ``age_std_``.
@@ -77,7 +77,7 @@ class MLPRegressor(TorchAgeRegressor):
     def fit(self, X, ages, donors=None, validation=None):
         """Fit on ``X`` (cells x features, sparse or dense) and per-cell ``ages`` (years).
 
-        See :meth:`neuroage_utils.train.TorchAgeRegressor.fit` for ``donors`` and ``validation``.
+        See :meth:`neuroage_utils.models.estimator.TorchAgeRegressor.fit` for ``donors`` and ``validation``.
         """
         return super().fit(X, ages, donors=donors, validation=validation)
 

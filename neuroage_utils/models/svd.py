@@ -110,7 +110,7 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True)
     ----------
     X_train
         Training cells x genes, CSR or dense: log-normalised counts in the book
-        (:func:`neuroage_utils.data.log_normalize`), or any continuous expression values.
+        (:func:`neuroage_utils.features.log_normalize`), or any continuous expression values.
     n_components
         Number of components; ARPACK needs it below ``min(cells, genes)``.
     seed

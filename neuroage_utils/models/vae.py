@@ -44,7 +44,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
     lr_schedule, T_0
         ``"cosine_warm_restarts"`` with period ``T_0`` epochs (paper: 20), or ``None``.
     early_stopping_patience, device, seed, checkpoint_path, checkpoint_every, progress
-        See :func:`neuroage_utils.train.fit`. With a ``checkpoint_path`` a re-run resumes, and a
+        See :func:`neuroage_utils.train.loop.fit`. With a ``checkpoint_path`` a re-run resumes, and a
         run can be extended by raising ``epochs``.
 
     The count likelihoods need raw UMI counts; ``fit`` raises ``DataValidationError`` otherwise.
@@ -174,7 +174,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         """Fit on ``X`` (cells x genes; raw counts for the count likelihoods) and per-cell ages (years).
 
         ``library_size`` (count likelihoods): per-cell offset; default the row sums of ``X`` (the
-        genes modelled), as scVI. See :meth:`neuroage_utils.train.TorchAgeRegressor.fit` for
+        genes modelled), as scVI. See :meth:`neuroage_utils.models.estimator.TorchAgeRegressor.fit` for
         ``donors`` and ``validation``.
         """
         if library_size is not None and self.likelihood == "gaussian":

@@ -13,7 +13,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Map ``"auto"`` / ``"cpu"`` / ``"cuda"`` (or ``"cuda:N"``) to a :class:`torch.device`.
 
     ``"auto"`` picks CUDA when available, else the CPU. Asking for CUDA on a machine without it is a
-    user error (:class:`~neuroage_utils.data.DataValidationError`), not a silent fallback: a run
+    user error (:class:`~neuroage_utils.errors.DataValidationError`), not a silent fallback: a run
     planned for a GPU would otherwise take days on a CPU without anyone noticing.
     """
     if isinstance(device, torch.device):
