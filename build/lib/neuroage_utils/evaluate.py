@@ -1,0 +1,191 @@
+"""Donor-level evaluation: the paper's rule and the intervals it lacked.
+
+The study predicts an age for every cell and takes the mean over a donor's cells as that donor's
+predicted age; the metric is the mean absolute error over donors. With 9-11 donors per split a
+single MAE is a noisy number, so every entry also carries a bootstrap 95% interval over donors, and
+every comparison carries the null model (predict the mean age of the training donors for everyone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "donor_table",
+    "donor_metrics",
+    "bootstrap_mae_ci",
+    "model_entry",
+    "null_table",
+    "skipped_entry",
+    "table_from_donor_predictions",
+    "paired_difference",
+    "describe_difference",
+]
+
+
+def donor_table(cell_pred, donors, ages) -> pd.DataFrame:
+    """Average cell predictions per donor (the paper's aggregation rule).
+
+    Parameters
+    ----------
+    cell_pred, donors, ages
+        One value per cell: the predicted age, the donor id and the donor's true age.
+
+    Returns
+    -------
+    DataFrame with one row per donor: ``donor_id``, ``age``, ``predicted``, ``n_cells``,
+    sorted by donor id.
+    """
+    cell_pred = np.asarray(cell_pred, dtype=float).ravel()
+    donors = np.asarray(donors).astype(str).ravel()
+    ages = np.asarray(ages, dtype=float).ravel()
+    if not (len(cell_pred) == len(donors) == len(ages)):
+        raise ValueError(
+            f"donor_table needs one prediction, donor and age per cell; got {len(cell_pred)}, "
+            f"{len(donors)} and {len(ages)}"
+        )
+    if not np.all(np.isfinite(cell_pred)):
+        raise ValueError("donor_table: some cell predictions are NaN or infinite (the model diverged)")
+    frame = pd.DataFrame({"donor_id": donors, "age": ages, "predicted": cell_pred})
+    table = frame.groupby("donor_id", sort=True).agg(
+        age=("age", "first"), predicted=("predicted", "mean"), n_cells=("predicted", "size")
+    )
+    return table.reset_index()
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.allclose(x, x[0]) or np.allclose(y, y[0]):
+        return float("nan")  # r is undefined for a constant prediction (the null model)
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def donor_metrics(table: pd.DataFrame) -> dict:
+    """Donor-level MAE (years), Pearson r and the number of donors of a :func:`donor_table`."""
+    err = np.abs(table["predicted"].to_numpy() - table["age"].to_numpy())
+    return {
+        "mae": float(err.mean()),
+        "r": _pearson(table["predicted"].to_numpy(), table["age"].to_numpy()),
+        "n_donors": int(len(table)),
+    }
+
+
+def bootstrap_mae_ci(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval of the donor-level MAE, resampling donors with replacement.
+
+    Donors, not cells, are the unit: resampling cells would pretend we have 10^5 independent
+    observations when we have a handful of people.
+    """
+    err = np.abs(table["predicted"].to_numpy() - table["age"].to_numpy())
+    if len(err) == 0:
+        raise ValueError("bootstrap_mae_ci: no donors to resample")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(err), size=(n_boot, len(err)))
+    means = err[idx].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return [float(lo), float(hi)]
+
+
+def model_entry(table: pd.DataFrame, split: str, seed: int = 0, **extra) -> dict:
+    """One model's entry of the results contract (see README, "Results contract")."""
+    metrics = donor_metrics(table)
+    entry = {
+        "split": split,
+        "mae": metrics["mae"],
+        "r": None if np.isnan(metrics["r"]) else metrics["r"],
+        "mae_ci95": bootstrap_mae_ci(table, seed=seed),
+        "n_donors": metrics["n_donors"],
+        "predictions": [
+            {"donor_id": str(row.donor_id), "age": float(row.age), "predicted": float(row.predicted)}
+            for row in table.itertuples(index=False)
+        ],
+    }
+    entry.update(extra)
+    return entry
+
+
+def null_table(train_donor_ages: Iterable[float], eval_donors, eval_ages) -> pd.DataFrame:
+    """The null model: every evaluated donor is predicted the mean age of the training donors.
+
+    ``train_donor_ages`` holds one age per training donor (not per cell: a donor with many cells must
+    not pull the mean towards its own age).
+    """
+    mean_age = float(np.mean(np.asarray(list(train_donor_ages), dtype=float)))
+    eval_donors = np.asarray(eval_donors).astype(str)
+    return donor_table(np.full(len(eval_donors), mean_age), eval_donors, eval_ages)
+
+
+def skipped_entry(reason: str) -> dict:
+    """The results-contract entry of a model that cannot run on this input."""
+    return {"skipped": str(reason)}
+
+
+def table_from_donor_predictions(predicted: pd.Series, donors: pd.DataFrame) -> pd.DataFrame:
+    """A donor table from one prediction per donor (pseudobulk-style clocks).
+
+    ``predicted`` is indexed by donor id; ``donors`` has ``donor_id`` and ``age`` columns.
+    """
+    ages = donors.set_index("donor_id")["age"]
+    missing = set(predicted.index.astype(str)) - set(ages.index.astype(str))
+    if missing:
+        raise ValueError(f"predictions for unknown donors: {sorted(missing)[:3]}")
+    ids = predicted.index.astype(str)
+    return donor_table(predicted.to_numpy(), ids, ages.loc[ids].to_numpy())
+
+
+def paired_difference(entry_a: dict, entry_b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    """MAE of model a minus MAE of model b on the donors both scored, with a paired bootstrap 95%
+    interval (donors resampled together, so the shared difficulty of a donor cancels out).
+
+    Negative means a is better. ``excludes_zero`` says whether the interval excludes 0.
+    """
+    def errors(entry):
+        return {p["donor_id"]: abs(p["predicted"] - p["age"]) for p in entry["predictions"]}
+
+    ea, eb = errors(entry_a), errors(entry_b)
+    shared = sorted(set(ea) & set(eb))
+    if not shared:
+        raise ValueError("paired_difference: the two models share no donor")
+    diff = np.array([ea[d] - eb[d] for d in shared])
+    rng = np.random.default_rng(seed)
+    boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"difference": float(diff.mean()), "ci95": [float(lo), float(hi)], "n_donors": len(shared),
+            "excludes_zero": bool(lo > 0 or hi < 0)}
+
+
+def describe_difference(name_a: str, name_b: str, comparison: dict) -> str:
+    """One sentence for the book: how model a compares with model b, and whether that is evidence."""
+    d, (lo, hi) = comparison["difference"], comparison["ci95"]
+    direction = "lower" if d < 0 else "higher"
+    verdict = ("the interval excludes zero" if comparison["excludes_zero"]
+               else "the interval includes zero, so these donors cannot tell the two apart")
+    subject = name_a[:1].upper() + name_a[1:]
+    return (f"{subject} misses the {comparison['n_donors']} donors by {abs(d):.2f} years {direction} on average than "
+            f"{name_b} (paired bootstrap 95% interval of the difference: {lo:+.2f} to {hi:+.2f}); {verdict}.")
+
+
+def gene_recovery(coef_table: pd.DataFrame, var: pd.DataFrame, n_top: int = 15) -> dict:
+    """How well a clock's selected genes (``coef_table``: a ``gene`` column, strongest first) find
+    the true age genes of a simulated cohort (``var['age_gene']``, ``var['age_pattern']``).
+
+    Returns ``top`` (the top ``n_top`` rows with their truth), ``table`` (non-zero genes, true age
+    genes among them, precision, chance precision = the share of age genes, enrichment, recall),
+    and the unrounded ``precision`` and ``chance``.
+    """
+    top = coef_table.head(n_top).copy()
+    top["true age gene"] = var.loc[top["gene"], "age_gene"].to_numpy()
+    top["true pattern"] = var.loc[top["gene"], "age_pattern"].to_numpy()
+    chosen = coef_table["gene"].to_numpy()
+    hits = int(var.loc[chosen, "age_gene"].sum())
+    precision = hits / max(len(chosen), 1)
+    base = float(var["age_gene"].mean())
+    recovery = pd.Series({"non-zero genes": len(chosen), "true age genes among them": hits,
+                          "precision": round(precision, 3), "chance precision": round(base, 3),
+                          "enrichment over chance": round(precision / base, 1) if base else np.nan,
+                          "recall of age genes": round(hits / int(var["age_gene"].sum()), 3)}, name="value")
+    return {"top": top, "table": recovery, "precision": precision, "chance": base}
+

@@ -1,0 +1,176 @@
+"""Likelihoods p(x | z) of the VAE decoders (Gaussian, Poisson, negative binomial) and the latent KL."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["GaussianLikelihood", "PoissonLikelihood", "NegativeBinomialLikelihood", "make_likelihood",
+           "kl_standard_normal", "LIKELIHOODS"]
+
+LIKELIHOODS = ("gaussian", "poisson", "nb")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------------------------------
+# Likelihoods p(x | z): decoder output -> distribution over a cell's genes
+# --------------------------------------------------------------------------------------------------
+
+
+def _per_cell_log_factorial(x: torch.Tensor, log_factorial: torch.Tensor | None) -> torch.Tensor:
+    """:math:`\\sum_g \\log x_g!` per cell; precomputed from the sparse matrix when given (lgamma on a
+    dense batch costs more than a matmul on this CPU)."""
+    if log_factorial is not None:
+        return log_factorial
+    return torch.lgamma(x + 1.0).sum(dim=1)
+
+
+class GaussianLikelihood(nn.Module):
+    r"""Gaussian likelihood on z-scored log-normalised expression: :math:`x_g \sim N(m_g, s_g^2)`.
+
+    The decoder output is the mean :math:`m`. ``learn_variance=True`` learns one log-variance per
+    gene (a parameter, initialised at 0: unit variance, the variance of z-scored data);
+    ``False`` fixes :math:`s_g^2 = 1`, so the NLL is half the squared error plus a constant
+    (the authors' code uses the summed squared error itself).
+
+    .. math:: -\log p(x_g) = \tfrac12\big(\log 2\pi + \log s_g^2 + (x_g - m_g)^2 / s_g^2\big)
+    """
+
+    is_count = False
+
+    def __init__(self, n_genes: int, learn_variance: bool = True):
+        super().__init__()
+        self.n_genes = int(n_genes)
+        self.learn_variance = bool(learn_variance)
+        log_var = torch.zeros(self.n_genes)
+        if self.learn_variance:
+            self.log_var = nn.Parameter(log_var)
+        else:
+            self.register_buffer("log_var", log_var)
+
+    def mean(self, output: torch.Tensor, library: torch.Tensor | None = None) -> torch.Tensor:
+        return output
+
+    def log_prob(self, x: torch.Tensor, output: torch.Tensor, library: torch.Tensor | None = None) -> torch.Tensor:
+        """Element-wise :math:`\\log p(x_{ig})` (cells x genes)."""
+        return -0.5 * (_LOG_2PI + self.log_var + (x - output) ** 2 * torch.exp(-self.log_var))
+
+    def nll(self, x, output, library=None, log_factorial=None) -> torch.Tensor:
+        """Per-cell :math:`-\\sum_g \\log p(x_{ig})`."""
+        sq = ((x - output) ** 2 * torch.exp(-self.log_var)).sum(dim=1)
+        return 0.5 * (sq + self.log_var.sum() + self.n_genes * _LOG_2PI)
+
+    def extra_repr(self) -> str:
+        return f"n_genes={self.n_genes}, learn_variance={self.learn_variance}"
+
+
+class PoissonLikelihood(nn.Module):
+    r"""Poisson likelihood of raw counts with the library size as an offset (as scVI).
+
+    The decoder output :math:`o` (one value per gene) becomes expression proportions
+    :math:`\rho = \mathrm{softmax}(o)` and the rate is :math:`\lambda_g = l\,\rho_g` with :math:`l`
+    the cell's library size (by default its total count over the modelled genes), so the decoder
+    models composition and sequencing depth is not something it has to learn:
+
+    .. math:: \log p(x_g) = x_g \log\lambda_g - \lambda_g - \log x_g!
+
+    Because :math:`\sum_g \lambda_g = l`, the per-cell NLL is computed as
+    :math:`-\sum_g x_g \log\rho_g - (\sum_g x_g)\log l + l + \sum_g \log x_g!`, one log-softmax and
+    one product per batch.
+    """
+
+    is_count = True
+
+    def __init__(self, n_genes: int | None = None):
+        super().__init__()
+        self.n_genes = None if n_genes is None else int(n_genes)  # for display only: no parameters
+
+    def mean(self, output: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        return library.unsqueeze(-1) * torch.softmax(output, dim=-1)
+
+    @staticmethod
+    def _log_library(library: torch.Tensor) -> torch.Tensor:
+        # An empty cell (l = 0) has x = 0 everywhere, so its log-rate only ever multiplies 0.
+        return torch.log(library.clamp_min(torch.finfo(library.dtype).tiny))
+
+    def log_prob(self, x: torch.Tensor, output: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """Element-wise :math:`\\log p(x_{ig})` (cells x genes)."""
+        log_rate = self._log_library(library).unsqueeze(-1) + torch.log_softmax(output, dim=-1)
+        return x * log_rate - torch.exp(log_rate) - torch.lgamma(x + 1.0)
+
+    def nll(self, x, output, library, log_factorial=None) -> torch.Tensor:
+        """Per-cell :math:`-\\sum_g \\log p(x_{ig})` (see the class docstring)."""
+        fit = (x * torch.log_softmax(output, dim=-1)).sum(dim=1)
+        total = x.sum(dim=1)
+        return -fit - total * self._log_library(library) + library + _per_cell_log_factorial(x, log_factorial)
+
+
+class NegativeBinomialLikelihood(nn.Module):
+    r"""Negative binomial (gamma-Poisson) likelihood of raw counts, mean :math:`\mu_g = l\,\mathrm{softmax}(o)_g`
+    as in :class:`PoissonLikelihood`, and a learned inverse dispersion :math:`\theta_g` per gene
+    (``log_theta`` parameter, initialised at 0; variance :math:`\mu + \mu^2/\theta`):
+
+    .. math::
+
+        \log p(x_g) = \theta_g \log\frac{\theta_g}{\theta_g + \mu_g} + x_g \log\frac{\mu_g}{\theta_g + \mu_g}
+          + \log\Gamma(x_g + \theta_g) - \log\Gamma(\theta_g) - \log x_g!
+
+    This is ``torch.distributions.NegativeBinomial(total_count=theta, logits=log(mu / theta))``;
+    :math:`\theta \to \infty` recovers the Poisson. The paper names it as the next step.
+    """
+
+    is_count = True
+
+    def __init__(self, n_genes: int):
+        super().__init__()
+        self.n_genes = int(n_genes)
+        self.log_theta = nn.Parameter(torch.zeros(self.n_genes))
+
+    def mean(self, output: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        return library.unsqueeze(-1) * torch.softmax(output, dim=-1)
+
+    def _log_prob_no_factorial(self, x, output, library):
+        log_mu = PoissonLikelihood._log_library(library).unsqueeze(-1) + torch.log_softmax(output, dim=-1)
+        log_theta = self.log_theta
+        theta = torch.exp(log_theta)
+        log_theta_mu = torch.logaddexp(log_theta, log_mu)  # log(theta + mu), stable
+        return (
+            theta * (log_theta - log_theta_mu)
+            + x * (log_mu - log_theta_mu)
+            + torch.lgamma(x + theta)
+            - torch.lgamma(theta)
+        )
+
+    def log_prob(self, x: torch.Tensor, output: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """Element-wise :math:`\\log p(x_{ig})` (cells x genes)."""
+        return self._log_prob_no_factorial(x, output, library) - torch.lgamma(x + 1.0)
+
+    def nll(self, x, output, library, log_factorial=None) -> torch.Tensor:
+        """Per-cell :math:`-\\sum_g \\log p(x_{ig})`."""
+        return -self._log_prob_no_factorial(x, output, library).sum(dim=1) + _per_cell_log_factorial(x, log_factorial)
+
+    def extra_repr(self) -> str:
+        return f"n_genes={self.n_genes}"
+
+
+def make_likelihood(name: str, n_genes: int, gaussian_variance: str = "gene") -> nn.Module:
+    """``"gaussian"`` | ``"poisson"`` | ``"nb"`` -> likelihood module."""
+    if name == "gaussian":
+        if gaussian_variance not in ("gene", "unit"):
+            raise ValueError(f"gaussian_variance must be 'gene' or 'unit', got {gaussian_variance!r}")
+        return GaussianLikelihood(n_genes, learn_variance=gaussian_variance == "gene")
+    if name == "poisson":
+        return PoissonLikelihood(n_genes)
+    if name == "nb":
+        return NegativeBinomialLikelihood(n_genes)
+    raise ValueError(f"unknown likelihood {name!r}: use one of {', '.join(LIKELIHOODS)}")
+
+
+def kl_standard_normal(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    r"""Element-wise KL divergence of the posterior from the prior,
+
+    .. math:: \mathrm{KL}(N(\mu, \sigma^2) \,\|\, N(0, 1)) = \tfrac12(\sigma^2 + \mu^2 - 1 - \log\sigma^2).
+    """
+    return 0.5 * (var + mu**2 - 1.0 - torch.log(var))

@@ -1,0 +1,360 @@
+"""What every chapter notebook does first and last.
+
+A chapter opens with ``chapter = Chapter("svd", data_path=..., profile=..., ...)``: that resolves the
+dataset (the simulated cohort of the profile when ``data_path`` is empty), validates and splits it,
+and holds the chapter's parameters. It closes with ``chapter.finish()``, which writes
+``results/<section>.json`` atomically. Between the two the notebook calls model functions and adds
+their donor tables with ``chapter.add(...)``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import evaluate, paper, profiles, results
+from .data import Cohort, file_sha256, load_cohort
+from .simulate import ensure_simulated
+from .train.device import device_label, resolve_device
+
+__all__ = ["Chapter", "glue", "default_out_dir"]
+
+
+def default_out_dir() -> Path:
+    """The repository root when run from a checkout, else the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "_toc.yml").exists() else Path.cwd()
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """myst-nb ``glue``: record ``value`` under ``name`` for the book's text and figures.
+
+    Returns nothing, so a glue call at the end of a cell does not display the value again.
+    """
+    from myst_nb import glue as _glue
+
+    _glue(name, value, display=display)
+
+
+#: The papermill parameters every chapter notebook declares (its first code cell).
+PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", "out_dir", "allow_non_counts")
+
+
+class Chapter:
+    """One executed chapter: its data, its parameters, the models it scored, and its results file."""
+
+    @classmethod
+    def start(cls, section: str, namespace: dict) -> "Chapter":
+        """What a notebook's first line after its parameters does: the book's figure style, then the
+        chapter built from the papermill parameters found in ``namespace`` (the notebook's ``globals()``)."""
+        from . import plots
+
+        plots.set_style()
+        params = {name: namespace[name] for name in PARAMETERS if name in namespace}
+        params["out_dir"] = params.get("out_dir") or None
+        return cls(section, **params)
+
+    def __init__(
+        self,
+        section: str,
+        data_path: str | None = None,
+        profile: str = "quick",
+        device: str = "auto",
+        seed: int = 0,
+        donor_key: str = "donor_id",
+        age_key: str = "age",
+        out_dir: str | None = None,
+        allow_non_counts: bool = False,
+    ):
+        self.started = time.perf_counter()
+        self.section = section
+        self.profile = profile
+        self.seed = int(seed)
+        # Resolved once, here: every model of the chapter gets this torch.device, and the results
+        # file records the device that ran (not the request "auto").
+        self.device_request = str(device)
+        self.device = resolve_device(device)
+        self.device_label = device_label(self.device)
+        self.out_dir = Path(out_dir) if out_dir else default_out_dir()
+        self.params = profiles.section_params(profile, section)
+        if data_path:
+            path = Path(data_path)
+        else:
+            path = ensure_simulated(profile, self.seed, self.out_dir)
+            donor_key, age_key = "donor_id", "age"  # the simulator's own column names
+        self.data_path = path
+        self.cohort: Cohort = load_cohort(
+            path, donor_key=donor_key, age_key=age_key, seed=self.seed, allow_non_counts=allow_non_counts
+        )
+        uns = self.cohort.adata.uns
+        self.simulated = "simulation" in uns
+        self.data = {
+            "path": str(path),
+            "sha256": file_sha256(path, cache_dir=self.out_dir / ".cache" / "sha256"),
+            "simulated": bool(self.simulated),
+            "n_cells": self.cohort.n_cells,
+            "n_genes": self.cohort.n_genes,
+            "n_donors": self.cohort.n_donors,
+        }
+        self.models: dict = {}
+        self.fitted: dict = {}
+        self.cell_predictions: dict = {}
+        self.extra_params: dict = {}
+        np.random.seed(self.seed)
+
+    # -- what the page says about its data ----------------------------------------------------
+    def data_summary(self) -> str:
+        """One Markdown paragraph naming the data this page ran on."""
+        d = self.data
+        if self.simulated:
+            origin = (
+                f"the **simulated cohort** built on the study's 69 real donors (profile `{self.profile}`, "
+                f"seed {self.seed}; not the study's access-controlled data)"
+            )
+        else:
+            origin = f"**`{Path(d['path']).name}`** (user data)"
+        kind = "raw UMI counts" if self.cohort.is_counts else "values that are not counts (count models skipped)"
+        return (
+            f"This page ran on {origin}: {d['n_cells']:,} cells x {d['n_genes']:,} genes from "
+            f"{d['n_donors']} donors, {kind}; donor split: {self.cohort.split_source}; "
+            f"file SHA-256 `{d['sha256'][:12]}`."
+        )
+
+    def show_data_summary(self):
+        from IPython.display import Markdown, display
+
+        text = self.data_summary()
+        glue(f"{self.section}_data_summary", Markdown(text), display=False)
+        display(Markdown(text))
+        return text
+
+    # -- scored models -------------------------------------------------------------------------
+    def add(self, key: str, table: pd.DataFrame, split: str, **extra) -> dict:
+        """Score a donor table (see :func:`evaluate.donor_table`) and record it under ``key``."""
+        entry = evaluate.model_entry(table, split, seed=self.seed, **extra)
+        self.models[key] = entry
+        return entry
+
+    def add_cells(self, key: str, cell_pred, mask, split: str, **extra) -> dict:
+        """Average cell predictions of the cells in ``mask`` per donor, then :meth:`add`."""
+        c = self.cohort
+        table = evaluate.donor_table(cell_pred, c.donors[mask], c.ages[mask])
+        return self.add(key, table, split, **extra)
+
+    def add_null(self, split: str, train_splits=("train",), key: str = "null") -> dict:
+        """The null model: the mean age of the training donors, for every donor of ``split``."""
+        c = self.cohort
+        train = c.donor_table[c.donor_table["split"].isin(train_splits)]
+        evald = c.donor_table[c.donor_table["split"] == split]
+        table = evaluate.null_table(train["age"], evald["donor_id"], evald["age"])
+        return self.add(key, table, split, trained_on=list(train_splits))
+
+    def fit_score(self, key: str, model, X, fit=("train",), on: str = "val", watch: str | None = None,
+                  **extra) -> dict:
+        """Fit ``model`` on the cells of the ``fit`` splits, score it on the donors of ``on``.
+
+        ``model`` follows the regressor protocol of this package: ``fit(X, ages, donors=...)`` and
+        ``predict(X) -> ages``. ``watch`` names a split whose donors a torch model follows during
+        training (validation MAE per epoch; needed for early stopping). The entry records the splits it
+        was trained on; the fitted model
+        is kept in ``self.fitted[key]`` and the cell predictions in ``self.cell_predictions[key]``.
+        """
+        c = self.cohort
+        train, evaluate_on = c.mask(*fit), c.mask(on)
+        if watch is not None:  # a torch model watches these donors (validation loss, early stopping)
+            w = c.mask(watch)
+            model.fit(X[train], c.ages[train], donors=c.donors[train], validation=(X[w], c.ages[w], c.donors[w]))
+        else:
+            model.fit(X[train], c.ages[train], donors=c.donors[train])
+        pred = model.predict(X[evaluate_on])
+        self.fitted[key] = model
+        self.cell_predictions[key] = pred
+        return self.add_cells(key, pred, evaluate_on, on, trained_on=list(fit), **extra)
+
+    def mlp(self, config: dict, **overrides):
+        """A :class:`~neuroage_utils.models.mlp.MLPRegressor` for one row of a tuning grid.
+
+        ``config`` holds the row (``hidden``, ``lr``); epochs, batch size and dropout come from the
+        chapter's profile (``mlp_epochs``, ``batch_size``, ``dropout`` when the profile sets one);
+        ``overrides`` replace any of them.
+        """
+        from .models.mlp import MLPRegressor
+
+        P = self.params
+        options = {"hidden": config["hidden"], "lr": config["lr"], "epochs": P["mlp_epochs"],
+                   "batch_size": P["batch_size"], "device": self.device, "seed": self.seed}
+        if "dropout" in P:
+            options["dropout"] = P["dropout"]
+        options.update(overrides)
+        return MLPRegressor(**options)
+
+    def seen_fit(self, key: str, X, splits=("train", "val")) -> dict:
+        """How fitted model ``key`` does on the donors it was trained on: their donor MAE, and the
+        standard deviation of their ages (what a model that learnt nothing would miss by)."""
+        c = self.cohort
+        seen = c.mask(*splits)
+        table = evaluate.donor_table(self.fitted[key].predict(X[seen]), c.donors[seen], c.ages[seen])
+        ages = c.donor_table.loc[c.donor_table["split"].isin(splits), "age"]
+        return pd.Series({"donor MAE on its training donors": evaluate.donor_metrics(table)["mae"],
+                          "SD of their ages": float(ages.std()), "training donors": int(len(ages))}, name=key)
+
+    def vae(self, likelihood: str, config: dict, key: str, **extra):
+        """A :class:`~neuroage_utils.models.vae.VAEAgeRegressor` for one row of a tuning table.
+
+        ``config`` holds the row (``hidden``, ``latent``, ``age_hidden``, ``dropout``, ``epochs``);
+        the optimiser and schedules come from the chapter's profile (Adam, batch size, cyclical KL,
+        cosine warm restarts), and the model checkpoints under ``key``.
+        """
+        from .models.vae import VAEAgeRegressor
+
+        P = self.params
+        return VAEAgeRegressor(
+            likelihood=likelihood, hidden=config["hidden"], latent=config["latent"],
+            age_hidden=config["age_hidden"], dropout=config["dropout"], epochs=config["epochs"],
+            lr=P["lr"], batch_size=P["batch_size"], kl_schedule="cyclical", kl_cycle=P["kl_cycle"],
+            lr_schedule="cosine_warm_restarts", T_0=P["t0"], log_normalize=self.cohort.is_counts,
+            device=self.device, seed=self.seed, checkpoint_path=self.checkpoint(key),
+            checkpoint_every=P["checkpoint_every"], **extra,
+        )
+
+    def training_settings(self) -> pd.DataFrame:
+        """The VAE training settings as run under this profile, beside the paper's."""
+        P, T = self.params, paper.TRAINING
+        kl = P["kl_cycle"]
+        return pd.DataFrame(
+            {
+                "as run": [f"Adam, {P['lr']:g}", P["batch_size"],
+                           f"{kl['zero_epochs']} / {kl['rise_epochs']} / {kl['hold_epochs']}", P["t0"]],
+                "paper": [f"{T['optimiser']}, {T['lr']:g}", T["batch_size"],
+                          " / ".join(str(v) for v in T["kl_cycle"].values()), T["t0"]],
+            },
+            index=["optimiser, learning rate", "batch size (cells)",
+                   "KL cycle: epochs at 0 / rising / at 1", "cosine warm-restart period (epochs)"],
+        )
+
+    def checkpoint(self, key: str) -> Path:
+        """Where model ``key`` of this chapter checkpoints; tied to the data so a checkpoint
+        trained on other data is never resumed."""
+        return self.out_dir / "checkpoints" / self.data["sha256"][:16] / self.section / f"{key}.pt"
+
+    def tuning_table(self, runs, paper_mae=None) -> tuple[pd.DataFrame, int]:
+        """A tuning table (the paper's Tables 1-4) from ``(config, entry)`` pairs scored on validation
+        donors: the configuration as run, our MAE and interval, the paper's MAE beside it, and the
+        null model's validation row last. Returns the table and the index of the best run."""
+        rows = []
+        for i, (config, entry) in enumerate(runs, 1):
+            lo, hi = entry["mae_ci95"]
+            rows.append({"model": str(i), **{k: str(v) for k, v in config.items()}, "MAE": entry["mae"],
+                         "95% CI": f"{lo:.1f}-{hi:.1f}"})
+        table = pd.DataFrame(rows)
+        best = int(table["MAE"].idxmin())
+        if paper_mae is not None:
+            table["paper MAE"] = list(paper_mae)[: len(table)]
+        if "null_val" not in self.models:
+            self.add_null("val", key="null_val")
+        null = self.models["null_val"]
+        null_row = {"model": "null (training mean)", "MAE": null["mae"],
+                    "95% CI": f"{null['mae_ci95'][0]:.1f}-{null['mae_ci95'][1]:.1f}"}
+        if paper_mae is not None:
+            null_row["paper MAE"] = paper.TEXT["null_val_mae"]
+        table = pd.concat([table, pd.DataFrame([null_row])], ignore_index=True)
+        config_columns = [c for c in table.columns if c not in ("MAE", "95% CI", "paper MAE")]
+        table[config_columns] = table[config_columns].fillna("")
+        return table, best
+
+    @staticmethod
+    def paper_comparison(ours: dict, theirs: dict) -> pd.DataFrame:
+        """Test MAE and r of our models (column -> results entry, or None when not run) beside the
+        paper's (column -> ``(mae, r)``), rounded for display."""
+        columns = {label: [e["mae"] if e else np.nan, e["r"] if e and e["r"] is not None else np.nan]
+                   for label, e in ours.items()}
+        columns.update({label: list(values) for label, values in theirs.items()})
+        return pd.DataFrame(columns, index=["test MAE (years)", "test r"]).round(2)
+
+    def record(self, **params) -> None:
+        """Add parameters (e.g. a statistic worth keeping) to the results file's ``params``."""
+        self.extra_params.update(params)
+
+    def skip(self, key: str, reason: str) -> dict:
+        self.models[key] = evaluate.skipped_entry(reason)
+        return self.models[key]
+
+    def scores(self, keys=None, others: dict | None = None, paper: dict | None = None) -> pd.DataFrame:
+        """Scored models, one row each: key, split, MAE, 95% CI, r, donors.
+
+        ``keys`` selects this chapter's models (default: all); ``others`` maps ``"section::key"``
+        references (read from other chapters' results on the same data) to row labels; ``paper``
+        maps row labels to the paper's MAE, shown in a ``paper MAE`` column.
+        """
+        chosen = [(k, self.models[k]) for k in (keys if keys is not None else self.models) if k in self.models]
+        for ref, label in (others or {}).items():
+            entry = self.entry(ref)
+            if entry is not None:
+                chosen.append((label, entry))
+        rows = []
+        for key, e in chosen:
+            if "skipped" in e:
+                rows.append({"model": key, "split": "-", "MAE": np.nan, "95% CI": "skipped: " + e["skipped"],
+                             "r": np.nan, "donors": 0})
+                continue
+            lo, hi = e["mae_ci95"]
+            rows.append({"model": key, "split": e["split"], "MAE": round(e["mae"], 2), "95% CI": f"{lo:.1f}-{hi:.1f}",
+                         "r": np.nan if e["r"] is None else round(e["r"], 2), "donors": e["n_donors"]})
+        table = pd.DataFrame(rows)
+        if paper is not None:
+            table["paper MAE"] = table["model"].map(paper)
+        return table
+
+    # -- comparisons ---------------------------------------------------------------------------
+    def entry(self, ref: str) -> dict | None:
+        """A scored model by key, or ``"section::key"`` from another chapter's results file on the
+        same data; None when absent, skipped, or run on other data."""
+        if "::" not in ref:
+            e = self.models.get(ref)
+        else:
+            section, key = ref.split("::", 1)
+            try:
+                doc = results.read_results(self.out_dir, section)
+            except FileNotFoundError:
+                return None
+            e = doc["models"].get(key) if doc["data"]["sha256"] == self.data["sha256"] else None
+        return e if e and "mae" in e else None
+
+    def verdicts(self, pairs, names: dict | None = None) -> str:
+        """Markdown bullets comparing models pairwise on shared donors (paired bootstrap), one per
+        pair whose two models exist; a pair with a missing model says so."""
+        names = names or {}
+        lines = []
+        for a, b in pairs:
+            ea, eb = self.entry(a), self.entry(b)
+            na, nb = names.get(a, a), names.get(b, b)
+            if ea is None or eb is None:
+                lines.append(f"- {na} vs {nb}: not compared ({a if ea is None else b} was not run on this data).")
+                continue
+            lines.append("- " + evaluate.describe_difference(na, nb, evaluate.paired_difference(ea, eb, seed=self.seed)))
+        return "\n".join(lines)
+
+    # -- the end -------------------------------------------------------------------------------
+    @property
+    def runtime_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def finish(self, **extra_params) -> Path:
+        """Write ``results/<section>.json`` (atomically) and return its path."""
+        params = {
+            **self.params,
+            **self.extra_params,
+            **extra_params,
+            "seed": self.seed,
+            "device": self.device_label,
+            "device_requested": self.device_request,
+            "donor_key": self.cohort.donor_key,
+            "age_key": self.cohort.age_key,
+            "split_source": self.cohort.split_source,
+        }
+        return results.write_results(
+            self.out_dir, self.section, self.data, self.profile, params, self.runtime_s, self.models
+        )

@@ -1,0 +1,144 @@
+"""Run profiles: how big a run is, per section, derived from the study's designs (``paper``).
+
+- ``smoke``: tiny, for the tests (seconds per chapter);
+- ``quick``: the default book, minutes on a 2-core CPU. It keeps the paper's designs but shrinks
+  cells, genes, widths and epochs; every chapter prints the configuration that actually ran;
+- ``paper``: the paper's exact settings on the full-size cohort (meant for a GPU).
+
+A profile is a typed :class:`Profile` (scales are multipliers of the paper's values, counts are
+counts); :func:`section_params` gives a chapter its parameters as a plain dict. The simulated
+cohort's size also comes from the profile (``simulate``); on user data only the model settings apply.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import paper
+
+PROFILE_NAMES = ("smoke", "quick", "paper")
+SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae")
+
+#: Penalties tried by the ridge regression on SVD scores (10^-2 ... 10^4, 13 values).
+_RIDGE_ALPHAS = np.logspace(-2, 4, 13).tolist()
+
+
+def _scaled(grid, width: float = 1.0, epochs: float = 1.0, min_epochs: int = 2):
+    """A copy of ``grid`` with encoder/MLP widths and epochs multiplied (age-head widths kept)."""
+    out = []
+    for cfg in copy.deepcopy(grid):
+        if "hidden" in cfg:
+            cfg["hidden"] = [max(4, int(round(h * width))) for h in cfg["hidden"]]
+        if "epochs" in cfg:
+            cfg["epochs"] = max(min_epochs, int(round(cfg["epochs"] * epochs)))
+        out.append(cfg)
+    return out
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The size of a run. ``*_scale`` fields multiply the paper's values; the others are counts."""
+
+    # the simulated cohort
+    cell_fraction: float  # share of the study's 189,423 cells
+    n_genes: int
+    min_cells_per_donor: int
+    # widths and epochs, relative to the paper's grids
+    mlp_width_scale: float
+    vae_width_scale: float
+    vae_epoch_scale: float  # Gaussian and denoising VAEs (Tables 2 and 4)
+    poisson_epoch_scale: float  # Poisson VAE (Table 3)
+    # counts
+    mlp_epochs: int
+    batch_size: int
+    svd_components: int
+    nmf_components: int
+    nmf_max_iter: int
+    enet_n_alphas: int
+    enet_l1_ratios: tuple
+    pseudocells_per_donor: int
+    cells_per_pseudocell: int
+    max_cells_fit: int | None  # cells the cell-level elastic net is fitted on (None: all)
+    checkpoint_every: int
+    kl_cycle: tuple = tuple(paper.TRAINING["kl_cycle"].values())  # epochs at 0 / rising / at 1
+    t0: int = paper.TRAINING["t0"]
+
+    def sections(self) -> dict:
+        """Every section's parameters under this profile, as plain data."""
+        kl = dict(zip(("zero_epochs", "rise_epochs", "hold_epochs"), self.kl_cycle))
+        lr = paper.TRAINING["lr"]
+        vae = {"batch_size": self.batch_size, "lr": lr, "t0": self.t0, "kl_cycle": kl,
+               "checkpoint_every": self.checkpoint_every}
+        return {
+            "simulate": {"cell_fraction": self.cell_fraction, "n_genes": self.n_genes,
+                         "min_cells_per_donor": self.min_cells_per_donor},
+            "data": {},
+            "svd": {"n_components": self.svd_components, "max_cells_plot": 20_000, "ridge_alphas": _RIDGE_ALPHAS},
+            "baselines": {
+                "elastic_net": {"n_alphas": self.enet_n_alphas, "l1_ratios": list(self.enet_l1_ratios), "n_splits": 5,
+                                "max_cells": self.max_cells_fit},
+                "pseudocells": {"n_per_donor": self.pseudocells_per_donor,
+                                "cells_per_pseudocell": self.cells_per_pseudocell},
+                "mlp_grid": _scaled(paper.MLP_GRID, width=self.mlp_width_scale),
+                "mlp_epochs": self.mlp_epochs,
+                "batch_size": self.batch_size,
+                "dropout": paper.TRAINING["mlp_dropout"],
+                "early_stopping": None,
+            },
+            "nmf": {
+                "input": "raw",  # the paper factorises raw counts; "log1p" uses log-normalised counts
+                "n_components": self.nmf_components,
+                "max_iter": self.nmf_max_iter,
+                "mlp": {"hidden": [max(4, int(round(5000 * self.mlp_width_scale)))] * 3, "lr": lr},
+                "mlp_epochs": self.mlp_epochs,
+                "batch_size": self.batch_size,
+            },
+            "vae": {
+                "gaussian_grid": _scaled(paper.GAUSSIAN_VAE_GRID, width=self.vae_width_scale,
+                                         epochs=self.vae_epoch_scale),
+                "poisson_grid": _scaled(paper.POISSON_VAE_GRID, width=self.vae_width_scale,
+                                        epochs=self.poisson_epoch_scale),
+                **vae,
+            },
+            "dae": {"grid": _scaled(paper.DAE_GRID, width=self.vae_width_scale, epochs=self.vae_epoch_scale), **vae},
+        }
+
+
+SETTINGS = {
+    # Seconds per chapter: proves the plumbing, not the science.
+    "smoke": Profile(cell_fraction=0.004, n_genes=200, min_cells_per_donor=12, mlp_width_scale=0.01,
+                     vae_width_scale=0.1, vae_epoch_scale=0.03, poisson_epoch_scale=0.01, mlp_epochs=3,
+                     batch_size=256, svd_components=8, nmf_components=6, nmf_max_iter=60, enet_n_alphas=5,
+                     enet_l1_ratios=(0.5, 1.0), pseudocells_per_donor=5, cells_per_pseudocell=8,
+                     max_cells_fit=3000, checkpoint_every=2, kl_cycle=(1, 1, 1), t0=2),
+    # The default book: the paper's designs on ~10k cells x 2,000 genes, narrower and shorter.
+    # The KL cycle and the restart period shrink with the epochs (5 + 5 + 5 and 10 instead of
+    # 20 + 10 + 10 and 20), so that a 20-epoch run still sees the KL term at full weight.
+    "quick": Profile(cell_fraction=0.05, n_genes=2000, min_cells_per_donor=20, mlp_width_scale=0.1,
+                     vae_width_scale=1.0, vae_epoch_scale=0.2, poisson_epoch_scale=0.06, mlp_epochs=30,
+                     batch_size=1024, svd_components=100, nmf_components=100, nmf_max_iter=100, enet_n_alphas=20,
+                     enet_l1_ratios=(0.1, 0.5, 0.9, 1.0), pseudocells_per_donor=10, cells_per_pseudocell=30,
+                     max_cells_fit=20_000, checkpoint_every=10, kl_cycle=(5, 5, 5), t0=10),
+    # The paper's exact settings: 189,423 cells x 17,658 genes, full widths and epochs, batch 4096.
+    "paper": Profile(cell_fraction=1.0, n_genes=paper.TEXT["n_genes"], min_cells_per_donor=0, mlp_width_scale=1.0,
+                     vae_width_scale=1.0, vae_epoch_scale=1.0, poisson_epoch_scale=1.0,
+                     mlp_epochs=paper.TRAINING["mlp_epochs"], batch_size=paper.TRAINING["batch_size"],
+                     svd_components=100, nmf_components=100, nmf_max_iter=200, enet_n_alphas=20,
+                     enet_l1_ratios=(0.1, 0.5, 0.9, 1.0), pseudocells_per_donor=100, cells_per_pseudocell=50,
+                     max_cells_fit=None, checkpoint_every=10),
+}
+
+#: Every profile's section parameters, as plain data (what results files record).
+PROFILES = {name: profile.sections() for name, profile in SETTINGS.items()}
+
+
+def section_params(profile: str, section: str) -> dict:
+    """A copy of the parameters of ``section`` under ``profile``."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: use one of {', '.join(PROFILE_NAMES)}")
+    if section not in PROFILES[profile]:
+        raise ValueError(f"unknown section {section!r}: use one of {', '.join(SECTIONS)}")
+    return copy.deepcopy(PROFILES[profile][section])

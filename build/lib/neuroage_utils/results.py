@@ -1,0 +1,145 @@
+"""The results contract: what every chapter writes to ``results/<section>.json``.
+
+```
+{
+  "section": "baselines",
+  "data": {"path", "sha256", "simulated", "n_cells", "n_genes", "n_donors"},
+  "profile": "quick",
+  "params": {...},            # the configuration that actually ran
+  "runtime_s": 12.3,
+  "models": {
+     "<model key>": {"split", "mae", "r", "mae_ci95": [lo, hi], "n_donors",
+                      "predictions": [{"donor_id", "age", "predicted"}, ...], ...extra},
+     "<model key>": {"skipped": "reason"}
+  }
+}
+```
+Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a failed
+or interrupted run leaves the previous good file in place, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["write_results", "read_results", "validate_results", "atomic_write_text", "atomic_write", "atomic_path", "ResultsError"]
+
+TOP_LEVEL_KEYS = ("section", "data", "profile", "params", "runtime_s", "models")
+DATA_KEYS = ("path", "sha256", "simulated", "n_cells", "n_genes", "n_donors")
+ENTRY_KEYS = ("split", "mae", "r", "mae_ci95", "n_donors", "predictions")
+
+
+class ResultsError(ValueError):
+    """A results document that does not follow the contract."""
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    ``os.replace`` is atomic on POSIX and Windows: a reader (or a resumed run) sees the old file or
+    the new one, never a half-written one, whatever kills the writer; on failure the old file stays.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path, write, binary: bool = False) -> Path:
+    """Call ``write(file)`` on a temporary file, fsync it, then move it onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    return atomic_write(path, lambda fh: fh.write(text))
+
+
+def _clean(value):
+    """JSON-safe copy: numpy scalars to Python, NaN to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            value = value.tolist()
+            return _clean(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def validate_results(doc: dict) -> dict:
+    """Raise :class:`ResultsError` unless ``doc`` follows the contract; return it."""
+    missing = [k for k in TOP_LEVEL_KEYS if k not in doc]
+    if missing:
+        raise ResultsError(f"results lack top-level keys {missing}")
+    missing = [k for k in DATA_KEYS if k not in doc["data"]]
+    if missing:
+        raise ResultsError(f"results 'data' lacks {missing}")
+    if not isinstance(doc["models"], dict):
+        raise ResultsError("results 'models' must be a mapping from model key to entry")
+    for key, entry in doc["models"].items():
+        if "skipped" in entry:
+            if not isinstance(entry["skipped"], str) or not entry["skipped"]:
+                raise ResultsError(f"model '{key}': 'skipped' must give a reason")
+            continue
+        missing = [k for k in ENTRY_KEYS if k not in entry]
+        if missing:
+            raise ResultsError(f"model '{key}' lacks {missing}")
+        if entry["split"] not in ("train", "val", "test", "cv"):
+            raise ResultsError(f"model '{key}': unknown split {entry['split']!r}")
+        if len(entry["predictions"]) != entry["n_donors"]:
+            raise ResultsError(f"model '{key}': {len(entry['predictions'])} predictions for {entry['n_donors']} donors")
+        lo, hi = entry["mae_ci95"]
+        if not (lo <= entry["mae"] + 1e-9 and entry["mae"] <= hi + 1e-9):
+            raise ResultsError(f"model '{key}': MAE {entry['mae']} outside its interval [{lo}, {hi}]")
+    return doc
+
+
+def write_results(out_dir, section: str, data: dict, profile: str, params: dict, runtime_s: float, models: dict) -> Path:
+    """Validate and atomically write ``out_dir/results/<section>.json``; return its path."""
+    doc = _clean(
+        {
+            "section": section,
+            "data": data,
+            "profile": profile,
+            "params": params,
+            "runtime_s": float(runtime_s),
+            "models": models,
+        }
+    )
+    validate_results(doc)
+    return atomic_write_text(Path(out_dir) / "results" / f"{section}.json", json.dumps(doc, indent=1) + "\n")
+
+
+def read_results(out_dir, section: str) -> dict:
+    """Read and validate one chapter's results."""
+    path = Path(out_dir) / "results" / f"{section}.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: run `python -m neuroage_utils.run --only {section}` first"
+        )
+    return validate_results(json.loads(path.read_text()))

@@ -1,0 +1,419 @@
+"""Execute the chapter notebooks with papermill, then render the book with execution off.
+
+    python -m neuroage_utils.run [--data PATH] [--profile smoke|quick|paper] [--only SECTION ...]
+        [--device auto|cpu|cuda] [--seed N] [--donor-key K] [--age-key K] [--out DIR]
+        [--force] [--no-book] [--allow-non-counts] [--list]
+
+A notebook is re-executed only when one of its inputs changed: its source, the package source,
+its parameters or the data file (Jupyter Book's own cache hashes code cells only and would miss a
+change in ``neuroage_utils``). Each executed notebook is written to a temporary file and moved into
+place only when it succeeded; a failed one is kept as ``executed/<section>.failed.ipynb`` for
+reading, and the good copy it would have replaced stays.
+
+Bad input exits with status 2 and a one-line reason as the last line of stderr, before any
+notebook runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import profiles
+from .data import file_sha256, load_cohort
+from .errors import DataValidationError
+from .simulate import ensure_simulated
+from .results import atomic_write_text
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+PACKAGE = Path(__file__).resolve().parent
+SECTIONS = profiles.SECTIONS
+SECTION_TITLES = {
+    "data": "The cohort",
+    "svd": "SVD exploration",
+    "baselines": "Baselines: elastic net and MLP",
+    "nmf": "NMF + MLP",
+    "vae": "Variational autoencoders",
+    "dae": "Denoising VAE",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and their fingerprint
+# --------------------------------------------------------------------------------------------------
+
+
+def package_fingerprint() -> str:
+    """SHA-256 over the package's source and data files (what Jupyter Book's cache cannot see)."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*")):
+        if path.is_file() and path.suffix in {".py", ".csv", ".json", ".md"} and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(PACKAGE)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def notebook_inputs(section: str, parameters: dict, data_sha: str, pkg_sha: str) -> dict:
+    source = NOTEBOOKS / f"{section}.ipynb"
+    return {
+        "notebook_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "package_sha256": pkg_sha,
+        "parameters": parameters,
+        "profile_params": profiles.section_params(parameters["profile"], section),
+        "data_sha256": data_sha,
+    }
+
+
+def _stamp_path(out: Path, section: str) -> Path:
+    return out / "executed" / f".{section}.inputs.json"
+
+
+def is_up_to_date(out: Path, section: str, inputs: dict) -> bool:
+    stamp = _stamp_path(out, section)
+    done = (out / "executed" / f"{section}.ipynb").exists() and (out / "results" / f"{section}.json").exists()
+    if not (done and stamp.exists()):
+        return False
+    try:
+        return json.loads(stamp.read_text()) == json.loads(json.dumps(inputs))
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Executing one notebook
+# --------------------------------------------------------------------------------------------------
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def _fold_parameter_cells(path: Path) -> None:
+    """Show papermill's parameter cells folded (``hide-cell``) instead of as clutter."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if ("injected-parameters" in tags or "parameters" in tags) and "hide-cell" not in tags:
+            tags.append("hide-cell")
+    nbformat.write(nb, path)
+
+
+def _failure_summary(path: Path) -> str:
+    """The error a failed notebook ended with, as 'cell N: Name: message'."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - a summary must never hide the real failure
+        return "(no executed copy to read)"
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"cell {i}: {out.get('ename')}: {out.get('evalue')}"
+    return "(no error output recorded)"
+
+
+def execute_section(section: str, parameters: dict, out: Path, kernel: str | None = None) -> float:
+    """Run ``notebooks/<section>.ipynb`` into ``out/executed/<section>.ipynb``; return seconds."""
+    import papermill as pm
+
+    source = NOTEBOOKS / f"{section}.ipynb"
+    executed = out / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    target = executed / f"{section}.ipynb"
+    tmp = executed / f".{section}.{os.getpid()}.running.ipynb"
+    failed = executed / f"{section}.failed.ipynb"
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(source),
+            str(tmp),
+            parameters=parameters,
+            kernel_name=kernel,
+            cwd=str(REPO),
+            progress_bar=False,
+            report_mode=False,
+        )
+    except Exception as exc:  # papermill raises PapermillExecutionError, kernel deaths, ...
+        if tmp.exists():
+            os.replace(tmp, failed)
+        reason = _failure_summary(failed) if failed.exists() else f"{type(exc).__name__}: {exc}"
+        raise NotebookFailed(f"notebook '{section}' failed at {reason} (full trace: {failed})") from None
+    _fold_parameter_cells(tmp)
+    os.replace(tmp, target)
+    failed.unlink(missing_ok=True)
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------------
+# Generated pages: status and the paper's numbers
+# --------------------------------------------------------------------------------------------------
+
+
+def _machine() -> str:
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        torch_v = torch.__version__
+    except Exception:  # noqa: BLE001
+        gpu, torch_v = "unknown", "not installed"
+    return (
+        f"{platform.node() or 'unknown host'}; {platform.system()} {platform.machine()}; "
+        f"{os.cpu_count()} CPU cores; GPU: {gpu}; Python {platform.python_version()}; torch {torch_v}"
+    )
+
+
+def write_status_page(out: Path, timings: dict) -> Path:
+    """``executed/status.md``: how, where and how long each page executed, and on which data."""
+    rows, datasets = [], {}
+    for section in SECTIONS:
+        res = out / "results" / f"{section}.json"
+        nb = out / "executed" / f"{section}.ipynb"
+        if not (res.exists() and nb.exists()):
+            continue
+        doc = json.loads(res.read_text())
+        d = doc["data"]
+        origin = "simulated cohort" if d["simulated"] else "user data"
+        datasets[d["sha256"][:10]] = (
+            f"`{d['sha256'][:10]}`: {origin} `{Path(d['path']).name}`, {d['n_cells']:,} cells x "
+            f"{d['n_genes']:,} genes, {d['n_donors']} donors"
+        )
+        when = dt.datetime.fromtimestamp(nb.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        try:  # papermill records the wall time of the whole execution in the notebook
+            seconds = json.loads(nb.read_text())["metadata"]["papermill"]["duration"]
+            took = f"{seconds:.1f} s"
+        except (ValueError, KeyError, TypeError):
+            took = "?"
+        how = "executed" if section in timings else "cached (inputs unchanged)"
+        rows.append(
+            f"| [{SECTION_TITLES[section]}]({section}.ipynb) | {doc['profile']} | {doc['params'].get('device', '?')} "
+            f"| {doc['runtime_s']:.1f} s | {took} | {how} | {when} | `{d['sha256'][:10]}` |"
+        )
+    text = "\n".join(
+        [
+            "# Build status",
+            "",
+            "How, where and how long each page executed. Pages are executed by "
+            "`python -m neuroage_utils.run` with papermill, then rendered with execution off; a page is "
+            "re-executed only when its notebook, the `neuroage_utils` package, its parameters or its data "
+            "changed. *Analysis runtime* is what the notebook measured from loading the data to writing its "
+            "results; *kernel wall time* is papermill's, kernel start-up included.",
+            "",
+            f"Machine of the latest build: {_machine()}.",
+            "",
+            "Data (by the first characters of the file's SHA-256):",
+            "",
+            *[f"- {line}" for line in datasets.values()],
+            "",
+            "| page | profile | device | analysis runtime | kernel wall time | latest build | executed at | data |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+    return atomic_write_text(out / "executed" / "status.md", text)
+
+
+def write_paper_page(out: Path) -> Path:
+    """``executed/paper.md``: the paper's reported numbers, in one table of their own."""
+    from . import paper
+
+    table = paper.reported_table().fillna("")
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    text = "\n".join(
+        [
+            "# What the paper reports",
+            "",
+            f"The headline numbers of {{cite:t}}`{paper.CITATION_KEY}`, copied from the paper (and, for the null "
+            "model, from its authors' code). They are never used as results of ours: each chapter shows "
+            "them in a column labelled *paper* beside the values its own executed code produced.",
+            "",
+            *lines,
+            "",
+            "The tuning tables (Tables 1-4) appear in their chapters, each beside our runs of the same "
+            "configurations.",
+            "",
+        ]
+    )
+    return atomic_write_text(out / "executed" / "paper.md", text)
+
+
+# --------------------------------------------------------------------------------------------------
+# The book
+# --------------------------------------------------------------------------------------------------
+
+
+def _toc_for(out: Path) -> tuple[Path, list]:
+    """The project's ``_toc.yml`` minus the chapters not executed in ``out`` (written to ``out``),
+    and the names of the chapters left out."""
+    import yaml
+
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    missing = []
+
+    def executed(entry) -> bool:
+        name = entry.get("file", "")
+        if not name.startswith("executed/"):
+            return True
+        found = any((out / f"{name}{ext}").exists() for ext in (".ipynb", ".md"))
+        if not found:
+            missing.append(name.split("/", 1)[1])
+        return found
+
+    for part in toc.get("parts", []):
+        part["chapters"] = [c for c in part.get("chapters", []) if executed(c)]
+    toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
+    if missing:
+        print(f"book: leaving out pages not executed yet: {', '.join(missing)}", flush=True)
+    # Beside the real _toc.yml when rendering the repository itself, so that one is never touched.
+    path = out / ("_toc.partial.yml" if out.resolve() == REPO else "_toc.yml")
+    atomic_write_text(path, yaml.safe_dump(toc, sort_keys=False))
+    return path, missing
+
+
+def build_book(out: Path) -> Path:
+    """Render the book into ``out/_build/html`` with execution off; Sphinx warnings are errors."""
+    if out.resolve() != REPO:
+        # Render a copy of the hand-written pages beside the executed notebooks of ``out``.
+        shutil.copytree(REPO / "book", out / "book", dirs_exist_ok=True)
+        shutil.copy2(REPO / "_config.yml", out / "_config.yml")
+    toc, missing = _toc_for(out)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(out), "--toc", str(toc),
+           "--config", str(out / "_config.yml"), "-n", "--keep-going"]
+    if missing:
+        # Links to the chapters left out cannot resolve: a partial book reports them, not fails.
+        print("book: partial book, so Sphinx warnings are reported but not fatal", flush=True)
+    else:
+        cmd.append("-W")
+    print("book: jupyter-book " + " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
+    if missing:
+        warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "WARNING" in ln]
+        print("\n".join(warnings[-20:]), flush=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-6000:])
+        raise NotebookFailed("the book build failed (Sphinx warnings count as errors); see the log above")
+    index = out / "_build" / "html" / "index.html"
+    print(f"book: built in {time.perf_counter() - start:.1f} s -> {index}", flush=True)
+    return index
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m neuroage_utils.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="an .h5ad with raw counts (default: the simulated cohort of the profile)")
+    p.add_argument("--profile", default="quick", choices=profiles.PROFILE_NAMES)
+    p.add_argument("--only", nargs="+", metavar="SECTION", help="run only these sections (see --list)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--donor-key", default="donor_id", help="obs column with the donor (study file: ID)")
+    p.add_argument("--age-key", default="age", help="obs column with the age in years (study file: Age)")
+    p.add_argument("--out", default=str(REPO), help="where executed/, results/ and _build/ go (default: the repo)")
+    p.add_argument("--force", action="store_true", help="re-execute even notebooks whose inputs did not change")
+    p.add_argument("--no-book", action="store_true", help="execute notebooks only; do not render the book")
+    p.add_argument("--allow-non-counts", action="store_true",
+                   help="accept values that are not raw counts; count models are then skipped")
+    p.add_argument("--list", action="store_true", help="print the sections and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for s in SECTIONS:
+            print(f"{s:10s} {SECTION_TITLES[s]}")
+        return 0
+    sections = list(SECTIONS)
+    if args.only:
+        unknown = [s for s in args.only if s not in SECTIONS]
+        if unknown:
+            print(f"error: unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}", file=sys.stderr)
+            return 2
+        sections = [s for s in SECTIONS if s in args.only]
+    out = Path(args.out).resolve()
+    try:
+        if args.device == "cuda":
+            from .train import resolve_device
+
+            resolve_device("cuda")
+        if args.data:
+            data_path = Path(args.data).resolve()
+            print(f"data: checking {data_path}", flush=True)
+            load_cohort(data_path, args.donor_key, args.age_key, seed=args.seed,
+                        allow_non_counts=args.allow_non_counts)
+            donor_key, age_key = args.donor_key, args.age_key
+        else:
+            start = time.perf_counter()
+            print(f"data: simulated cohort, profile {args.profile}, seed {args.seed}", flush=True)
+            data_path = ensure_simulated(args.profile, args.seed, out, progress=sys.stderr.isatty())
+            print(f"data: {data_path} ready in {time.perf_counter() - start:.1f} s", flush=True)
+            donor_key, age_key = "donor_id", "age"
+        data_sha = file_sha256(data_path, cache_dir=out / ".cache" / "sha256")
+    except DataValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    parameters = {
+        "data_path": str(data_path),
+        "profile": args.profile,
+        "device": args.device,
+        "seed": args.seed,
+        "donor_key": donor_key,
+        "age_key": age_key,
+        "out_dir": str(out),
+        "allow_non_counts": bool(args.allow_non_counts),
+    }
+    pkg_sha = package_fingerprint()
+    timings = {}
+    total = time.perf_counter()
+    for i, section in enumerate(sections, 1):
+        inputs = notebook_inputs(section, parameters, data_sha, pkg_sha)
+        label = f"[{i}/{len(sections)}] {section:10s}"
+        if not args.force and is_up_to_date(out, section, inputs):
+            print(f"{label} up to date (inputs unchanged; --force re-runs it)", flush=True)
+            continue
+        print(f"{label} executing ...", flush=True)
+        try:
+            seconds = execute_section(section, parameters, out)
+        except NotebookFailed as exc:
+            print(f"{label} FAILED", flush=True)
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        atomic_write_text(_stamp_path(out, section), json.dumps(inputs, indent=1))
+        timings[section] = f"executed in {seconds:.1f} s"
+        print(f"{label} done in {seconds:.1f} s", flush=True)
+    print(f"notebooks: {time.perf_counter() - total:.1f} s", flush=True)
+    write_status_page(out, timings)
+    write_paper_page(out)
+    if args.no_book:
+        return 0
+    try:
+        build_book(out)
+    except NotebookFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
