@@ -44,6 +44,7 @@ SECTION_TITLES = {
     "nmf": "NMF + MLP",
     "vae": "Variational autoencoders",
     "dae": "Denoising VAE",
+    "summary": "The verdict",
 }
 
 
