@@ -73,3 +73,41 @@ def nmf_gene_scores(components, usages, ages, donors, n_programmes: int = 3):
     peak = H.max(axis=1, keepdims=True)
     scaled = np.divide(H, peak, out=np.zeros_like(H), where=peak > 0)
     return scaled.max(axis=0), corr.head(n_programmes).reset_index(drop=True)
+
+
+def gene_rankings(data, train_donors, params: dict, seed: int = 0, vae_clock=None) -> tuple[dict, dict]:
+    """Gene rankings of three models fitted on ``train_donors`` only (a :class:`~neuroage_utils.crossval.CVData`):
+    the cell elastic net's |coefficient|, the NMF programmes most correlated with age over donors
+    (:func:`nmf_gene_scores`) and, when given, a fitted VAE clock's decoder response along its latent
+    age direction. Returns ``(rankings, notes)``; a model that cannot run on the data is left out,
+    with its reason in ``notes``."""
+    from .data import subsample_cells
+    from .models.linear import fit_elastic_net
+    from .models.nmf import fit_nmf
+
+    P = params
+    rankings, notes = {}, {}
+    cells = subsample_cells(data.cells(train_donors), P.get("en_max_cells"), seed=seed)
+    enet = fit_elastic_net(data.X_norm[cells], data.ages[cells], data.donors[cells], l1_ratios=P["en_l1"],
+                           n_alphas=P["en_alphas"], n_splits=min(P["inner_splits"], len(train_donors)), seed=seed)
+    rankings["elastic net |coefficient|"] = rank_genes(np.abs(enet.coef_), seed=seed)
+    notes["elastic net |coefficient|"] = f"{enet.n_nonzero_} non-zero genes; genes beyond them in random order"
+    cells = subsample_cells(data.cells(train_donors), P.get("max_cells"), seed=seed)
+    try:
+        k = int(min(P["nmf_k"], data.X.shape[1] - 1, int(cells.sum()) - 1))
+        nmf = fit_nmf(data.X[cells], n_components=k, seed=seed, max_iter=P["nmf_iter"])
+        scores, programmes = nmf_gene_scores(nmf.components_, nmf.transform(data.X[cells]), data.ages[cells],
+                                             data.donors[cells])
+        rankings["NMF programmes most correlated with age"] = rank_genes(scores, seed=seed)
+        notes["NMF programmes most correlated with age"] = (
+            f"{k} programmes; top {len(programmes)} by |r| over donors: "
+            + ", ".join(f"#{int(c)} (r {r:+.2f})" for c, r in zip(programmes['component'], programmes['r_donor'])))
+    except DataValidationError as err:
+        notes["NMF programmes most correlated with age"] = f"skipped: {err}"
+    if vae_clock is not None:
+        scores = vae_clock.gene_age_scores()
+        label = "VAE decoder along the latent age direction"
+        rankings[label] = rank_genes(scores, seed=seed)
+        notes[label] = ("the elastic net kept no latent dimension: the ranking is random" if not scores.any()
+                        else f"{int(np.count_nonzero(vae_clock.probe_.direction_))} latent dimensions in the age direction")
+    return rankings, notes
