@@ -146,6 +146,16 @@ def _listing(items) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def residual_slopes(predictions: pd.DataFrame) -> pd.Series:
+    """Least-squares slope of (repeat-averaged prediction - age) on age, per model."""
+    mean = predictions.groupby(["model", "donor_id"]).agg(age=("age", "first"), predicted=("predicted", "mean"))
+    out = {}
+    for model, sub in mean.groupby(level="model"):
+        if sub["age"].std() > 0:
+            out[model] = float(np.polyfit(sub["age"], sub["predicted"] - sub["age"], 1)[0])
+    return pd.Series(out, dtype=float)
+
+
 def conclusion(summary: dict, comparisons: pd.DataFrame, board: list[dict], predictions: pd.DataFrame,
                seed: int = 0) -> str:
     """Markdown bullets: what the cross-validation and the test split show, and what that says about
@@ -184,6 +194,15 @@ def conclusion(summary: dict, comparisons: pd.DataFrame, board: list[dict], pred
         f"excluding zero: {_listing(_name(k) for k, _ in beaten)}; within the noise of these donors: "
         f"{_listing(f'{_name(k)} ({_fmt_diff(c)})' for k, c in close)}."
     )
+    slopes = residual_slopes(predictions)
+    if len(slopes) > 1:
+        flat = slopes.drop("null", errors="ignore")
+        lines.append(
+            f"- {int((flat < 0).sum())} of {len(flat)} clocks pull predictions towards the mean age (a negative slope of "
+            f"residual on age, figure above); the slope runs from "
+            f"{flat.max():+.2f} ({_name(flat.idxmax())}) to {flat.min():+.2f} ({_name(flat.idxmin())}); 0 would be "
+            f"no pull and -1 is the null model, which predicts one age for everyone. The best CV model's slope is "
+            f"{slopes.get(best, float('nan')):+.2f}.")
     # The paper's claims, tested where this run has the models.
     by_key = {r["model"]: r for r in board}
     claims = []
