@@ -137,10 +137,10 @@ _SUMMARY = {
               "batch_size": 256, "pseudocells": {"n_per_donor": 5, "cells_per_pseudocell": 30},
               "vae": {"hidden": [128, 64], "latent": 16, "epochs": 10, "max_cells": 2000, "likelihood": "auto"},
               "probe_alphas": 20, "boot": 2000, "recovery_k": [20, 60, 100]},
-    "paper": {"folds": 5, "repeats": 10, "max_cells": 50_000, "en_max_cells": 50_000, "en_alphas": 20, "en_l1": [0.1, 0.5, 0.9, 1.0],
+    "paper": {"folds": 5, "repeats": 5, "max_cells": 20_000, "en_max_cells": 10_000, "en_alphas": 20, "en_l1": [0.1, 0.5, 0.9, 1.0],
               "inner_splits": 5, "svd_k": 100, "nmf_k": 100, "nmf_iter": 200, "mlp_hidden": [500, 500],
               "mlp_epochs": 30, "batch_size": 4096, "pseudocells": {"n_per_donor": 100, "cells_per_pseudocell": 50},
-              "vae": {"hidden": [300, 150], "latent": 100, "epochs": 100, "max_cells": 50_000, "likelihood": "auto"},
+              "vae": {"hidden": [300, 150], "latent": 100, "epochs": 100, "max_cells": 20_000, "likelihood": "auto"},
               "probe_alphas": 20, "boot": 2000, "recovery_k": [50, 200, 500]},
 }
 for _name, _params in _SUMMARY.items():
