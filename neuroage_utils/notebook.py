@@ -342,8 +342,9 @@ class Chapter:
     def runtime_s(self) -> float:
         return time.perf_counter() - self.started
 
-    def finish(self, **extra_params) -> Path:
-        """Write ``results/<section>.json`` (atomically) and return its path."""
+    def finish(self, extra: dict | None = None, **extra_params) -> Path:
+        """Write ``results/<section>.json`` (atomically) and return its path; ``extra`` holds
+        top-level keys beyond the usual ones (the summary's ``cv`` and ``leaderboard``)."""
         params = {
             **self.params,
             **self.extra_params,
@@ -356,5 +357,5 @@ class Chapter:
             "split_source": self.cohort.split_source,
         }
         return results.write_results(
-            self.out_dir, self.section, self.data, self.profile, params, self.runtime_s, self.models
+            self.out_dir, self.section, self.data, self.profile, params, self.runtime_s, self.models, extra=extra
         )

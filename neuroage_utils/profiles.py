@@ -20,7 +20,7 @@ import numpy as np
 from . import paper
 
 PROFILE_NAMES = ("smoke", "quick", "paper")
-SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae")
+SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae", "summary")
 
 #: Penalties tried by the ridge regression on SVD scores (10^-2 ... 10^4, 13 values).
 _RIDGE_ALPHAS = np.logspace(-2, 4, 13).tolist()
@@ -133,6 +133,30 @@ SETTINGS = {
 
 #: Every profile's section parameters, as plain data (what results files record).
 PROFILES = {name: profile.sections() for name, profile in SETTINGS.items()}
+
+
+# The conclusion page (``summary``): repeated donor-grouped CV over all donors, every fit refitted per
+# fold on the training fold's donors only. Per-fold models are cheaper than the chapters' (fewer cells,
+# epochs, components, iterations) so that folds x repeats fit the time budget; the page shows them.
+_SUMMARY = {
+    "smoke": {"folds": 3, "repeats": 2, "max_cells": 600, "en_max_cells": 600, "en_alphas": 5, "en_l1": [0.5], "inner_splits": 3,
+              "svd_k": 5, "nmf_k": 4, "nmf_iter": 30, "mlp_hidden": [16, 16], "mlp_epochs": 2, "batch_size": 256,
+              "pseudocells": {"n_per_donor": 4, "cells_per_pseudocell": 8},
+              "vae": {"hidden": [32, 16], "latent": 4, "epochs": 2, "max_cells": 600, "likelihood": "auto"},
+              "probe_alphas": 10, "boot": 500, "recovery_k": [5, 10]},
+    "quick": {"folds": 5, "repeats": 3, "max_cells": 1500, "en_max_cells": 1500, "en_alphas": 8, "en_l1": [0.5],
+              "inner_splits": 3, "svd_k": 20, "nmf_k": 15, "nmf_iter": 40, "mlp_hidden": [100, 100], "mlp_epochs": 6,
+              "batch_size": 256, "pseudocells": {"n_per_donor": 5, "cells_per_pseudocell": 30},
+              "vae": {"hidden": [128, 64], "latent": 16, "epochs": 10, "max_cells": 2000, "likelihood": "auto"},
+              "probe_alphas": 20, "boot": 2000, "recovery_k": [20, 60, 100]},
+    "paper": {"folds": 5, "repeats": 5, "max_cells": 20_000, "en_max_cells": 10_000, "en_alphas": 20, "en_l1": [0.1, 0.5, 0.9, 1.0],
+              "inner_splits": 5, "svd_k": 100, "nmf_k": 100, "nmf_iter": 200, "mlp_hidden": [500, 500],
+              "mlp_epochs": 30, "batch_size": 4096, "pseudocells": {"n_per_donor": 100, "cells_per_pseudocell": 50},
+              "vae": {"hidden": [300, 150], "latent": 100, "epochs": 100, "max_cells": 20_000, "likelihood": "auto"},
+              "probe_alphas": 20, "boot": 2000, "recovery_k": [50, 200, 500]},
+}
+for _name, _params in _SUMMARY.items():
+    PROFILES[_name]["summary"] = _params
 
 
 def section_params(profile: str, section: str) -> dict:

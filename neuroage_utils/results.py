@@ -32,6 +32,9 @@ __all__ = ["write_results", "read_results", "validate_results", "atomic_write_te
 TOP_LEVEL_KEYS = ("section", "data", "profile", "params", "runtime_s", "models")
 DATA_KEYS = ("path", "sha256", "simulated", "n_cells", "n_genes", "n_donors")
 ENTRY_KEYS = ("split", "mae", "r", "mae_ci95", "n_donors", "predictions")
+# Optional top-level keys of the summary chapter: ``cv`` (model -> repeated-CV score) and ``leaderboard``.
+CV_KEYS = ("mae", "mae_ci95", "folds", "repeats", "n_donors")
+LEADERBOARD_KEYS = ("model", "section", "mae", "mae_ci95", "r", "n_donors", "paper_mae")
 
 
 class ResultsError(ValueError):
@@ -116,10 +119,19 @@ def validate_results(doc: dict) -> dict:
         lo, hi = entry["mae_ci95"]
         if not (lo <= entry["mae"] + 1e-9 and entry["mae"] <= hi + 1e-9):
             raise ResultsError(f"model '{key}': MAE {entry['mae']} outside its interval [{lo}, {hi}]")
+    for key, entry in doc.get("cv", {}).items():
+        missing = [k for k in CV_KEYS if k not in entry]
+        if missing:
+            raise ResultsError(f"cv entry '{key}' lacks {missing}")
+    for row in doc.get("leaderboard", []):
+        missing = [k for k in LEADERBOARD_KEYS if k not in row]
+        if missing:
+            raise ResultsError(f"leaderboard row {row.get('model')!r} lacks {missing}")
     return doc
 
 
-def write_results(out_dir, section: str, data: dict, profile: str, params: dict, runtime_s: float, models: dict) -> Path:
+def write_results(out_dir, section: str, data: dict, profile: str, params: dict, runtime_s: float, models: dict,
+                  extra: dict | None = None) -> Path:
     """Validate and atomically write ``out_dir/results/<section>.json``; return its path."""
     doc = _clean(
         {
@@ -129,6 +141,7 @@ def write_results(out_dir, section: str, data: dict, profile: str, params: dict,
             "params": params,
             "runtime_s": float(runtime_s),
             "models": models,
+            **(extra or {}),
         }
     )
     validate_results(doc)

@@ -45,6 +45,7 @@ SECTION_TITLES = {
     "nmf": "NMF + MLP",
     "vae": "Variational autoencoders",
     "dae": "Denoising VAE",
+    "summary": "The verdict",
 }
 
 

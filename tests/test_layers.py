@@ -36,8 +36,10 @@ LAYERS = {
     "train.device": 7, "train.batches": 7.1, "train.schedules": 7.1, "train.checkpoints": 7.2, "train.loop": 7.3,
     "train": 7.4,
     "models.estimator": 8, "models.mlp": 9, "models.vae": 9,
+    # analyses built from estimators: probes, the VAE clock, ground-truth recovery, repeated CV
+    "probe": 9.5, "models.vae_clock": 9.6, "recovery": 9.7, "crossval": 9.8,
     # on top: figures, the chapter helper, the command line
-    "plots": 10, "notebook": 11, "run": 12,
+    "plots": 10, "summary_plots": 10.1, "summary": 10.2, "notebook": 11, "run": 12,
 }
 
 

@@ -108,7 +108,7 @@ def test_values_that_are_not_counts_run_with_count_models_skipped(tmp_path):
     adata.write_h5ad(path)
     out = tmp_path / "out"
     proc = run("--data", str(path), "--profile", "smoke", "--out", str(out), "--no-book", "--allow-non-counts",
-               "--device", "cpu", "--only", "nmf", "vae")
+               "--device", "cpu", "--only", "nmf", "vae", "summary")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     vae = results.read_results(out, "vae")
     assert vae["data"]["simulated"] is False
@@ -118,3 +118,21 @@ def test_values_that_are_not_counts_run_with_count_models_skipped(tmp_path):
     nmf = results.read_results(out, "nmf")
     assert "non-negative" in nmf["models"]["nmf_mlp"]["skipped"]
     assert "mae" in nmf["models"]["null"]
+    verdict = results.read_results(out, "summary")
+    skipped = verdict["params"]["cv_skipped"]
+    assert "not raw counts" in skipped["pseudobulk_elastic_net"] and "non-negative" in skipped["nmf_mlp"]
+    assert {"null", "elastic_net", "vae_latent_pseudobulk"} <= set(verdict["cv"])
+    assert verdict["models"]["vae_latent_pseudobulk"]["likelihood"] == "gaussian"
+
+
+def test_summary_has_cv_leaderboard_and_vae_clock(smoke_build):
+    out, _ = smoke_build
+    doc = results.read_results(out, "summary")  # validates cv and leaderboard too
+    cv = doc["cv"]
+    assert {"null", "elastic_net", "pseudobulk_elastic_net", "vae_latent_pseudobulk"} <= set(cv)
+    assert all(e["n_donors"] == doc["data"]["n_donors"] and e["repeats"] >= 2 for e in cv.values())
+    sections = {row["section"] for row in doc["leaderboard"]}
+    assert {"baselines", "nmf", "vae", "summary"} <= sections
+    assert doc["models"]["vae_latent_pseudobulk"]["split"] == "test"
+    text = (out / "_build" / "html" / "executed" / "summary.html").read_text()
+    assert "another experiment on other data" in text and "paired interval" in text

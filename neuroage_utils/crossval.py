@@ -1,0 +1,352 @@
+"""Repeated donor-grouped cross-validation over all donors, and paired comparisons of its errors.
+
+A single split scores a model on 11 test donors; the interval of such an MAE spans years. Here every
+donor is held out once per repeat: donors are dealt into age-stratified folds (sorted by age, each
+consecutive block of ``n_splits`` donors spread over the folds at random), each model is refitted on
+the other folds' donors **only** (gene scaling, factorisations, cell subsampling and penalty tuning
+happen inside the fold) and predicts the held-out donors. Repeats reshuffle the folds.
+
+Scoring: a donor's error is its absolute error averaged over repeats; a model's CV MAE is the mean
+over donors, with a percentile bootstrap interval over donors. Two models are compared on the same
+donors by the paired bootstrap of their per-donor errors. The bootstrap treats the fitted models as
+fixed, so the intervals show donor-to-donor variation, not the variation of refitting.
+
+Model recipes are functions ``recipe(data, train_donors, test_donors, params, seed, device) ->
+pandas.Series`` (predicted age per held-out donor); :data:`RECIPES` holds the book's models.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .data import subsample_cells
+from .errors import DataValidationError
+from .features import log_normalize
+
+__all__ = ["CVData", "age_stratified_folds", "repeated_folds", "RECIPES", "MODEL_NAMES", "run_cv",
+           "cv_summary", "paired_cv_difference", "cv_comparisons", "NeedsCounts"]
+
+
+class NeedsCounts(DataValidationError):
+    """A model that sums or models raw counts was given values that are not counts."""
+
+
+@dataclass
+class CVData:
+    """What the recipes need: raw values, log-normalised values, one donor and age per cell."""
+
+    X: object  # raw counts (CSR), or the values as given when not counts
+    X_norm: object  # log1p(CP10k) of counts; the values as given otherwise
+    donors: np.ndarray
+    ages: np.ndarray
+    is_counts: bool
+
+    @classmethod
+    def from_cohort(cls, cohort) -> "CVData":
+        X_norm = log_normalize(cohort.X) if cohort.is_counts else cohort.X
+        return cls(cohort.X, X_norm, np.asarray(cohort.donors).astype(str), np.asarray(cohort.ages, float),
+                   bool(cohort.is_counts))
+
+    def donor_ages(self) -> pd.Series:
+        return pd.Series(self.ages, index=self.donors).groupby(level=0).first()
+
+    def cells(self, donor_ids) -> np.ndarray:
+        return np.isin(self.donors, np.asarray(donor_ids).astype(str))
+
+
+# --------------------------------------------------------------------------------------------------
+# Folds
+# --------------------------------------------------------------------------------------------------
+
+
+def age_stratified_folds(donor_ages: pd.Series, n_splits: int = 5, seed: int = 0) -> pd.Series:
+    """Fold (0..n_splits-1) of every donor, age-stratified: each fold spans the whole age range.
+
+    Donors are sorted by age (ties in random order); every block of ``n_splits`` consecutive donors
+    is dealt to the folds in a random order, so fold sizes differ by at most one and each fold holds
+    about one donor of every age band.
+    """
+    donor_ages = pd.Series(donor_ages).astype(float)
+    n = len(donor_ages)
+    if n_splits < 2 or n < n_splits:
+        raise DataValidationError(f"{n} donors cannot fill {n_splits} folds: pass at least {max(n_splits, 2)} donors "
+                                  "and n_splits >= 2")
+    rng = np.random.default_rng(seed)
+    shuffled = donor_ages.iloc[rng.permutation(n)]
+    order = shuffled.sort_values(kind="stable").index
+    folds = np.empty(n, dtype=int)
+    for start in range(0, n, n_splits):
+        block = min(n_splits, n - start)
+        folds[start:start + block] = rng.permutation(n_splits)[:block]
+    return pd.Series(folds, index=order, name="fold").loc[donor_ages.index]
+
+
+def repeated_folds(donor_ages: pd.Series, n_splits: int = 5, n_repeats: int = 3, seed: int = 0):
+    """``[(repeat, fold, train_donor_ids, test_donor_ids), ...]`` for every repeat and fold."""
+    out = []
+    for repeat in range(n_repeats):
+        folds = age_stratified_folds(donor_ages, n_splits, seed=seed * 1000 + repeat)
+        for fold in range(n_splits):
+            test = folds.index[folds == fold].astype(str).to_numpy()
+            train = folds.index[folds != fold].astype(str).to_numpy()
+            out.append((repeat, fold, train, test))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Model recipes: fit on the training fold's donors, predict the held-out donors
+# --------------------------------------------------------------------------------------------------
+
+
+def _fit_cells(data: CVData, train, P, seed, key: str = "max_cells"):
+    return subsample_cells(data.cells(train), P.get(key), seed=seed)
+
+
+def _donor_mean(pred, donors) -> pd.Series:
+    s = pd.Series(np.asarray(pred, float)).groupby(np.asarray(donors)).mean()
+    s.index.name = "donor_id"
+    return s.rename("predicted")
+
+
+def _require_counts(data: CVData, what: str):
+    if not data.is_counts:
+        raise NeedsCounts(f"{what} sums raw counts and the data are not raw counts")
+
+
+def _inner(train, P) -> int:
+    return int(min(P.get("inner_splits", 5), len(train)))
+
+
+def recipe_null(data, train, test, P, seed, device):
+    ages = data.donor_ages()
+    return pd.Series(float(ages.loc[train].mean()), index=pd.Index(sorted(test), name="donor_id"), name="predicted")
+
+
+def recipe_elastic_net(data, train, test, P, seed, device):
+    from .models.linear import fit_elastic_net
+
+    cells, held = _fit_cells(data, train, P, seed, "en_max_cells"), data.cells(test)
+    clock = fit_elastic_net(data.X_norm[cells], data.ages[cells], data.donors[cells], l1_ratios=P["en_l1"],
+                            n_alphas=P["en_alphas"], n_splits=_inner(train, P), seed=seed)
+    return clock.predict_donors(data.X_norm[held], data.donors[held])
+
+
+def recipe_pseudobulk(data, train, test, P, seed, device):
+    from .models.linear import fit_pseudobulk_elastic_net
+
+    _require_counts(data, "the pseudobulk elastic net")
+    tr, held = data.cells(train), data.cells(test)
+    clock = fit_pseudobulk_elastic_net(data.X[tr], data.ages[tr], data.donors[tr], l1_ratios=P["en_l1"],
+                                       n_alphas=P["en_alphas"], n_splits=_inner(train, P), seed=seed)
+    return clock.predict_donors(data.X[held], data.donors[held])
+
+
+def recipe_pseudocell(data, train, test, P, seed, device):
+    from .models.linear import fit_pseudocell_elastic_net
+
+    _require_counts(data, "the pseudocell elastic net")
+    tr, held = data.cells(train), data.cells(test)
+    clock = fit_pseudocell_elastic_net(data.X[tr], data.ages[tr], data.donors[tr], l1_ratios=P["en_l1"],
+                                       n_alphas=P["en_alphas"], n_splits=_inner(train, P), seed=seed,
+                                       **P["pseudocells"])
+    return clock.predict_donors(data.X[held], data.donors[held])
+
+
+def recipe_svd_ridge(data, train, test, P, seed, device):
+    from .models.svd import fit_svd
+    from .probe import probe_scores
+
+    cells = _fit_cells(data, train, P, seed)
+    k = int(min(P["svd_k"], min(int(cells.sum()), data.X_norm.shape[1]) - 2))
+    svd = fit_svd(data.X_norm[cells], n_components=max(k, 1), seed=seed)
+    used = data.cells(np.concatenate([train, test]))
+    return probe_scores(svd.transform(data.X_norm[used]), data.donors[used], data.ages[used], train, test,
+                        kind="ridge", n_alphas=P["probe_alphas"], n_splits=_inner(train, P), seed=seed)
+
+
+def _mlp(P, seed, device):
+    from .models.mlp import MLPRegressor
+
+    return MLPRegressor(hidden=P["mlp_hidden"], epochs=P["mlp_epochs"], batch_size=P["batch_size"], dropout=0.4,
+                        device=device, seed=seed, progress=False)
+
+
+def recipe_mlp(data, train, test, P, seed, device):
+    cells, held = _fit_cells(data, train, P, seed), data.cells(test)
+    model = _mlp(P, seed, device).fit(data.X_norm[cells], data.ages[cells], donors=data.donors[cells])
+    return _donor_mean(model.predict(data.X_norm[held]), data.donors[held])
+
+
+def recipe_nmf_mlp(data, train, test, P, seed, device):
+    from .models.nmf import fit_nmf
+
+    cells, held = _fit_cells(data, train, P, seed), data.cells(test)
+    k = int(min(P["nmf_k"], data.X.shape[1] - 1, int(cells.sum()) - 1))
+    nmf = fit_nmf(data.X[cells], n_components=k, seed=seed, max_iter=P["nmf_iter"])  # raw input, as the paper
+    model = _mlp(P, seed, device).fit(nmf.transform(data.X[cells]), data.ages[cells], donors=data.donors[cells])
+    return _donor_mean(model.predict(nmf.transform(data.X[held])), data.donors[held])
+
+
+def vae_clock_from_params(P, seed, device):
+    from .models.vae_clock import VAELatentClock
+
+    V = P["vae"]
+    return VAELatentClock(likelihood=V["likelihood"], hidden=V["hidden"], latent=V["latent"], epochs=V["epochs"],
+                          batch_size=P["batch_size"], max_cells=V["max_cells"], probe="elastic_net",
+                          probe_alphas=P["probe_alphas"], probe_splits=P.get("inner_splits", 5),
+                          kl_cycle={"zero_epochs": 1, "rise_epochs": max(1, V["epochs"] // 3), "hold_epochs": V["epochs"]},
+                          T_0=max(2, V["epochs"]), device=device, seed=seed)
+
+
+def recipe_vae_clock(data, train, test, P, seed, device):
+    tr, held = data.cells(train), data.cells(test)
+    clock = vae_clock_from_params(P, seed, device).fit(data.X[tr], data.ages[tr], data.donors[tr])
+    return clock.predict_donors(data.X[held], data.donors[held])
+
+
+RECIPES = {
+    "null": recipe_null,
+    "elastic_net": recipe_elastic_net,
+    "pseudobulk_elastic_net": recipe_pseudobulk,
+    "pseudocell_elastic_net": recipe_pseudocell,
+    "svd_ridge": recipe_svd_ridge,
+    "mlp": recipe_mlp,
+    "nmf_mlp": recipe_nmf_mlp,
+    "vae_latent_pseudobulk": recipe_vae_clock,
+}
+
+MODEL_NAMES = {
+    "null": "null (training mean)",
+    "elastic_net": "elastic net (cells)",
+    "pseudobulk_elastic_net": "pseudobulk elastic net",
+    "pseudocell_elastic_net": "pseudocell elastic net",
+    "svd_ridge": "SVD + ridge (donor means)",
+    "mlp": "MLP (cells)",
+    "nmf_mlp": "NMF + MLP",
+    "vae_latent_pseudobulk": "VAE clock (latent means + elastic net)",
+    "vae_poisson": "Poisson VAE (paper's model)",
+    "vae_gaussian": "Gaussian VAE",
+    "vae_nb": "negative-binomial VAE",
+    "dae": "denoising VAE",
+    "dae_poisson": "denoising Poisson VAE",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Running and scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def run_cv(data: CVData, models, params: dict, seed: int = 0, device="cpu", progress: bool = True,
+           recipes: dict | None = None):
+    """Run every model of ``models`` on every repeat and fold.
+
+    Returns ``(predictions, skipped, seconds)``: a long table (``model, repeat, fold, donor_id, age,
+    predicted``), ``{model: reason}`` for models that cannot run on these data (first failure of a
+    :class:`DataValidationError`), and the wall time per model.
+    """
+    recipes = recipes or RECIPES
+    ages = data.donor_ages()
+    splits = repeated_folds(ages, params["folds"], params["repeats"], seed=seed)
+    rows, skipped, seconds = [], {}, {m: 0.0 for m in models}
+    from tqdm import tqdm  # plain text bar: rendered statically in the book
+
+    bar = tqdm(total=len(models) * len(splits), desc="cross-validation", disable=not progress, mininterval=2.0)
+    for model in models:
+        for repeat, fold, train, test in splits:
+            if model in skipped:
+                bar.update(1)
+                continue
+            start = time.perf_counter()
+            try:
+                pred = recipes[model](data, train, test, params, seed + 1000 * repeat + fold, device)
+            except DataValidationError as err:
+                skipped[model] = str(err)
+                bar.update(1)
+                continue
+            seconds[model] += time.perf_counter() - start
+            missing = set(test) - set(pred.index.astype(str))
+            if missing:
+                raise RuntimeError(f"{model} returned no prediction for held-out donors {sorted(missing)[:3]}")
+            for donor in test:
+                rows.append((model, repeat, fold, donor, float(ages.loc[donor]), float(pred.loc[donor])))
+            bar.set_postfix_str(model)
+            bar.update(1)
+    bar.close()
+    table = pd.DataFrame(rows, columns=["model", "repeat", "fold", "donor_id", "age", "predicted"])
+    return table, skipped, seconds
+
+
+def _donor_errors(predictions: pd.DataFrame, model: str) -> pd.Series:
+    """Per donor: the absolute error averaged over repeats."""
+    sub = predictions[predictions["model"] == model]
+    return (sub["predicted"] - sub["age"]).abs().groupby(sub["donor_id"]).mean()
+
+
+def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    boots = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``{model: {mae, mae_ci95, folds, repeats, n_donors, mae_repeats, r, predictions}}``.
+
+    ``mae_repeats`` is the MAE of each repeat (the spread from refolding); ``r`` the Pearson r of
+    the repeat-averaged prediction with age (None when undefined); ``predictions`` the
+    repeat-averaged prediction per donor.
+    """
+    out = {}
+    for model in predictions["model"].unique():
+        sub = predictions[predictions["model"] == model]
+        errors = _donor_errors(predictions, model)
+        mean_pred = sub.groupby("donor_id").agg(age=("age", "first"), predicted=("predicted", "mean"))
+        per_repeat = sub.assign(err=(sub["predicted"] - sub["age"]).abs()).groupby("repeat")["err"].mean()
+        r = None
+        if mean_pred["predicted"].std() > 0:
+            r = float(np.corrcoef(mean_pred["age"], mean_pred["predicted"])[0, 1])
+        out[model] = {
+            "mae": float(errors.mean()),
+            "mae_ci95": list(_bootstrap_mean(errors.to_numpy(), n_boot, seed)),
+            "folds": int(params["folds"]),
+            "repeats": int(params["repeats"]),
+            "n_donors": int(len(errors)),
+            "mae_repeats": [float(v) for v in per_repeat],
+            "r": r,
+            "predictions": [{"donor_id": d, "age": float(row.age), "predicted": float(row.predicted)}
+                            for d, row in mean_pred.iterrows()],
+        }
+    return out
+
+
+def paired_cv_difference(predictions: pd.DataFrame, model_a: str, model_b: str, n_boot: int = 2000,
+                         seed: int = 0) -> dict:
+    """CV MAE of a minus that of b on the same donors (per-donor errors averaged over repeats), with a
+    paired bootstrap 95% interval; negative means a is better."""
+    ea, eb = _donor_errors(predictions, model_a), _donor_errors(predictions, model_b)
+    shared = ea.index.intersection(eb.index)
+    if not len(shared):
+        raise ValueError(f"{model_a} and {model_b} share no donor")
+    diff = (ea.loc[shared] - eb.loc[shared]).to_numpy()
+    lo, hi = _bootstrap_mean(diff, n_boot, seed)
+    return {"a": model_a, "b": model_b, "difference": float(diff.mean()), "ci95": [lo, hi],
+            "n_donors": int(len(shared)), "excludes_zero": bool(lo > 0 or hi < 0)}
+
+
+def cv_comparisons(predictions: pd.DataFrame, references=("null", "elastic_net"), n_boot: int = 2000,
+                   seed: int = 0) -> pd.DataFrame:
+    """Every model against each reference model (paired, same donors): one row per pair."""
+    models = list(predictions["model"].unique())
+    rows = []
+    for ref in references:
+        if ref not in models:
+            continue
+        for m in models:
+            if m != ref:
+                rows.append(paired_cv_difference(predictions, m, ref, n_boot=n_boot, seed=seed))
+    return pd.DataFrame(rows, columns=["a", "b", "difference", "ci95", "n_donors", "excludes_zero"])

@@ -1,0 +1,239 @@
+"""The conclusion page's builders: leaderboard, caveats beside the paper's numbers, ground truth,
+and the conclusion text, each computed from results files and the cross-validation of this run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import evaluate, paper, profiles, results
+from .crossval import MODEL_NAMES
+
+__all__ = ["PAPER_TEST_MAE", "leaderboard", "paper_caveat", "ground_truth", "conclusion", "cv_table",
+           "skipped_models"]
+
+#: The paper's test MAE per model key, for the column that is another experiment on other data.
+PAPER_TEST_MAE = {
+    "null": paper.TEXT["null_test_mae"],
+    "mlp": paper.TEXT["mlp_test_mae"],
+    "nmf_mlp": paper.TEXT["nmf_mlp_test_mae"],
+    "vae_poisson": paper.TEXT["poisson_vae_test_mae"],
+    "dae": paper.TEXT["dae_test_mae"],
+}
+
+
+def _name(key: str) -> str:
+    return MODEL_NAMES.get(key, key)
+
+
+def other_results(out_dir, sha256: str, exclude=("summary",)) -> dict:
+    """``{section: results document}`` for every other chapter that ran on the same data file."""
+    docs = {}
+    for section in profiles.SECTIONS:
+        if section in exclude:
+            continue
+        try:
+            doc = results.read_results(out_dir, section)
+        except FileNotFoundError:
+            continue
+        if doc["data"]["sha256"] == sha256:
+            docs[section] = doc
+    return docs
+
+
+def leaderboard(docs: dict, own: dict | None = None, own_section: str = "summary") -> list[dict]:
+    """Every model scored on the test donors, best MAE first: ``{model, section, mae, mae_ci95, r,
+    n_donors, paper_mae}``. The null model appears once (every chapter scores the same one)."""
+    rows, seen_null = [], False
+    sources = [(s, d["models"]) for s, d in docs.items()] + ([(own_section, own)] if own else [])
+    for section, models in sources:
+        for key, e in models.items():
+            if "mae" not in e or e.get("split") != "test":
+                continue
+            if key == "null":
+                if seen_null:
+                    continue
+                seen_null = True
+            rows.append({"model": key, "section": section, "mae": float(e["mae"]),
+                         "mae_ci95": [float(v) for v in e["mae_ci95"]], "r": e["r"], "n_donors": int(e["n_donors"]),
+                         "paper_mae": PAPER_TEST_MAE.get(key)})
+    return sorted(rows, key=lambda r: r["mae"])
+
+
+def skipped_models(docs: dict, own: dict | None = None, cv_skipped: dict | None = None) -> pd.DataFrame:
+    """Every model a chapter (or the cross-validation) skipped, with its reason."""
+    rows = [{"model": k, "where": s, "reason": e["skipped"]}
+            for s, d in list(docs.items()) + [("summary", {"models": own or {}})]
+            for k, e in d["models"].items() if "skipped" in e]
+    rows += [{"model": k, "where": "cross-validation", "reason": r} for k, r in (cv_skipped or {}).items()]
+    return pd.DataFrame(rows, columns=["model", "where", "reason"])
+
+
+def leaderboard_table(rows: list[dict]) -> pd.DataFrame:
+    """The leaderboard for display (the paper's column labelled as the other experiment it is)."""
+    return pd.DataFrame([{
+        "model": _name(r["model"]), "key": r["model"], "chapter": r["section"], "MAE": round(r["mae"], 2),
+        "95% CI": f"{r['mae_ci95'][0]:.1f}-{r['mae_ci95'][1]:.1f}",
+        "r": np.nan if r["r"] is None else round(r["r"], 2), "donors": r["n_donors"],
+        "paper MAE (other data)": r["paper_mae"]} for r in rows])
+
+
+def paper_caveat(data: dict, docs: dict) -> str:
+    """What differs between the paper's experiment and this run, read from this run's own results."""
+    parts = [
+        f"The paper's numbers come from another experiment on other data: the study's "
+        f"{paper.TEXT['n_cells']:,} real nuclei x {paper.TEXT['n_genes']:,} genes from {paper.TEXT['n_donors']} donors. "
+        f"This run used {data['n_cells']:,} {'simulated' if data['simulated'] else 'user-supplied'} cells x "
+        f"{data['n_genes']:,} genes from {data['n_donors']} donors"
+    ]
+    nmf = docs.get("nmf", {}).get("params", {})
+    if "mlp" in nmf:
+        parts.append(f"MLP widths {nmf['mlp']['hidden']} (paper [5000, 5000, 5000]), {nmf.get('mlp_epochs')} epochs")
+    if "n_components" in nmf:
+        parts.append(f"NMF with {nmf['n_components']} components, {nmf.get('max_iter')} iterations")
+    vae = docs.get("vae", {})
+    cfg = (vae.get("models", {}).get("vae_poisson") or {}).get("config")
+    grid = vae.get("params", {}).get("poisson_grid")
+    epochs = cfg.get("epochs") if isinstance(cfg, dict) else (grid[-1]["epochs"] if grid else None)
+    if epochs is not None:
+        parts.append(f"final Poisson VAE {epochs} epochs at batch {vae['params'].get('batch_size')} "
+                     f"(paper {int(paper.TABLE3['epochs'].max())} epochs at batch 4096)")
+    return "; ".join(parts) + ". A paper value is shown for orientation, never as a result of this run."
+
+
+def cv_table(summary: dict, comparisons: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The CV scores beside the paired differences against the null and the elastic net."""
+    def diff(a, b):
+        row = comparisons[(comparisons["a"] == a) & (comparisons["b"] == b)]
+        if row.empty:
+            return "-"
+        r = row.iloc[0]
+        return f"{r['difference']:+.2f} ({r['ci95'][0]:+.2f} to {r['ci95'][1]:+.2f})"
+
+    rows = []
+    for key, s in sorted(summary.items(), key=lambda kv: kv[1]["mae"]):
+        rows.append({"model": _name(key), "key": key, "CV MAE": round(s["mae"], 2),
+                     "95% CI": f"{s['mae_ci95'][0]:.1f}-{s['mae_ci95'][1]:.1f}",
+                     "MAE per repeat": ", ".join(f"{v:.1f}" for v in s["mae_repeats"]),
+                     "r": np.nan if s["r"] is None else round(s["r"], 2),
+                     "vs null": diff(key, "null"), "vs elastic net": diff(key, "elastic_net")})
+    return pd.DataFrame(rows)
+
+
+def ground_truth(truth, rankings: dict, ks) -> pd.DataFrame:
+    """Recovery at k of the planted age genes for each ``{method: gene ranking}``."""
+    from .recovery import recovery_at_k
+
+    frames = [recovery_at_k(r, truth, ks).assign(method=m) for m, r in rankings.items()]
+    table = pd.concat(frames, ignore_index=True)
+    return table[["method", "k", "hits", "precision", "chance_precision", "recall", "chance_recall",
+                  "enrichment", "p_value"]]
+
+
+# --------------------------------------------------------------------------------------------------
+# The conclusion, in words built from the numbers
+# --------------------------------------------------------------------------------------------------
+
+
+def _fmt_diff(row) -> str:
+    return f"{row['difference']:+.2f} years, 95% interval {row['ci95'][0]:+.2f} to {row['ci95'][1]:+.2f}"
+
+
+def _listing(items) -> str:
+    items = list(items)
+    if not items:
+        return "none"
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def residual_slopes(predictions: pd.DataFrame) -> pd.Series:
+    """Least-squares slope of (repeat-averaged prediction - age) on age, per model."""
+    mean = predictions.groupby(["model", "donor_id"]).agg(age=("age", "first"), predicted=("predicted", "mean"))
+    out = {}
+    for model, sub in mean.groupby(level="model"):
+        if sub["age"].std() > 0:
+            out[model] = float(np.polyfit(sub["age"], sub["predicted"] - sub["age"], 1)[0])
+    return pd.Series(out, dtype=float)
+
+
+def conclusion(summary: dict, comparisons: pd.DataFrame, board: list[dict], predictions: pd.DataFrame,
+               seed: int = 0) -> str:
+    """Markdown bullets: what the cross-validation and the test split show, and what that says about
+    the paper's claims. Every clause is derived from the numbers passed in."""
+    from .crossval import paired_cv_difference
+
+    lines = []
+    if not summary:
+        return "- No model was cross-validated on these data."
+    any_s = next(iter(summary.values()))
+    n, folds, repeats = any_s["n_donors"], any_s["folds"], any_s["repeats"]
+    vs_null = comparisons[comparisons["b"] == "null"]
+    better = vs_null[vs_null["excludes_zero"] & (vs_null["difference"] < 0)].sort_values("difference")
+    worse = vs_null[vs_null["excludes_zero"] & (vs_null["difference"] > 0)]
+    tied = vs_null[~vs_null["excludes_zero"]]
+    lines.append(
+        f"- Over all {n} donors ({folds} age-stratified folds x {repeats} repeats), "
+        f"{len(better)} of {len(vs_null)} models miss donors by less than the null model with a paired interval "
+        f"that excludes zero: " + _listing(f"{_name(r['a'])} ({_fmt_diff(r)})" for _, r in better.iterrows()) + "."
+    )
+    if len(tied):
+        lines.append("- Not distinguishable from the null model on these donors: "
+                     + _listing(f"{_name(r['a'])} ({_fmt_diff(r)})" for _, r in tied.iterrows()) + ".")
+    if len(worse):
+        lines.append("- Worse than the null model, with an interval that excludes zero: "
+                     + _listing(f"{_name(r['a'])} ({_fmt_diff(r)})" for _, r in worse.iterrows()) + ".")
+    ranked = sorted(summary, key=lambda k: summary[k]["mae"])
+    best = ranked[0]
+    beaten, close = [], []
+    for other in ranked[1:]:
+        c = paired_cv_difference(predictions, other, best, seed=seed)
+        (beaten if c["excludes_zero"] and c["difference"] > 0 else close).append((other, c))
+    lines.append(
+        f"- The lowest CV MAE is the {_name(best)}'s, {summary[best]['mae']:.2f} years "
+        f"({summary[best]['mae_ci95'][0]:.1f}-{summary[best]['mae_ci95'][1]:.1f}). Worse than it with an interval "
+        f"excluding zero: {_listing(_name(k) for k, _ in beaten)}; within the noise of these donors: "
+        f"{_listing(f'{_name(k)} ({_fmt_diff(c)})' for k, c in close)}."
+    )
+    slopes = residual_slopes(predictions)
+    if len(slopes) > 1:
+        flat = slopes.drop("null", errors="ignore")
+        lines.append(
+            f"- {int((flat < 0).sum())} of {len(flat)} clocks pull predictions towards the mean age (a negative slope of "
+            f"residual on age, figure above); the slope runs from "
+            f"{flat.max():+.2f} ({_name(flat.idxmax())}) to {flat.min():+.2f} ({_name(flat.idxmin())}); 0 would be "
+            f"no pull and -1 is the null model, which predicts one age for everyone. The best CV model's slope is "
+            f"{slopes.get(best, float('nan')):+.2f}.")
+    # The paper's claims, tested where this run has the models.
+    by_key = {r["model"]: r for r in board}
+    claims = []
+    if "vae_poisson" in by_key:
+        rank = [r["model"] for r in board].index("vae_poisson") + 1
+        top = board[0]
+        claims.append(
+            f"the paper's Poisson VAE is its best clock (paper test MAE {paper.TEXT['poisson_vae_test_mae']}); here it "
+            f"ranks {rank} of {len(board)} on the test donors with {by_key['vae_poisson']['mae']:.2f} years, "
+            f"against {top['mae']:.2f} for the {_name(top['model'])}"
+            + (f" and {by_key['null']['mae']:.2f} for the null model" if "null" in by_key else ""))
+    if {"mlp", "nmf_mlp"} <= set(summary):
+        c = paired_cv_difference(predictions, "nmf_mlp", "mlp", seed=seed)
+        verdict = ("lower, with an interval excluding zero" if c["excludes_zero"] and c["difference"] < 0 else
+                   "higher, with an interval excluding zero" if c["excludes_zero"] else "not distinguishable")
+        claims.append(f"NMF features improve the MLP (paper {paper.TEXT['mlp_test_mae']} -> "
+                      f"{paper.TEXT['nmf_mlp_test_mae']}); in cross-validation NMF + MLP minus MLP is "
+                      f"{_fmt_diff(c)}: {verdict}")
+    if {"vae_latent_pseudobulk", "elastic_net"} <= set(summary):
+        c = paired_cv_difference(predictions, "vae_latent_pseudobulk", "elastic_net", seed=seed)
+        claims.append(f"the paper concludes that a VAE's latent representation makes a better clock than an elastic net "
+                      f"on genes; even built the way clocks are built (donor-mean latent vectors, donor-level elastic "
+                      f"net), the VAE clock minus the cell elastic net is {_fmt_diff(c)}"
+                      + (" in cross-validation, so the claim is "
+                         + ("supported" if c["difference"] < 0 else "contradicted") + " by these donors"
+                         if c["excludes_zero"] else ", which these donors cannot resolve"))
+    if claims:
+        lines.append("- The paper's claims, on this run: " + "; ".join(claims) + ".")
+    return "\n".join(lines)
+
+
+def write_summary(chapter, cv: dict, board: list[dict], **extra_params):
+    """Write ``results/summary.json`` atomically: the chapter's usual keys plus ``cv`` and ``leaderboard``."""
+    return chapter.finish(extra={"cv": cv, "leaderboard": board}, **extra_params)
