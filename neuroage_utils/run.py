@@ -225,6 +225,11 @@ def hidden_kernel_messages(nb: dict) -> list:
     return found
 
 
+def _markdown_table(header: list, rows: list, align: list) -> list:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
+            *["| " + " | ".join(str(v) for v in row) + " |" for row in rows]]
+
+
 def write_status_page(out: Path, timings: dict, total_s: float | None = None) -> Path:
     """``executed/status.md``: which data, code and device each page executed on, and how long."""
     rows, datasets, devices, profiles_seen, hidden = [], {}, set(), set(), []
@@ -245,7 +250,9 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
         profiles_seen.add(doc["profile"])
         device = str(doc.get("params", {}).get("device", "not recorded"))
         devices.add(device)
-        when = dt.datetime.fromtimestamp(nb_path.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        # non-breaking spaces keep a date on one line in a narrow column
+        when = dt.datetime.fromtimestamp(nb_path.stat().st_mtime, dt.timezone.utc).strftime("%d %b %Y %H:%M")
+        when = when.replace(" ", "\u00a0")
         try:  # papermill records the wall time of the whole execution in the notebook
             nb = json.loads(nb_path.read_text())
             seconds = float(nb["metadata"]["papermill"]["duration"])
@@ -254,20 +261,24 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
         except (ValueError, KeyError, TypeError):
             nb, took = {}, "?"
         hidden += [f"{SECTION_TITLES[section]}: {m}" for m in hidden_kernel_messages(nb)]
-        how = "executed" if section in timings else "cached"
-        rows.append(
-            f"| [{SECTION_TITLES[section]}]({section}.ipynb) | {device} | {_seconds(doc['runtime_s'])} "
-            f"| {took} | {how} | {when} | `{short}` |"
-        )
+        how = "this build" if section in timings else "cached"
+        rows.append([f"[{SECTION_TITLES[section]}]({section}.ipynb)", device, _seconds(doc["runtime_s"]), took,
+                     f"{when} ({how})", f"`{short}`"])
     executed_now = [s for s in SECTIONS if s in timings]
+    header = ["page", "device", "analysis", "kernel wall time", "executed (UTC)", "data"]
+    align = [":---", ":---", "---:", "---:", ":---", ":---"]
+    if len(datasets) <= 1:  # one data file: named once above, not repeated on every row
+        header, align, rows = header[:-1], align[:-1], [row[:-1] for row in rows]
     summary = [
         f"- **Code**: commit `{source_commit()}` of the repository (`-dirty`: with uncommitted changes).",
         f"- **Profile**: {', '.join(sorted(profiles_seen)) or 'none'}; **device**: "
         f"{', '.join(sorted(devices)) or 'none'}.",
         *[f"- **Data**: {line}" for line in datasets.values()],
-        f"- **Total kernel time** over the pages shown: {_seconds(kernel_total)}"
-        + (f"; this build executed {len(executed_now)} of them and took {_seconds(total_s)} for the "
-           "notebooks." if total_s is not None else "."),
+        f"- **Total kernel time** over the pages shown: {_seconds(kernel_total)}; "
+        + (f"this build executed {len(executed_now)} of them in {_seconds(total_s)}."
+           if executed_now and total_s is not None else
+           f"this build executed {len(executed_now)} of them." if executed_now else
+           "this build re-used every page (inputs unchanged)."),
         f"- **Machine** of the latest build: {_machine()}.",
     ]
     notes = []
@@ -291,9 +302,7 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
             "",
             *summary,
             "",
-            "| page | device | analysis | kernel wall time | this build | executed (UTC) | data |",
-            "|:---|:---|---:|---:|:---|:---|:---|",
-            *rows,
+            *_markdown_table(header, rows, align),
             *notes,
             "",
         ]
@@ -303,11 +312,11 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
 
 def write_paper_page(out: Path) -> Path:
     """``executed/paper.md``: the paper's reported numbers, in one table of their own."""
-    from . import paper
+    from . import paper, tables
 
-    table = paper.reported_table().fillna("")
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    # Every number on this page is the paper's, so the headers need not say so.
+    lines = [tables.markdown(paper.reported_table(), labels={"paper_mae": "MAE (years)", "paper_r": "r"},
+                             missing={"paper_r": "not reported"})]
     text = "\n".join(
         [
             "# What the paper reports",
