@@ -42,7 +42,7 @@ ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:tmp|home|root|work|Users|private|var|m
 
 
 def chromium_path() -> str | None:
-    for name in ("chromium", "chromium-browser"):
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         found = shutil.which(name)
         if found:
             return found
