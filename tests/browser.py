@@ -203,10 +203,14 @@ def browse(out: Path, pages: list | None = None, screenshots: Path | None = None
                 report.download_link = seen["download"]
                 report.raw_tex = [_context_of(seen["prose"], m) for m in RAW_TEX.finditer(seen["prose"])][:10]
                 text = seen["text"]
-                hits = [_context_of(text, m) for m in ABS_PATH.finditer(text)]
-                hits += [_context_of(text, m) for s in forbidden_strings if s
-                         for m in re.finditer(re.escape(str(s)), text)]
-                report.absolute_paths = sorted(set(hits))[:10]
+                matches = list(ABS_PATH.finditer(text))
+                matches += [m for s in forbidden_strings if s for m in re.finditer(re.escape(str(s)), text)]
+                starts, hits = set(), []
+                for m in sorted(matches, key=lambda m: m.start()):
+                    if not any(abs(m.start() - s) < 80 for s in starts):  # one report per place in the text
+                        starts.add(m.start())
+                        hits.append(_context_of(text, m))
+                report.absolute_paths = hits[:10]
                 shot = screenshots / (page_path.removesuffix(".html").replace("/", "__") + ".png")
                 page.screenshot(path=str(shot), full_page=True)
                 report.screenshot = str(shot)
