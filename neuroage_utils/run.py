@@ -206,21 +206,27 @@ def _seconds(value: float) -> str:
     return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def hidden_kernel_messages(nb: dict) -> list:
+def hidden_kernel_messages(nb: dict, out: Path | None = None) -> list:
     """Kernel messages on stderr that the rendered page leaves out (``nb_output_stderr: remove``),
-    progress bars excepted, each as one short line without the kernel's file paths."""
+    progress bars excepted, each as one short line without the build machine's paths (a path under
+    ``out`` is shown relative to it, any other by its last part)."""
     import re
+
+    def short(text: str) -> str:
+        if out is not None:
+            text = text.replace(str(out).rstrip("/") + "/", "")
+        return re.sub(r"(?<![\w.])/(?:[^\s/:'\"]+/)+([^\s/:'\"]+)", r"…/\1", text)
 
     found = []
     for cell in nb.get("cells", []):
-        for out in cell.get("outputs", []):
-            if out.get("output_type") != "stream" or out.get("name") != "stderr":
+        for output in cell.get("outputs", []):
+            if output.get("output_type") != "stream" or output.get("name") != "stderr":
                 continue
-            text = "".join(out.get("text", ""))
+            text = "".join(output.get("text", ""))
             for line in text.replace("\r", "\n").splitlines():
                 match = re.search(r"\b(\w*(?:Warning|Error))\b: (.+)", line)
                 if match:
-                    message = match.group(1) + ": " + match.group(2).strip()
+                    message = short(match.group(1) + ": " + match.group(2).strip())
                     found.append(message if len(message) <= 140 else message[:139] + "…")
     return found
 
@@ -260,7 +266,7 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
             took = _seconds(seconds)
         except (ValueError, KeyError, TypeError):
             nb, took = {}, "?"
-        hidden += [f"{SECTION_TITLES[section]}: {m}" for m in hidden_kernel_messages(nb)]
+        hidden += [f"{SECTION_TITLES[section]}: {m}" for m in hidden_kernel_messages(nb, out)]
         how = "this build" if section in timings else "cached"
         rows.append([f"[{SECTION_TITLES[section]}]({section}.ipynb)", device, _seconds(doc["runtime_s"]), took,
                      f"{when} ({how})", f"`{short}`"])

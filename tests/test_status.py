@@ -50,7 +50,8 @@ def _fake_build(out: Path, device: str):
         cell = nbformat.v4.new_code_cell("x")
         cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=(
             "\rfit:  50%|#####     | 1/2\n" if section == "vae" else
-            "/tmp/ipykernel_1/123.py:4: FutureWarning: The default of observed=False is deprecated\n  x = 1\n"))]
+            "/tmp/ipykernel_1/123.py:4: FutureWarning: The default of observed=False is deprecated\n  x = 1\n"
+            f"/x/train.py:9: UserWarning: checkpoint {out}/checkpoints/vae/a.pt holds 10 epochs; /elsewhere/b.pt\n"))]
         nb.cells = [cell]
         nb.metadata["papermill"] = {"duration": 20.5 if section == "data" else 4100.0}
         nbformat.write(nb, out / "executed" / f"{section}.ipynb")
@@ -66,6 +67,8 @@ def test_status_page_shows_device_commit_time_and_data(tmp_path):
     assert "`cohort.h5ad` (user data), SHA-256 `ab12cd34ef56`" in text
     assert "/some/build/dir" not in text and "/tmp/ipykernel" not in text
     assert "The cohort: FutureWarning: The default of observed=False is deprecated" in text
+    assert "UserWarning: checkpoint checkpoints/vae/a.pt holds 10 epochs; …/b.pt" in text
+    assert str(tmp_path) not in text and "/elsewhere" not in text
     assert "fit:" not in text  # progress bars are not warnings
     assert "(this build)" in text and "(cached)" in text
     header = next(line for line in text.splitlines() if line.startswith("| page"))
