@@ -190,12 +190,14 @@ def source_commit(repo: Path = REPO) -> str:
                               text=True, timeout=30)
         if head.returncode != 0 or not head.stdout.strip():
             return "unknown"
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                 capture_output=True, text=True, timeout=60)
+        # --no-optional-locks: never wait on (or take) the index lock of a git command running beside
+        changed = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=repo, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    dirty = changed.returncode != 0 or bool(changed.stdout.strip())
-    return head.stdout.strip() + ("-dirty" if dirty else "")
+    if changed.returncode != 0:
+        return head.stdout.strip() + " (working tree state unknown)"
+    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
 
 
 def _seconds(value: float) -> str:
