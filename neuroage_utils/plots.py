@@ -7,6 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from . import tables
+
 AGE_CMAP = "viridis"
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 
@@ -73,7 +75,7 @@ def loss_curves(history: pd.DataFrame, columns, ax=None, title: str = "", logy: 
 
 def scores_table(rows: pd.DataFrame, paper_col: str | None = None):
     """A styled scores table: the best MAE of ours in bold; the paper's column greyed."""
-    styler = rows.style.format(precision=2, na_rep="-")
+    styler = tables.styled(rows, decimals=2, whole_numbers=False)  # headers, dashes, no index
     if "MAE" in rows:
         styler = styler.highlight_min(subset=["MAE"], props="font-weight: bold")
     if paper_col and paper_col in rows:

@@ -99,15 +99,22 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def _fold_parameter_cells(path: Path) -> None:
-    """Show papermill's parameter cells folded (``hide-cell``) instead of as clutter."""
+PARAMETER_TAGS = ("parameters", "injected-parameters")
+
+
+def _prepare_for_book(path: Path) -> None:
+    """Tag papermill's parameter cells ``remove-cell``: the rendered page drops them (they hold
+    build paths and repeat the status page), while the executed notebook, which the page offers
+    for download, keeps them as the record of how it ran."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        if ("injected-parameters" in tags or "parameters" in tags) and "hide-cell" not in tags:
-            tags.append("hide-cell")
+        if any(t in tags for t in PARAMETER_TAGS):
+            tags[:] = [t for t in tags if t != "hide-cell"]
+            if "remove-cell" not in tags:
+                tags.append("remove-cell")
     nbformat.write(nb, path)
 
 
@@ -152,7 +159,7 @@ def execute_section(section: str, parameters: dict, out: Path, kernel: str | Non
             os.replace(tmp, failed)
         reason = _failure_summary(failed) if failed.exists() else f"{type(exc).__name__}: {exc}"
         raise NotebookFailed(f"notebook '{section}' failed at {reason} (full trace: {failed})") from None
-    _fold_parameter_cells(tmp)
+    _prepare_for_book(tmp)
     os.replace(tmp, target)
     failed.unlink(missing_ok=True)
     return time.perf_counter() - start
@@ -177,51 +184,136 @@ def _machine() -> str:
     )
 
 
-def write_status_page(out: Path, timings: dict) -> Path:
-    """``executed/status.md``: how, where and how long each page executed, and on which data."""
-    rows, datasets = [], {}
+def source_commit(repo: Path = REPO) -> str:
+    """The commit the package ran from, ``-dirty`` when tracked files differ from it, ``unknown``
+    outside a git checkout (a release archive, or no git installed)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, timeout=30)
+        if head.returncode != 0 or not head.stdout.strip():
+            return "unknown"
+        # --no-optional-locks: never wait on (or take) the index lock of a git command running beside
+        changed = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=repo, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if changed.returncode != 0:
+        return head.stdout.strip() + " (working tree state unknown)"
+    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
+
+
+def _seconds(value: float) -> str:
+    value = float(value)
+    if value < 90:
+        return f"{value:.1f} s"
+    minutes, sec = divmod(round(value), 60)
+    return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def hidden_kernel_messages(nb: dict, out: Path | None = None) -> list:
+    """Kernel messages on stderr that the rendered page leaves out (``nb_output_stderr: remove``),
+    progress bars excepted, each as one short line without the build machine's paths (a path under
+    ``out`` is shown relative to it, any other by its last part)."""
+    import re
+
+    def short(text: str) -> str:
+        if out is not None:
+            text = text.replace(str(out).rstrip("/") + "/", "")
+        return re.sub(r"(?<![\w.])/(?:[^\s/:'\"]+/)+([^\s/:'\"]+)", r"…/\1", text)
+
+    found = []
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") != "stream" or output.get("name") != "stderr":
+                continue
+            text = "".join(output.get("text", ""))
+            for line in text.replace("\r", "\n").splitlines():
+                match = re.search(r"\b(\w*(?:Warning|Error))\b: (.+)", line)
+                if match:
+                    message = short(match.group(1) + ": " + match.group(2).strip())
+                    found.append(message if len(message) <= 140 else message[:139] + "…")
+    return found
+
+
+def _markdown_table(header: list, rows: list, align: list) -> list:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
+            *["| " + " | ".join(str(v) for v in row) + " |" for row in rows]]
+
+
+def write_status_page(out: Path, timings: dict, total_s: float | None = None) -> Path:
+    """``executed/status.md``: which data, code and device each page executed on, and how long."""
+    rows, datasets, devices, profiles_seen, hidden = [], {}, set(), set(), []
+    kernel_total = 0.0
     for section in SECTIONS:
         res = out / "results" / f"{section}.json"
-        nb = out / "executed" / f"{section}.ipynb"
-        if not (res.exists() and nb.exists()):
+        nb_path = out / "executed" / f"{section}.ipynb"
+        if not (res.exists() and nb_path.exists()):
             continue
         doc = json.loads(res.read_text())
         d = doc["data"]
         origin = "simulated cohort" if d["simulated"] else "user data"
-        datasets[d["sha256"][:10]] = (
-            f"`{d['sha256'][:10]}`: {origin} `{Path(d['path']).name}`, {d['n_cells']:,} cells x "
+        short = d["sha256"][:12]
+        datasets[short] = (
+            f"`{Path(d['path']).name}` ({origin}), SHA-256 `{short}`: {d['n_cells']:,} cells x "
             f"{d['n_genes']:,} genes, {d['n_donors']} donors"
         )
-        when = dt.datetime.fromtimestamp(nb.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        profiles_seen.add(doc["profile"])
+        device = str(doc.get("params", {}).get("device", "not recorded"))
+        devices.add(device)
+        # non-breaking spaces keep a date on one line in a narrow column
+        when = dt.datetime.fromtimestamp(nb_path.stat().st_mtime, dt.timezone.utc).strftime("%d %b %Y %H:%M")
+        when = when.replace(" ", "\u00a0")
         try:  # papermill records the wall time of the whole execution in the notebook
-            seconds = json.loads(nb.read_text())["metadata"]["papermill"]["duration"]
-            took = f"{seconds:.1f} s"
+            nb = json.loads(nb_path.read_text())
+            seconds = float(nb["metadata"]["papermill"]["duration"])
+            kernel_total += seconds
+            took = _seconds(seconds)
         except (ValueError, KeyError, TypeError):
-            took = "?"
-        how = "executed" if section in timings else "cached (inputs unchanged)"
-        rows.append(
-            f"| [{SECTION_TITLES[section]}]({section}.ipynb) | {doc['profile']} | {doc['params'].get('device', '?')} "
-            f"| {doc['runtime_s']:.1f} s | {took} | {how} | {when} | `{d['sha256'][:10]}` |"
-        )
+            nb, took = {}, "?"
+        hidden += [f"{SECTION_TITLES[section]}: {m}" for m in hidden_kernel_messages(nb, out)]
+        how = "this build" if section in timings else "cached"
+        rows.append([f"[{SECTION_TITLES[section]}]({section}.ipynb)", device, _seconds(doc["runtime_s"]), took,
+                     f"{when} ({how})", f"`{short}`"])
+    executed_now = [s for s in SECTIONS if s in timings]
+    header = ["page", "device", "analysis", "kernel wall time", "executed (UTC)", "data"]
+    align = [":---", ":---", "---:", "---:", ":---", ":---"]
+    if len(datasets) <= 1:  # one data file: named once above, not repeated on every row
+        header, align, rows = header[:-1], align[:-1], [row[:-1] for row in rows]
+    summary = [
+        f"- **Code**: commit `{source_commit()}` of the repository (`-dirty`: with uncommitted changes).",
+        f"- **Profile**: {', '.join(sorted(profiles_seen)) or 'none'}; **device**: "
+        f"{', '.join(sorted(devices)) or 'none'}.",
+        *[f"- **Data**: {line}" for line in datasets.values()],
+        f"- **Total kernel time** over the pages shown: {_seconds(kernel_total)}; "
+        + (f"this build executed {len(executed_now)} of them in {_seconds(total_s)}."
+           if executed_now and total_s is not None else
+           f"this build executed {len(executed_now)} of them." if executed_now else
+           "this build re-used every page (inputs unchanged)."),
+        f"- **Machine** of the latest build: {_machine()}.",
+    ]
+    notes = []
+    if hidden:
+        notes = [
+            "",
+            "Kernel warnings left out of the rendered pages (each page's downloadable notebook keeps "
+            "them in full):",
+            "",
+            *[f"- {line}" for line in hidden],
+        ]
     text = "\n".join(
         [
             "# Build status",
             "",
-            "How, where and how long each page executed. Pages are executed by "
+            "Which code, data and device each page executed on, and how long it took. Pages are executed by "
             "`python -m neuroage_utils.run` with papermill, then rendered with execution off; a page is "
             "re-executed only when its notebook, the `neuroage_utils` package, its parameters or its data "
-            "changed. *Analysis runtime* is what the notebook measured from loading the data to writing its "
-            "results; *kernel wall time* is papermill's, kernel start-up included.",
+            "changed (*cached* below). *Analysis* is what the notebook measured from loading the data to "
+            "writing its results; *kernel wall time* is papermill's, kernel start-up included.",
             "",
-            f"Machine of the latest build: {_machine()}.",
+            *summary,
             "",
-            "Data (by the first characters of the file's SHA-256):",
-            "",
-            *[f"- {line}" for line in datasets.values()],
-            "",
-            "| page | profile | device | analysis runtime | kernel wall time | latest build | executed at | data |",
-            "|---|---|---|---|---|---|---|---|",
-            *rows,
+            *_markdown_table(header, rows, align),
+            *notes,
             "",
         ]
     )
@@ -230,11 +322,11 @@ def write_status_page(out: Path, timings: dict) -> Path:
 
 def write_paper_page(out: Path) -> Path:
     """``executed/paper.md``: the paper's reported numbers, in one table of their own."""
-    from . import paper
+    from . import paper, tables
 
-    table = paper.reported_table().fillna("")
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    # Every number on this page is the paper's, so the headers need not say so.
+    lines = [tables.markdown(paper.reported_table(), labels={"paper_mae": "MAE (years)", "paper_r": "r"},
+                             missing={"paper_r": "not reported"})]
     text = "\n".join(
         [
             "# What the paper reports",
@@ -404,7 +496,7 @@ def main(argv=None) -> int:
         timings[section] = f"executed in {seconds:.1f} s"
         print(f"{label} done in {seconds:.1f} s", flush=True)
     print(f"notebooks: {time.perf_counter() - total:.1f} s", flush=True)
-    write_status_page(out, timings)
+    write_status_page(out, timings, total_s=time.perf_counter() - total)
     write_paper_page(out)
     if args.no_book:
         return 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see neuroage_utils/__init__.py
@@ -89,3 +92,14 @@ def age_counts(n_donors=40, cells=30, n_genes=200, n_age_genes=10, effect=0.6, s
     library = rng.lognormal(0.0, 0.3, len(ages))[:, None]
     counts = rng.poisson(library * base * np.exp(beta * z[:, None])).astype(np.float32)
     return sp.csr_matrix(counts), ages, donors, np.arange(n_age_genes)
+
+
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory):
+    """The smoke-profile book, executed and rendered once per session: (out dir, the run's process)."""
+    out = tmp_path_factory.mktemp("smoke")
+    proc = subprocess.run([sys.executable, "-m", "neuroage_utils.run", "--profile", "smoke", "--device", "cpu",
+                           "--out", str(out)], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc

@@ -25,7 +25,7 @@ PACKAGE = Path(neuroage_utils.__file__).resolve().parent
 LAYERS = {
     # ground: the error type, the study, the results contract
     "errors": 0, "paper": 0, "results": 0,
-    "checks": 1, "evaluate": 1,
+    "checks": 1, "evaluate": 1, "tables": 1,
     "features": 2, "profiles": 2,
     "data": 3,
     "simulate": 4,
@@ -135,7 +135,7 @@ def test_results_and_status_page_record_the_device_used(tmp_path, h5ad_path):
     (tmp_path / "executed" / "data.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
     status = run.write_status_page(tmp_path, {"data": 1.0}).read_text()
     row = next(line for line in status.splitlines() if line.startswith("| [The cohort]"))
-    assert f"| smoke | {used} |" in row and "auto" not in row
+    assert f"| {used} |" in row and "auto" not in row
 
 
 # -- one age per donor: one check -----------------------------------------------------------------

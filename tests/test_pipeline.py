@@ -25,12 +25,7 @@ def run(*args, cwd=REPO):
                           text=True, timeout=1800)
 
 
-@pytest.fixture(scope="module")
-def smoke_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    proc = run("--profile", "smoke", "--device", "cpu", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return out, proc
+# ``smoke_build`` (tests/conftest.py): one smoke book per session, shared with tests/test_browser.py.
 
 
 def test_every_chapter_writes_wellformed_results(smoke_build):

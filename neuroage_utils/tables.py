@@ -1,0 +1,199 @@
+"""Tables for people: readable headers, no index column, fixed decimals, intervals on one line.
+
+A chapter builds its tables as plain data frames (raw column names such as ``mae`` or ``paper_mae``,
+floats, NaN, intervals as ``[lo, hi]`` pairs) and shows them through :func:`styled` (HTML in the
+book) or :func:`markdown` (generated pages); :func:`formatted` gives the same cells as strings.
+Formatting never changes a number's value, only how many decimals it shows.
+
+    styled(scores, rows={"null": null_label(["train", "val"])}, emphasise_min="mae")
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+# Raw column names -> what a reader sees. A column not named here keeps its name.
+LABELS = {
+    "model": "model",
+    "split": "split",
+    "mae": "MAE (years)",
+    "mae_ci95": "95% interval (years)",
+    "ci95": "95% interval (years)",
+    "r": "r",
+    "n_donors": "donors",
+    "n_cells": "cells",
+    "n_genes": "genes",
+    "paper_mae": "paper MAE (other data)",
+    "paper_r": "paper r (other data)",
+    "null_val": "null, validation donors",
+    "null_test": "null, test donors",
+    "age": "age (years)",
+    "age_min": "youngest (years)",
+    "age_median": "median age (years)",
+    "age_mean": "mean age (years)",
+    "age_max": "oldest (years)",
+    "predicted": "predicted age (years)",
+    "runtime_s": "runtime (s)",
+}
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+MISSING = "–"  # an en dash: no value
+DASH = "–"  # between an interval's ends
+
+# "10.2-20.3" or "10.2 – 20.3": an interval already written as text.
+_INTERVAL_TEXT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*[-–]\s*(-?\d+(?:\.\d+)?)\s*$")
+
+
+def label(name, labels: Mapping | None = None) -> str:
+    """The header a reader sees for column ``name`` (``labels`` first, then :data:`LABELS`)."""
+    if labels and name in labels:
+        return str(labels[name])
+    return LABELS.get(name, str(name))
+
+
+def null_label(trained_on) -> str:
+    """What a null row is: ``null: mean age of the training + validation donors``.
+
+    ``trained_on`` is a results entry (its ``trained_on`` list) or the splits themselves.
+    """
+    splits = trained_on.get("trained_on", ["train"]) if isinstance(trained_on, Mapping) else list(trained_on)
+    names = " + ".join(SPLIT_NAMES.get(s, str(s)) for s in splits) or "training"
+    return f"null: mean age of the {names} donors"
+
+
+def _is_missing(value) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isnan(value)
+
+
+def _is_pair(value) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and len(value) == 2 and not isinstance(value, str)
+
+
+def format_interval(value, decimals: int = 1, missing: str = MISSING) -> str:
+    """``[10.23, 20.31]`` -> ``10.2–20.3``; text such as ``10.2-20.3`` gets the same dash; other
+    text is left as it is (e.g. ``skipped: ...``)."""
+    if _is_pair(value):
+        lo, hi = value
+        if _is_missing(lo) or _is_missing(hi):
+            return missing
+        return f"{float(lo):.{decimals}f}{DASH}{float(hi):.{decimals}f}"
+    if isinstance(value, str):
+        match = _INTERVAL_TEXT.match(value)
+        return f"{match.group(1)}{DASH}{match.group(2)}" if match else value
+    return missing if _is_missing(value) else str(value)
+
+
+def _column_kind(series: pd.Series, explicit_decimals: bool, whole_numbers: bool) -> str:
+    values = [v for v in series if not _is_missing(v) if not (isinstance(v, str) and v == "")]
+    if values and all(_is_pair(v) or (isinstance(v, str) and _INTERVAL_TEXT.match(v)) for v in values):
+        return "interval"
+    if any(_is_pair(v) for v in values):
+        return "interval"
+    if pd.api.types.is_bool_dtype(series):
+        return "text"
+    if pd.api.types.is_integer_dtype(series):
+        return "integer"
+    if not values and pd.api.types.is_numeric_dtype(series):
+        return "float"  # all missing: still a numeric column
+    numeric = [v for v in values if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+    if values and len(numeric) == len(values):
+        if whole_numbers and not explicit_decimals and all(float(v).is_integer() for v in numeric):
+            return "integer"  # counts stored as floats (a column with a NaN): 252, not 252.000000
+        return "float"
+    return "text"
+
+
+def _formatters(table: pd.DataFrame, decimals, missing, interval_decimals: int, whole_numbers: bool) -> dict:
+    out = {}
+    for col in table.columns:
+        explicit = isinstance(decimals, Mapping) and col in decimals
+        places = decimals.get(col, 2) if isinstance(decimals, Mapping) else int(decimals)
+        gap = missing.get(col, MISSING) if isinstance(missing, Mapping) else str(missing)
+        kind = _column_kind(table[col], explicit, whole_numbers)
+
+        def fmt(v, kind=kind, places=places, gap=gap):
+            if kind == "interval" or _is_pair(v):
+                return format_interval(v, interval_decimals, gap)
+            if _is_missing(v):
+                return gap
+            if isinstance(v, str):
+                return v if v != "" or kind == "text" else gap
+            if kind == "integer" and isinstance(v, numbers.Real) and float(v).is_integer():
+                return f"{int(v):,}"
+            if kind in ("float", "integer") and isinstance(v, numbers.Real) and not isinstance(v, bool):
+                return f"{float(v):,.{places}f}"
+            return str(v)
+
+        out[col] = (kind, fmt)
+    return out
+
+
+def _relabel_rows(table: pd.DataFrame, rows: Mapping | None, label_column) -> pd.DataFrame:
+    if not rows or table.empty:
+        return table
+    column = label_column if label_column is not None else table.columns[0]
+    table = table.copy()
+    table[column] = [rows.get(v, v) if isinstance(v, str) else v for v in table[column]]
+    return table
+
+
+def formatted(table: pd.DataFrame, labels: Mapping | None = None, decimals=2, missing=MISSING,
+              rows: Mapping | None = None, label_column=None, interval_decimals: int = 1,
+              whole_numbers: bool = True) -> pd.DataFrame:
+    """``table`` as strings a reader can take in: readable headers, a fresh 0..n-1 index (not for
+    display), floats with ``decimals`` places (an int, or a per-column mapping; default 2), counts
+    as integers with thousands separators (also counts stored as floats, unless ``whole_numbers``
+    is False or the column is given decimals), ``[lo, hi]`` pairs and ``a-b`` text as ``a–b``,
+    missing values as ``missing`` (a string, or a per-column mapping), and the values of
+    ``label_column`` (default: the first column) renamed by ``rows`` (e.g. ``{"null": null_label(...)}``).
+    """
+    table = _relabel_rows(pd.DataFrame(table).reset_index(drop=True), rows, label_column)
+    formats = _formatters(table, decimals, missing, interval_decimals, whole_numbers)
+    out = pd.DataFrame({col: [fmt(v) for v in table[col]] for col, (_, fmt) in formats.items()})
+    out.columns = [label(c, labels) for c in table.columns]
+    return out
+
+
+def styled(table: pd.DataFrame, labels: Mapping | None = None, decimals=2, missing=MISSING,
+           rows: Mapping | None = None, label_column=None, interval_decimals: int = 1,
+           whole_numbers: bool = True, emphasise_min=None, muted: Sequence = ()):
+    """The same table as :func:`formatted`, as a pandas Styler for the book: no index column,
+    numbers right-aligned, intervals kept on one line, the smallest value of column
+    ``emphasise_min`` in bold and the ``muted`` columns (e.g. the paper's) in grey. The Styler keeps
+    the numbers, so it can still be sorted or highlighted by value."""
+    table = _relabel_rows(pd.DataFrame(table).reset_index(drop=True), rows, label_column)
+    formats = _formatters(table, decimals, missing, interval_decimals, whole_numbers)
+    styler = table.style.format({col: fmt for col, (_, fmt) in formats.items()})
+    numeric = [c for c, (kind, _) in formats.items() if kind in ("float", "integer", "interval")]
+    if numeric:
+        styler = styler.set_properties(subset=numeric, **{"text-align": "right", "white-space": "nowrap"})
+    if emphasise_min is not None and emphasise_min in table and formats[emphasise_min][0] in ("float", "integer"):
+        styler = styler.highlight_min(subset=[emphasise_min], props="font-weight: bold")
+    present = [c for c in muted if c in table]
+    if present:
+        styler = styler.set_properties(subset=present, **{"color": "#666666"})
+    styler = styler.relabel_index([label(c, labels) for c in table.columns], axis="columns")
+    return styler.hide(axis="index")
+
+
+def markdown(table: pd.DataFrame, **kwargs) -> str:
+    """A Markdown table of :func:`formatted` (for generated pages); numeric columns right-aligned."""
+    shown = formatted(table, **kwargs)
+    source = _relabel_rows(pd.DataFrame(table).reset_index(drop=True), kwargs.get("rows"), kwargs.get("label_column"))
+    kinds = _formatters(source, kwargs.get("decimals", 2), kwargs.get("missing", MISSING),
+                        kwargs.get("interval_decimals", 1), kwargs.get("whole_numbers", True))
+    align = ["---:" if kinds[c][0] in ("float", "integer", "interval") else ":---" for c in source.columns]
+
+    def cell(v):
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in shown.columns) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines)
