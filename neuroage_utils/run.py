@@ -44,6 +44,7 @@ SECTION_TITLES = {
     "nmf": "NMF + MLP",
     "vae": "Variational autoencoders",
     "dae": "Denoising VAE",
+    "realdata": "Real human donors",
 }
 
 
@@ -387,6 +388,10 @@ def main(argv=None) -> int:
     total = time.perf_counter()
     for i, section in enumerate(sections, 1):
         inputs = notebook_inputs(section, parameters, data_sha, pkg_sha)
+        if section == "realdata":  # its data are the real-donor files, not the book's cohort
+            from .realdata import fingerprint
+
+            inputs["realdata_files"] = fingerprint(out)
         label = f"[{i}/{len(sections)}] {section:10s}"
         if not args.force and is_up_to_date(out, section, inputs):
             print(f"{label} up to date (inputs unchanged; --force re-runs it)", flush=True)
