@@ -145,8 +145,8 @@ def _realdata(n_repeats, en_alphas, en_l1, mlp_hidden, mlp_epochs, svd_k, nmf_k,
 
 PROFILES["smoke"]["realdata"] = _realdata(1, 4, [0.5], [16], 3, 5, 4, 30, [8], [16], 4, 2, (1, 1, 1), 2,
                                           max_donors=120, max_genes=300)
-PROFILES["quick"]["realdata"] = _realdata(2, 10, [0.5, 0.9], [64, 64], 20, 50, 16, 50, [32, 32], [128, 64], 16,
-                                          25, (5, 5, 5), 10, batch_size=128)
+PROFILES["quick"]["realdata"] = _realdata(2, 8, [0.5, 0.9], [64, 64], 20, 20, 10, 40, [32, 32], [128, 64], 16,
+                                          20, (5, 5, 5), 10, batch_size=128)
 PROFILES["paper"]["realdata"] = _realdata(5, 20, [0.1, 0.5, 0.9, 1.0], [500, 500], 60, 100, 50, 200, [500, 500],
                                           [300, 100], 50, 100, (20, 10, 10), 20)
 
