@@ -657,7 +657,8 @@ def findings(models: dict, seed: int = 0) -> str:
             verdict = ("the interval excludes zero" if cmp["excludes_zero"]
                        else "the interval includes zero: not distinguishable from the null")
             lines.append(
-                f"- **{label}, {what}**: best is the {MODEL_LABELS[best]} at {ours[best]['mae']:.2f} years "
+                f"- **{label}, {what}**: lowest of our {len(ours)} models is the {MODEL_LABELS[best]} at "
+                f"{ours[best]['mae']:.2f} years "
                 f"(95% CI {_ci(ours[best])}) against {group['null']['mae']:.2f} ({_ci(group['null'])}) for the null; "
                 f"paired difference {cmp['difference']:+.2f} years ({cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}), {verdict}.")
             if "published_clock" in group:

@@ -186,7 +186,7 @@ def write_status_page(out: Path, timings: dict) -> Path:
             continue
         doc = json.loads(res.read_text())
         d = doc["data"]
-        origin = "simulated cohort" if d["simulated"] else "user data"
+        origin = "simulated cohort" if d["simulated"] else d.get("source", "user data")  # realdata: its package
         datasets[d["sha256"][:10]] = (
             f"`{d['sha256'][:10]}`: {origin} `{Path(d['path']).name}`, {d['n_cells']:,} cells x "
             f"{d['n_genes']:,} genes, {d['n_donors']} donors"

@@ -245,3 +245,13 @@ def test_real_files_and_the_published_clock(monkeypatch):
     assert clock["datasets_in_its_training"] == []  # its metadata names other cohorts
     null_mae = float(np.mean(np.abs(ct.ages - ct.ages.mean())))
     assert clock["mae"] < null_mae
+
+
+def test_the_runner_fingerprint_follows_the_files(synthetic_dir, tmp_path, monkeypatch):
+    """The runner re-executes the chapter when its files appear, change or vanish."""
+    before = realdata.fingerprint()
+    donor_level(seed=7).write_h5ad(synthetic_dir / "data" / "heldout_CD4T.h5ad")
+    after = realdata.fingerprint()
+    assert len(before) == 64 and before != after
+    monkeypatch.setenv(realdata.ENV_DIR, str(tmp_path / "empty"))
+    assert realdata.fingerprint() == "absent"
