@@ -482,41 +482,75 @@ def _paired(entry_a: dict, entry_b: dict, seed: int) -> dict:
             "excludes_zero": bool(lo > 0 or hi < 0)}
 
 
+def _task(key, P, X, y, donors, train, test, seed, device, single_thread):
+    """One fit on the training donors and its predictions for the test donors, with its seconds.
+    ``single_thread``: one BLAS and one torch thread (parallel workers must not oversubscribe cores)."""
+    from threadpoolctl import threadpool_limits
+
+    start = time.perf_counter()
+    if single_thread:
+        import torch
+
+        torch.set_num_threads(1)
+        with threadpool_limits(1):
+            pred = _fit_predict(key, P, X[train], y[train], donors[train], X[test], seed, device)
+    else:
+        pred = _fit_predict(key, P, X[train], y[train], donors[train], X[test], seed, device)
+    return pred, time.perf_counter() - start
+
+
+def _n_jobs(P: dict, device: str) -> int:
+    """Worker processes for the fits: the profile's ``n_jobs``, capped by the cores; 1 on a GPU."""
+    n = min(int(P.get("n_jobs", 1)), os.cpu_count() or 1)
+    if n > 1 and device != "cpu":
+        from .train import resolve_device
+
+        if resolve_device(device).type != "cpu":
+            return 1
+    return max(n, 1)
+
+
 def run_cell_type(ct: CellTypeData, P: dict, seed: int = 0, device: str = "cpu", progress=None) -> tuple[dict, dict]:
     """Every model by repeated stratified CV and across cohorts on one cell type.
 
     Returns ``(cv_models, cross_models)``: results entries keyed by model. Cross-cohort entries pool
     the donors of every held-out dataset (each predicted once, by the model trained on the other
-    datasets) and break the MAE down per dataset in ``by_dataset``.
+    datasets) and break the MAE down per dataset in ``by_dataset``. The fits are independent, so with
+    ``P['n_jobs'] > 1`` they run in that many worker processes, one thread each (same seeds, so the
+    same splits and the same models).
     """
     keys = list(P["models"])
     if P.get("max_donors") or P.get("max_genes"):
         ct = subsample(ct, P.get("max_donors") or ct.n_donors, seed, max_genes=P.get("max_genes"))
     X, y, donors = ct.X, ct.ages, ct.donors
     n_rep, n_splits = int(P["n_repeats"]), int(P["n_splits"])
-    cv_pred = {k: np.full((len(y), n_rep), np.nan) for k in keys}
-    seconds = {k: 0.0 for k in keys}
     folds = list(repeated_stratified_folds(y, n_splits=n_splits, n_repeats=n_rep, seed=seed))
     cross = list(cohort_folds(ct.datasets))
-    total = (len(folds) + len(cross)) * len(keys)
-    done = 0
-    for r, f, train, test in folds:
-        for k in keys:
-            t = time.perf_counter()
-            cv_pred[k][test, r] = _fit_predict(k, P, X[train], y[train], donors[train], X[test], seed + 100 * r + f, device)
-            seconds[k] += time.perf_counter() - t
-            done += 1
-            if progress:
-                progress(done, total, f"{ct.key} CV repeat {r + 1} fold {f + 1}: {k}")
+    # (what, repeat or held-out dataset, train, test, fit seed, model)
+    tasks = [("cv", r, train, test, seed + 100 * r + f, k) for r, f, train, test in folds for k in keys]
+    tasks += [("cross", name, train, test, seed, k) for name, train, test in cross for k in keys]
+    n_jobs = _n_jobs(P, device)
+    if n_jobs > 1:
+        from joblib import Parallel, delayed
+
+        outputs = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(
+            delayed(_task)(k, P, X, y, donors, train, test, s, device, True) for _, _, train, test, s, k in tasks)
+    else:
+        outputs = (_task(k, P, X, y, donors, train, test, s, device, False) for _, _, train, test, s, k in tasks)
+    cv_pred = {k: np.full((len(y), n_rep), np.nan) for k in keys}
+    cross_pred = {k: np.full(len(y), np.nan) for k in keys}
+    seconds = {k: 0.0 for k in keys}
+    for done, ((what, where, _, test, _, k), (pred, took)) in enumerate(zip(tasks, outputs), 1):
+        if what == "cv":
+            cv_pred[k][test, where] = pred
+            seconds[k] += took
+        else:
+            cross_pred[k][test] = pred
+        if progress:
+            label = f"CV repeat {where + 1}" if what == "cv" else f"cross-cohort, {where} held out"
+            progress(done, len(tasks), f"{ct.key} {label}: {k}")
     cv_models = {k: score(donors, y, cv_pred[k], "cv", seed=seed, n_splits=n_splits, n_repeats=n_rep,
                           stratified_by="age", fit_seconds=round(seconds[k], 2)) for k in keys}
-    cross_pred = {k: np.full(len(y), np.nan) for k in keys}
-    for name, train, test in cross:
-        for k in keys:
-            cross_pred[k][test] = _fit_predict(k, P, X[train], y[train], donors[train], X[test], seed, device)
-            done += 1
-            if progress:
-                progress(done, total, f"{ct.key} cross-cohort, {name} held out: {k}")
     cross_models = {}
     for k in keys:
         cross_models[k] = score(donors, y, cross_pred[k], "test", seed=seed, trained_on="the other datasets",
@@ -785,7 +819,8 @@ def settings_table(P: dict) -> pd.DataFrame:
     """The configuration that runs under this profile, one row per model."""
     EN, M, S, N, V = P["elastic_net"], P["mlp"], P["svd_ridge"], P["nmf_mlp"], P["vae_gaussian"]
     rows = {
-        "splits": f"{P['n_repeats']} x {P['n_splits']}-fold CV stratified by age; each dataset held out in turn"
+        "splits": f"{P['n_repeats']} x {P['n_splits']}-fold CV stratified by age; each dataset held out in turn; "
+                  f"{P.get('n_jobs', 1)} worker process(es)"
                   + (f"; {P['max_donors']} donors at most" if P.get("max_donors") else ""),
         "elastic_net": f"{EN['n_alphas']} penalties down to {EN['eps']:g} x the largest, L1 ratios {EN['l1_ratios']}, "
                        f"inner {EN['n_splits']}-fold CV, random coordinate order",

@@ -255,3 +255,14 @@ def test_the_runner_fingerprint_follows_the_files(synthetic_dir, tmp_path, monke
     assert len(before) == 64 and before != after
     monkeypatch.setenv(realdata.ENV_DIR, str(tmp_path / "empty"))
     assert realdata.fingerprint() == "absent"
+
+
+def test_parallel_workers_give_the_same_models(synthetic_dir):
+    ct = realdata.load_realdata().cell_types["cd8t"]
+    P = smoke_params(max_donors=None, max_genes=None, models=["null", "elastic_net", "svd_ridge"])
+    one = realdata.run_cell_type(ct, dict(P, n_jobs=1), seed=3)
+    two = realdata.run_cell_type(ct, dict(P, n_jobs=2), seed=3)
+    for a, b in zip(one, two):
+        for key in P["models"]:
+            assert a[key]["mae"] == pytest.approx(b[key]["mae"], rel=1e-5)
+            assert [p["donor_id"] for p in a[key]["predictions"]] == [p["donor_id"] for p in b[key]["predictions"]]
