@@ -656,7 +656,8 @@ def cv_table(models: dict) -> pd.DataFrame:
 
 
 def cross_table(models: dict) -> pd.DataFrame:
-    """Cross-cohort MAE per held-out dataset (columns) and pooled, per model and cell type."""
+    """Cross-cohort MAE per held-out dataset (columns) and pooled, per model and cell type:
+    ``MAE [95% CI] (donors)``."""
     rows = []
     for ct in CELL_TYPES:
         group = models.get(f"{ct}_cross", {})
@@ -667,8 +668,8 @@ def cross_table(models: dict) -> pd.DataFrame:
                 continue
             row = {"cell type": ct.upper(), "model": MODEL_LABELS.get(k, k)}
             for name, d in e.get("by_dataset", {}).items():
-                row[f"{name} ({d['n_donors']})"] = f"{d['mae']:.2f} [{d['mae_ci95'][0]:.1f}, {d['mae_ci95'][1]:.1f}]"
-            row["all donors"] = f"{e['mae']:.2f} [{e['mae_ci95'][0]:.1f}, {e['mae_ci95'][1]:.1f}]"
+                row[name] = f"{d['mae']:.2f} [{d['mae_ci95'][0]:.1f}, {d['mae_ci95'][1]:.1f}] ({d['n_donors']})"
+            row["all donors"] = f"{e['mae']:.2f} [{e['mae_ci95'][0]:.1f}, {e['mae_ci95'][1]:.1f}] ({e['n_donors']})"
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -786,7 +787,9 @@ def run_all(rd: RealData, P: dict, seed: int = 0, device: str = "auto", progress
     for key, ct in rd.cell_types.items():
         cv, cross = run_cell_type(ct, P, seed=seed, device=device, progress=tick if bar else None)
         offset[0] += (len(cv) * (P["n_splits"] * P["n_repeats"]) + len(cross) * len(np.unique(ct.datasets)))
-        cross["published_clock"] = published_clock(rd, ct, seed=seed)
+        # the same donors as our models (a smoke run subsamples them); all of its genes
+        same_donors = subsample(ct, P.get("max_donors") or ct.n_donors, seed)
+        cross["published_clock"] = published_clock(rd, same_donors, seed=seed)
         models[key], models[f"{key}_cross"] = cv, cross
     if bar:
         bar.close()

@@ -81,7 +81,7 @@ def cross_cohort_heatmap(models: dict):
     frames = []
     for ct in CELL_TYPES:
         group = _scored(models.get(ct + "_cross", {}))
-        table = pd.DataFrame({MODEL_LABELS.get(k, k): {f"{d} ({v['n_donors']})": v["mae"] for d, v in e["by_dataset"].items()}
+        table = pd.DataFrame({MODEL_LABELS.get(k, k): {d: v["mae"] for d, v in e["by_dataset"].items()}
                               for k, e in group.items()}).T
         frames.append((ct, table))
     frames = [(ct, t) for ct, t in frames if not t.empty]
@@ -92,7 +92,7 @@ def cross_cohort_heatmap(models: dict):
     for ax, (ct, table) in zip(np.atleast_1d(axes), frames):
         sns.heatmap(table, annot=True, fmt=".1f", cmap="rocket_r", vmin=0, vmax=vmax, cbar=ax is np.atleast_1d(axes)[-1],
                     ax=ax, annot_kws={"fontsize": 8}, cbar_kws={"label": "MAE (years)"})
-        ax.set(title=f"{CELL_TYPES[ct][0]}: held-out dataset (donors)", xlabel="", ylabel="")
+        ax.set(title=f"{CELL_TYPES[ct][0]}: held-out dataset", xlabel="", ylabel="")
         ax.tick_params(labelsize=8)
     fig.tight_layout()
     return fig

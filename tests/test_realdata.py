@@ -266,3 +266,16 @@ def test_parallel_workers_give_the_same_models(synthetic_dir):
         for key in P["models"]:
             assert a[key]["mae"] == pytest.approx(b[key]["mae"], rel=1e-5)
             assert [p["donor_id"] for p in a[key]["predictions"]] == [p["donor_id"] for p in b[key]["predictions"]]
+
+
+@pytest.mark.skipif(not _installed, reason="the grnimmuneclock files are not installed (make realdata)")
+def test_smoke_run_on_the_real_files_scores_the_published_clock_on_the_same_donors(monkeypatch, one_torch_thread):
+    monkeypatch.delenv(realdata.ENV_DIR, raising=False)
+    rd = realdata.load_realdata()
+    models = realdata.run_all(rd, smoke_params(), progress=False)
+    for ct in realdata.CELL_TYPES:
+        ours = {p["donor_id"] for p in models[ct]["null"]["predictions"]}
+        theirs = {p["donor_id"] for p in models[f"{ct}_cross"]["published_clock"]["predictions"]}
+        assert ours == theirs and len(ours) <= 125
+    table = realdata.cross_table(models)
+    assert not table.isna().any().any()
