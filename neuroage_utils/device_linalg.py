@@ -261,14 +261,17 @@ def randomized_svd(matmat, rmatmat, shape, k: int, seed: int = 0, n_iter: int = 
 
 
 def zscore_svd(X, mean: np.ndarray, scale: np.ndarray, k: int, seed: int = 0, n_iter: int = 7,
-               oversample: int = 20, device=None):
+               oversample: int = 20, device=None, dense_limit_gb: float = 1.0):
     r"""Top-``k`` SVD of :math:`Z = (X - 1\mu^\top) D^{-1}` without forming ``Z`` (``X`` stays sparse).
 
     Products as in :mod:`neuroage_utils.models.svd`: :math:`Zv = X(D^{-1}v) - 1(\mu^\top D^{-1} v)`.
+    A sparse ``X`` that fits densely in ``dense_limit_gb`` is densified on the device (dense products
+    are several times faster than torch's sparse ones); larger ones stay CSR.
     Returns numpy ``(singular_values, Vt)`` in float64, strongest first.
     """
     device = _device(device)
-    Xt = to_device_matrix(X, device)
+    dense = X.shape[0] * X.shape[1] * 4 <= dense_limit_gb * 2**30
+    Xt = to_device_matrix(X, device, dense=dense)
     inv = torch.as_tensor(1.0 / np.asarray(scale, dtype=np.float64), dtype=torch.float32, device=device)
     shift = torch.as_tensor(np.asarray(mean, dtype=np.float64) / np.asarray(scale, dtype=np.float64),
                             dtype=torch.float32, device=device)
