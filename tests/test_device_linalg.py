@@ -84,6 +84,10 @@ def test_randomised_svd_agrees_with_arpack(sparse):
     cosines = np.linalg.svd(ours.components_ @ ref.components_.T, compute_uv=False)
     assert cosines.min() > 0.9999
     np.testing.assert_allclose(np.abs(ours.transform(X[:10])), np.abs(ref.transform(X[:10])), rtol=1e-3, atol=1e-3)
+    if sparse:  # the CSR-on-device products (used above the dense limit, e.g. at paper scale)
+        S, Vt = dl.zscore_svd(X, ref.mean_, ref.scale_, 6, dense_limit_gb=0)
+        np.testing.assert_allclose(S, ref.singular_values_, rtol=1e-4)
+        assert np.linalg.svd(Vt @ ref.components_.T, compute_uv=False).min() > 0.9999
 
 
 # --------------------------------------------------------------------------------------------------
