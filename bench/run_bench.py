@@ -53,30 +53,61 @@ def main() -> int:
     p.add_argument("--data-fraction", type=float, default=1.0, help="cell fraction of the data-path benchmark")
     p.add_argument("--skip", nargs="*", default=[], choices=["vae", "scvi", "linalg", "data"])
     p.add_argument("--out", type=Path, default=BENCH / "results.json")
+    p.add_argument("--repeat", type=int, default=1, help="VAE throughput runs per tool and shape (best kept)")
+    p.add_argument("--estimates-only", action="store_true",
+                   help="recompute the paper-profile estimates from the existing results and re-render the page")
     args = p.parse_args()
     py = sys.executable
-    res = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    if args.estimates_only:
+        sys.path.insert(0, str(BENCH))
+        from paper_estimates import estimate
+        from render_benchmarks import render
+
+        res = json.loads(args.out.read_text())
+        res["paper_profile"] = estimate(res)
+        args.out.write_text(json.dumps(res, indent=1))
+        render(args.out, REPO / "book" / "benchmarks.md")
+        return 0
+    # items skipped now keep their previous results (with their own date), so a partial rerun refreshes
+    # only what it measures
+    previous = json.loads(args.out.read_text()) if args.skip and args.out.exists() else {}
+    res = {k: v for k, v in previous.items() if k in ("vae", "linalg", "data_path", "book") and
+           {"vae": "vae", "linalg": "linalg", "data_path": "data", "book": "book"}[k] in args.skip + ["book"]}
+    if previous:
+        res["previous_items_date_utc"] = previous.get("date_utc")
+    res |= {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, no GPU" if not _cuda() else "with CUDA",
            "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
+    if args.book:
+        res.pop("book", None)
 
     if "vae" not in args.skip:
-        res["vae"] = {}
-        for genes, cells, batch in VAE_SHAPES:
-            common = ["--genes", genes, "--cells", cells, "--batch-size", batch]
-            ours = run_json([py, BENCH / "bench_vae_throughput.py", *common])
-            res["vae"][f"ours_{genes}"] = ours
-            print("vae ours", genes, ours, flush=True)
-            if "scvi" in args.skip:
-                continue
-            if not (BENCH / ".venv-scvi" / ".installed").exists():
-                res["vae"][f"scvi_{genes}"] = {"error": "bench/.venv-scvi missing: scvi-tools not installed "
-                                                        "(see bench/scvi_install.log)"}
-                continue
-            scvi = run_json([SCVI_PY, BENCH / "scvi_throughput.py", *common])
-            res["vae"][f"scvi_{genes}"] = scvi
+        res["vae"] = {"repeats": args.repeat}
+        # ours and SCVI alternate, so that load from other processes hits both alike; best of the repeats
+        for rep in range(args.repeat):
+            for genes, cells, batch in VAE_SHAPES:
+                common = ["--genes", genes, "--cells", cells, "--batch-size", batch]
+                runs = [("ours", [py, BENCH / "bench_vae_throughput.py", *common])]
+                if "scvi" not in args.skip:
+                    runs.append(("scvi", [SCVI_PY, BENCH / "scvi_throughput.py", *common]))
+                for name, cmd in runs:
+                    key = f"{name}_{genes}"
+                    if name == "scvi" and not (BENCH / ".venv-scvi" / ".installed").exists():
+                        res["vae"][key] = {"error": "bench/.venv-scvi missing: scvi-tools could not be installed "
+                                                    "(see bench/scvi_install.log)"}
+                        continue
+                    got = run_json(cmd)
+                    print("vae", key, got, flush=True)
+                    best = res["vae"].get(key)
+                    all_runs = (best or {}).get("cells_per_s_all", []) + ([got["cells_per_s"]] if "cells_per_s" in got else [])
+                    if best is None or got.get("cells_per_s", 0) > best.get("cells_per_s", 0):
+                        best = got
+                    best["cells_per_s_all"] = all_runs
+                    res["vae"][key] = best
+        for genes, _, _ in VAE_SHAPES:
+            ours, scvi = res["vae"].get(f"ours_{genes}", {}), res["vae"].get(f"scvi_{genes}", {})
             if "cells_per_s" in ours and "cells_per_s" in scvi:
                 res["vae"][f"ratio_{genes}"] = round(ours["cells_per_s"] / scvi["cells_per_s"], 2)
-            print("vae scvi", genes, scvi, flush=True)
 
     if "linalg" not in args.skip:
         res["linalg"] = run_json([py, BENCH / "bench_linalg.py"], timeout=1200)
