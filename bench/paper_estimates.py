@@ -74,7 +74,7 @@ def estimate(results: dict) -> dict:
         "measured at paper scale (bench_data_path.py)", "host work: same as the CPU")
 
     svd = section_params("paper", "svd")
-    q, n_iter = svd["n_components"] + 20, 7
+    q, n_iter = svd["n_components"] + 100, 12  # device_linalg.zscore_svd defaults
     products = 2 * n_iter + 3
     flops = products * 2 * PAPER_NNZ * q * TRAIN_FRACTION
     svd_m = lin.get("svd") or {}

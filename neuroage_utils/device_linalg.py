@@ -260,13 +260,15 @@ def randomized_svd(matmat, rmatmat, shape, k: int, seed: int = 0, n_iter: int = 
     return U[:, :k], S[:k], Vh[:k].T
 
 
-def zscore_svd(X, mean: np.ndarray, scale: np.ndarray, k: int, seed: int = 0, n_iter: int = 7,
-               oversample: int = 20, device=None, dense_limit_gb: float = 1.0):
+def zscore_svd(X, mean: np.ndarray, scale: np.ndarray, k: int, seed: int = 0, n_iter: int = 12,
+               oversample: int = 100, device=None, dense_limit_gb: float = 1.0):
     r"""Top-``k`` SVD of :math:`Z = (X - 1\mu^\top) D^{-1}` without forming ``Z`` (``X`` stays sparse).
 
     Products as in :mod:`neuroage_utils.models.svd`: :math:`Zv = X(D^{-1}v) - 1(\mu^\top D^{-1} v)`.
     A sparse ``X`` that fits densely in ``dense_limit_gb`` is densified on the device (dense products
-    are several times faster than torch's sparse ones); larger ones stay CSR.
+    are several times faster than torch's sparse ones); larger ones stay CSR. The defaults (12 power
+    iterations, 100 extra columns) keep every singular value of a z-scored 10,000 x 2,000 expression
+    matrix within 0.4% of ARPACK's and the leading ones within 1e-6 (bench/bench_linalg.py).
     Returns numpy ``(singular_values, Vt)`` in float64, strongest first.
     """
     device = _device(device)
