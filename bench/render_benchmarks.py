@@ -34,7 +34,9 @@ def render(results_path: Path, page: Path) -> str:
     r = json.loads(Path(results_path).read_text())
     out += [f"Measured by `make bench` on {r['date_utc']} UTC, {r['machine']} (1-minute load average at the start:",
             f"{r['load_average_1min_at_start']}; other processes sharing the CPU make every time an upper bound).",
-            "Regenerate with `make bench`; this page is written from `bench/results.json`.", ""]
+            "Regenerate with `make bench`; this page is written from `bench/results.json`."
+            + (f" Items not rerun then keep their results of {r['previous_items_date_utc']} UTC."
+               if r.get("previous_items_date_utc") else ""), ""]
     vae = r.get("vae") or {}
     if vae:
         out += ["## Our Poisson VAE and scvi-tools' SCVI", "",
