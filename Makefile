@@ -14,6 +14,7 @@ help:
 	@echo "make smoke  a fast book on the smoke profile"
 	@echo "make clean  remove executed notebooks, results and the build"
 	@echo "make realdata  fetch the real-donor files (grnimmuneclock 1.2.0, checked by SHA-256) into data/"
+	@echo "make bench  benchmarks -> bench/results.json and book/benchmarks.md (BENCH_BOOK=1: + quick book)"
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,8 +40,18 @@ smoke: venv realdata
 test: venv realdata
 	$(PY) -m pytest
 
-bench: venv
-	$(PY) bench/bench_book.py --profile $(PROFILE)
+# `make bench`: bench/results.json and book/benchmarks.md (minutes); BENCH_BOOK=1 adds the quick book (~10 min).
+# scvi-tools is benchmark-only, in its own venv with torch pinned; if it cannot install, the bench says why.
+BENCH_BOOK ?=
+SCVI_VENV := bench/.venv-scvi
+bench: venv $(SCVI_VENV)/.installed
+	$(PY) bench/run_bench.py $(if $(BENCH_BOOK),--book)
+
+$(SCVI_VENV)/.installed: bench/requirements-scvi.txt bench/constraints-scvi.txt
+	( test -x $(SCVI_VENV)/bin/python || $(PYTHON) -m venv $(SCVI_VENV) ) > bench/scvi_install.log 2>&1 && \
+	$(SCVI_VENV)/bin/python -m pip install --quiet -r bench/requirements-scvi.txt -c bench/constraints-scvi.txt \
+		>> bench/scvi_install.log 2>&1 && touch $@ || \
+	echo "scvi-tools could not be installed (bench/scvi_install.log): make bench records that"
 
 clean:
 	rm -rf _build executed results .cache _toc.partial.yml

@@ -29,6 +29,8 @@ LAYERS = {
     "features": 2, "profiles": 2,
     "data": 3,
     "simulate": 4,
+    # torch linear algebra on any device (NMF by HALS, randomised SVD, batched elastic net): numpy/torch only
+    "device_linalg": 4.5,
     # models: torch modules, building blocks and likelihoods import no training code
     "models": 5, "models.blocks": 5, "models.likelihoods": 5, "models.linear": 5, "models.svd": 5,
     "models.nmf": 5.1, "models.networks": 6,

@@ -50,7 +50,7 @@ def test_every_chapter_writes_wellformed_results(smoke_build):
 def test_book_pages_and_figures_exist(smoke_build):
     out, _ = smoke_build
     html = out / "_build" / "html"
-    for page in ["book/intro", "book/methods", "book/references", "book/own_cohort", "executed/status", "executed/paper",
+    for page in ["book/intro", "book/methods", "book/references", "book/own_cohort", "book/benchmarks", "executed/status", "executed/paper",
                  *[f"executed/{s}" for s in profiles.SECTIONS]]:
         assert (html / f"{page}.html").exists(), page
     for section in profiles.SECTIONS:

@@ -120,6 +120,8 @@ def fit_nmf(
     transform: str = "raw",
     tol: float = 1e-4,
     dense_limit_gb: float = 1.0,
+    backend: str = "sklearn",
+    device: str | None = None,
 ) -> NMFModel:
     """Fit scikit-learn's NMF (default loss and solver) to non-negative training cells.
 
@@ -141,6 +143,10 @@ def fit_nmf(
         ``"raw"`` (factorise the values as given) or ``"log1p"`` (factorise ``log(1 + x)``).
     dense_limit_gb
         Densify a sparse input for speed when it fits in this many GB.
+    backend, device
+        ``"sklearn"`` (default: coordinate descent) or ``"torch"``: the same objective minimised by
+        accelerated HALS on ``device`` (:func:`neuroage_utils.device_linalg.nmf_hals`; NNDSVDa
+        start, ``init`` must be None). ``transform`` is scikit-learn's either way.
     """
     X = _prepare(X_train, transform, dense_limit_gb, "fit_nmf")
     if not 1 <= n_components <= min(X.shape):
@@ -150,7 +156,20 @@ def fit_nmf(
         )
     if (X.data if sp.issparse(X) else X).max(initial=0) <= 0:
         raise DataValidationError("fit_nmf: the matrix is all zeros: pass expression values")
+    if backend not in ("sklearn", "torch"):
+        raise DataValidationError(f"fit_nmf: unknown backend={backend!r}: use 'sklearn' or 'torch'")
     nmf = NMF(n_components=n_components, init=init, max_iter=max_iter, tol=tol, random_state=seed)
+    if backend == "torch":
+        from neuroage_utils.device_linalg import nmf_hals
+
+        if init is not None:
+            raise DataValidationError("fit_nmf: backend='torch' starts from NNDSVDa: leave init=None")
+        fit = nmf_hals(X, n_components, max_iter=max_iter, tol=tol, seed=seed, device=device)
+        # a fitted scikit-learn NMF holding the torch factors, so that NMFModel is unchanged
+        nmf.components_, nmf.n_components_ = fit["H"], n_components
+        nmf.reconstruction_err_, nmf.n_iter_, nmf.n_features_in_ = fit["reconstruction_err"], fit["n_iter"], X.shape[1]
+        return NMFModel(nmf=nmf, input_transform=transform, converged=fit["converged"],
+                        dense_limit_gb=dense_limit_gb)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         nmf.fit(X)

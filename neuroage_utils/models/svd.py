@@ -103,7 +103,8 @@ class SVDModel:
         return np.asarray(X @ weights.astype(X.dtype)) - offset.astype(X.dtype)
 
 
-def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True) -> SVDModel:
+def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True, backend: str = "arpack",
+            device: str | None = None) -> SVDModel:
     """Truncated SVD of the z-scored training cells (exact, via ARPACK; see the module notes).
 
     Parameters
@@ -118,6 +119,10 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True)
     scale
         Divide genes by their standard deviation (z-scoring, as in the paper); False gives plain
         PCA of the centred values, dominated by the most variable genes.
+    backend, device
+        ``"arpack"`` (default, exact) or ``"torch"``: randomised SVD with power iterations on
+        ``device`` (:func:`neuroage_utils.device_linalg.zscore_svd`; the leading components agree
+        with ARPACK, trailing ones of a flat spectrum less so).
     """
     X = as_matrix(X_train, "fit_svd")
     limit = min(X.shape) - 1
@@ -132,8 +137,15 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True)
     if not scale:
         scale_ = np.ones_like(scale_)
     total_variance = float((var / scale_**2).sum()) * X.shape[0]  # squared Frobenius norm of Z
-    v0 = np.random.default_rng(seed).uniform(-1, 1, min(X.shape)).astype(X.dtype)
-    _, s, vt = svds(_zscore_operator(X, mean, scale_), k=n_components, v0=v0)
+    if backend not in ("arpack", "torch"):
+        raise DataValidationError(f"fit_svd: unknown backend={backend!r}: use 'arpack' or 'torch'")
+    if backend == "torch":
+        from neuroage_utils.device_linalg import zscore_svd
+
+        s, vt = zscore_svd(X, mean, scale_, n_components, seed=seed, device=device)
+    else:
+        v0 = np.random.default_rng(seed).uniform(-1, 1, min(X.shape)).astype(X.dtype)
+        _, s, vt = svds(_zscore_operator(X, mean, scale_), k=n_components, v0=v0)
     order = np.argsort(s)[::-1]  # svds returns ascending singular values
     s, vt = s[order].astype(float), vt[order].astype(float)
     # deterministic signs: the largest-|loading| gene of each component is positive

@@ -1,0 +1,136 @@
+"""Render book/benchmarks.md from bench/results.json (or say that it is absent).
+
+    .venv/bin/python bench/render_benchmarks.py [bench/results.json] [book/benchmarks.md]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+def _f(x, digits=1):
+    if x is None:
+        return "-"
+    if isinstance(x, (int, float)):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def _err(d):
+    return d.get("error") if isinstance(d, dict) else "not run"
+
+
+def render(results_path: Path, page: Path) -> str:
+    out = ["# Benchmarks", ""]
+    if not Path(results_path).exists():
+        out += ["No benchmark results yet: `bench/results.json` is absent. Run `make bench` (a few minutes",
+                "on 2 cores; `make bench BENCH_BOOK=1` also times the quick book from scratch) to measure",
+                "and regenerate this page.", ""]
+        text = "\n".join(out)
+        page.write_text(text)
+        return text
+    r = json.loads(Path(results_path).read_text())
+    out += [f"Measured by `make bench` on {r['date_utc']} UTC, {r['machine']} (1-minute load average at the start:",
+            f"{r['load_average_1min_at_start']}; other processes sharing the CPU make every time an upper bound).",
+            "Regenerate with `make bench`; this page is written from `bench/results.json`."
+            + (f" Items not rerun then keep their results of {r['previous_items_date_utc']} UTC."
+               if r.get("previous_items_date_utc") else ""), ""]
+    vae = r.get("vae") or {}
+    if vae:
+        out += ["## Our Poisson VAE and scvi-tools' SCVI", "",
+                "Same shape: encoder and decoder 2 x 256, latent 100, Poisson likelihood, same batch size, 2 torch",
+                "threads, synthetic counts (10% non-zero) densified from CSR per batch; best timed epoch after a",
+                "warm-up. Achieved FLOP/s counts the Linear layers only; the matmul reference is a",
+                "batch x genes by genes x 256 product timed in the same process.", "",
+                "| genes | batch | ours, cells/s | SCVI, cells/s | ratio | ours, GFLOP/s | matmul, GFLOP/s | share of matmul |",
+                "|---|---|---|---|---|---|---|---|"]
+        for genes in (2000, 17658):
+            o, s = vae.get(f"ours_{genes}", {}), vae.get(f"scvi_{genes}", {})
+            out.append(f"| {genes:,} | {o.get('batch_size', '-')} | {_f(o.get('cells_per_s'), 0)} | "
+                       f"{_f(s.get('cells_per_s'), 0) if 'cells_per_s' in s else _err(s)} | "
+                       f"{_f(vae.get(f'ratio_{genes}'), 2)} | {_f(o.get('achieved_gflops'))} | "
+                       f"{_f(o.get('matmul_first_layer_gflops'))} | {_f(o.get('fraction_of_matmul'), 2)} |")
+        s = vae.get("scvi_2000", {})
+        if "tool" in s:
+            out += ["", f"SCVI: {s['tool']}, torch {s['torch']} (its own virtualenv, `bench/requirements-scvi.txt`)."]
+        out.append("")
+    lin = r.get("linalg") or {}
+    if "nmf" in lin:
+        n, sv, en = lin["nmf"], lin.get("svd", {}), lin.get("enet", {})
+        out += ["## Linear algebra: ours (torch) against scikit-learn", "",
+                f"Simulated counts, {lin['shape'][0]:,} cells x {lin['shape'][1]:,} genes "
+                f"({lin['density']:.0%} non-zero), device `{lin['device']}`, {lin['torch_threads']} threads.", "",
+                "| step | scikit-learn | ours | speed-up | agreement |", "|---|---|---|---|---|",
+                f"| NMF k={n['k']}, raw counts | coordinate descent, {n['sklearn_cd']['iterations']} it: "
+                f"{_f(n['sklearn_cd']['seconds'])} s, objective {_f(n['sklearn_cd']['objective'])} | accelerated HALS, "
+                f"{n['torch_hals']['iterations']} it: {_f(n['torch_hals']['seconds'])} s, objective "
+                f"{_f(n['torch_hals']['objective'])} | {_f(n['speedup'], 2)}x | objective ratio {n['objective_ratio']:.4f} |"]
+        if sv:
+            out.append(f"| SVD k={sv['k']}, z-scored log counts | ARPACK: {_f(sv['arpack_seconds'])} s | randomised, "
+                       f"12 power iterations: {_f(sv['torch_randomised_seconds'])} s | {_f(sv['speedup'], 2)}x | "
+                       f"top-10 singular values within {sv['max_rel_error_top10_singular_values']:.1e}, all within "
+                       f"{sv['max_rel_error_all_singular_values']:.1%}; top-10 subspace min cosine "
+                       f"{sv['min_cosine_top10_subspace']:.6f} |")
+        if en:
+            out.append(f"| elastic-net CV, {en['shape'][0]:,} x {en['shape'][1]} z-scores, 5 donor folds x 4 mixes x 20 "
+                       f"penalties | coordinate descent, 1 thread: {_f(en['sklearn_seconds_1_thread'])} s | batched FISTA "
+                       f"(float64): {_f(en['torch_fista_seconds'])} s | {_f(en['speedup'], 2)}x | same alpha and mix "
+                       f"{'yes' if abs(en['sklearn_alpha_l1'][0] / en['torch_alpha_l1'][0] - 1) < 1e-6 and en['sklearn_alpha_l1'][1] == en['torch_alpha_l1'][1] else 'NO'}; "
+                       f"best CV MSE {_f(en['best_cv_mse_sklearn'], 3)} vs {_f(en['best_cv_mse_torch'], 3)} |")
+        out += ["", "scikit-learn stays the default wherever it is faster on the CPU; the torch versions are for a GPU",
+                "(`fit_nmf(..., backend=\"torch\")`, `fit_svd(..., backend=\"torch\")`, "
+                "`device_linalg.elastic_net_cv`).", ""]
+    elif lin:
+        out += ["## Linear algebra", "", f"Not measured: {_err(lin)}", ""]
+    d = r.get("data_path") or {}
+    if d:
+        out += ["## Paper-scale data path", ""]
+        if "peak_rss_gb" in d:
+            out += [f"{d['cells']:,} cells x {d['genes']:,} genes ({d['nnz']:,} non-zeros; cell fraction "
+                    f"{d['cell_fraction']}): simulate {d['simulate_s']} s, read + validate + split "
+                    f"{d['load_validate_split_s']} s, normalise + scale {d['normalise_scale_s']} s; "
+                    f"**peak memory {d['peak_rss_gb']} GB** (budget 8 GB).", ""]
+        else:
+            out += [f"Not measured: {_err(d)}", ""]
+    b = r.get("book")
+    out += ["## Quick book from scratch", ""]
+    if b and "wall_s" in b and "error" not in b:
+        out += [f"{b['wall_s']:,.0f} s wall, peak {b['peak_rss_gb']} GB; notebooks: "
+                + ", ".join(f"{k} {v} s" for k, v in b["notebook_runtime_s"].items()), ""]
+    else:
+        out += ["Not measured in this run (`make bench BENCH_BOOK=1` times it; about 10 minutes)."
+                + (f" Error: {b['error']}" if b and "error" in b else ""), ""]
+    pp = r.get("paper_profile")
+    if pp:
+        g = pp["gpu"]
+        out += ["## Expected run times of the `paper` profile", "",
+                "Nothing below is a measured paper-profile run. **CPU (extrapolated)**: rates measured above on this",
+                "machine, scaled to 189,423 cells x 17,658 genes (models fit on about "
+                f"{pp['train_fraction']:.0%} of the cells, the training donors). **GPU (estimate)**: counted FLOPs or",
+                f"bytes divided by assumed rates of one {g['name']}: {g['fp32_flops'] / 1e12:.1f} TFLOP/s fp32,",
+                f"{g['bf16_flops'] / 1e12:.0f} TFLOP/s with bf16 autocast, sparse products at "
+                f"{g['spmm_bytes_per_s'] / 1e12:.2f} TB/s. Both omit validation passes, element-wise work and",
+                "evaluation, so both are lower bounds.", "",
+                "| chapter | work | TFLOP | CPU, s (extrapolated) | CPU basis | GPU, s (estimate) | GPU basis |",
+                "|---|---|---|---|---|---|---|"]
+        for row in pp["rows"]:
+            cpu = row["cpu_s_extrapolated"]
+            cpu_txt = "-" if cpu is None else (f"{cpu:,} ({cpu / 3600:,.1f} h)" if cpu > 3600 else f"{cpu:,}")
+            out.append(f"| {row['chapter']} | {row['work']} | {_f(row['tflop'])} | {cpu_txt} | {row['cpu_basis']} | "
+                       f"{_f(row['gpu_s_estimate'])} | {row['gpu_basis']} |")
+        out += ["", f"Total: CPU about {pp['cpu_total_s_extrapolated'] / 86400:,.1f} days (extrapolated); one GPU about "
+                f"{pp['gpu_total_s_estimate'] / 60:,.1f} min (estimate, bf16 for the networks; the VAE chapter alone "
+                f"would take about {pp['vae_chapter_gpu_s_estimate_fp32'] / 60:,.0f} min in fp32). The GPU figure assumes "
+                "the data stay on the device (no per-batch host copies) and will be replaced by measured times when a",
+                "GPU runs `make book PROFILE=paper`.", ""]
+    text = "\n".join(out)
+    page.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    render(Path(args[0]) if args else BENCH / "results.json",
+           Path(args[1]) if len(args) > 1 else BENCH.parent / "book" / "benchmarks.md")

@@ -1,0 +1,41 @@
+"""The benchmarks page renders with and without bench/results.json; paper estimates are consistent."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+from paper_estimates import estimate, vae_flops_per_cell  # noqa: E402
+from render_benchmarks import render  # noqa: E402
+
+
+def test_page_says_so_when_results_are_absent(tmp_path):
+    text = render(tmp_path / "missing.json", tmp_path / "page.md")
+    assert "bench/results.json` is absent" in text and "make bench" in text
+    assert (tmp_path / "page.md").read_text() == text
+
+
+def test_page_from_results_labels_extrapolations_and_estimates(tmp_path):
+    results = {"date_utc": "2026-01-01 00:00", "machine": "test", "load_average_1min_at_start": 0.0,
+               "vae": {"ours_17658": {"achieved_gflops": 50.0, "cells_per_s": 100.0, "batch_size": 4096}}}
+    results["paper_profile"] = estimate(results)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    text = render(path, tmp_path / "page.md")
+    assert "CPU, s (extrapolated)" in text and "GPU, s (estimate)" in text
+    rows = {r["chapter"]: r for r in results["paper_profile"]["rows"]}
+    # CPU time of the VAE chapter is its FLOPs at the measured rate
+    assert rows["vae"]["cpu_s_extrapolated"] == pytest.approx(rows["vae"]["tflop"] * 1e12 / 50e9, rel=1e-2)
+    assert set(rows) == {"data", "svd", "baselines", "nmf", "vae", "dae"}
+
+
+def test_vae_flop_count_matches_a_hand_count():
+    flops = vae_flops_per_cell([8], 3, genes=10, age_hidden=(2,))
+    # AgeVAE's Linear layers: encoder 10x8 (first: no input gradient), 8x3; mu and var heads 3x3;
+    # decoder 3x3, 3x8, 8x8, 8x10; age head 3x2, 2x1
+    weights = [10 * 8, 8 * 3, 3 * 3, 3 * 3, 3 * 3, 3 * 8, 8 * 8, 8 * 10, 3 * 2, 2 * 1]
+    assert flops == 6 * sum(weights) - 2 * weights[0]
