@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import evaluate
 from .data import subsample_cells
 from .errors import DataValidationError
 from .features import log_normalize
@@ -287,13 +288,6 @@ def _donor_errors(predictions: pd.DataFrame, model: str) -> pd.Series:
     return (sub["predicted"] - sub["age"]).abs().groupby(sub["donor_id"]).mean()
 
 
-def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    boots = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
 def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed: int = 0) -> dict:
     """``{model: {mae, mae_ci95, folds, repeats, n_donors, mae_repeats, r, predictions}}``.
 
@@ -312,7 +306,7 @@ def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed
             r = float(np.corrcoef(mean_pred["age"], mean_pred["predicted"])[0, 1])
         out[model] = {
             "mae": float(errors.mean()),
-            "mae_ci95": list(_bootstrap_mean(errors.to_numpy(), n_boot, seed)),
+            "mae_ci95": evaluate.bootstrap_mean_ci(errors.to_numpy(), n_boot=n_boot, seed=seed),
             "folds": int(params["folds"]),
             "repeats": int(params["repeats"]),
             "n_donors": int(len(errors)),
@@ -329,13 +323,10 @@ def paired_cv_difference(predictions: pd.DataFrame, model_a: str, model_b: str, 
     """CV MAE of a minus that of b on the same donors (per-donor errors averaged over repeats), with a
     paired bootstrap 95% interval; negative means a is better."""
     ea, eb = _donor_errors(predictions, model_a), _donor_errors(predictions, model_b)
-    shared = ea.index.intersection(eb.index)
-    if not len(shared):
+    if not len(ea.index.intersection(eb.index)):
         raise ValueError(f"{model_a} and {model_b} share no donor")
-    diff = (ea.loc[shared] - eb.loc[shared]).to_numpy()
-    lo, hi = _bootstrap_mean(diff, n_boot, seed)
-    return {"a": model_a, "b": model_b, "difference": float(diff.mean()), "ci95": [lo, hi],
-            "n_donors": int(len(shared)), "excludes_zero": bool(lo > 0 or hi < 0)}
+    return {"a": model_a, "b": model_b,
+            **evaluate.paired_error_difference(ea.to_dict(), eb.to_dict(), n_boot=n_boot, seed=seed)}
 
 
 def cv_comparisons(predictions: pd.DataFrame, references=("null", "elastic_net"), n_boot: int = 2000,

@@ -72,21 +72,34 @@ def donor_metrics(table: pd.DataFrame) -> dict:
     }
 
 
-def bootstrap_mae_ci(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap interval of the donor-level MAE, resampling donors with replacement.
+def bootstrap_mean_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the mean of per-donor ``values`` (errors, or paired
+    differences of errors), resampling donors with replacement.
 
     Donors, not cells, are the unit: resampling cells would pretend we have 10^5 independent
     observations when we have a handful of people.
     """
-    err = np.abs(table["predicted"].to_numpy() - table["age"].to_numpy())
-    if len(err) == 0:
-        raise ValueError("bootstrap_mae_ci: no donors to resample")
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        raise ValueError("bootstrap: no donors to resample")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(err), size=(n_boot, len(err)))
-    means = err[idx].mean(axis=1)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [tail, 1.0 - tail])
     return [float(lo), float(hi)]
+
+
+def bootstrap_mae_ci(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval of the donor-level MAE of a :func:`donor_table`."""
+    err = np.abs(table["predicted"].to_numpy() - table["age"].to_numpy())
+    return bootstrap_mean_ci(err, n_boot=n_boot, seed=seed, level=level)
+
+
+def pearson_or_none(x, y) -> float | None:
+    """Pearson r, or None where it is undefined (a constant prediction), as the results contract has it."""
+    r = _pearson(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    return None if np.isnan(r) else r
 
 
 def model_entry(table: pd.DataFrame, split: str, seed: int = 0, **extra) -> dict:
@@ -136,25 +149,29 @@ def table_from_donor_predictions(predicted: pd.Series, donors: pd.DataFrame) -> 
     return donor_table(predicted.to_numpy(), ids, ages.loc[ids].to_numpy())
 
 
-def paired_difference(entry_a: dict, entry_b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
-    """MAE of model a minus MAE of model b on the donors both scored, with a paired bootstrap 95%
-    interval (donors resampled together, so the shared difficulty of a donor cancels out).
+def paired_error_difference(errors_a, errors_b, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of a's per-donor error minus b's on the donors both have (mappings donor -> error), with a
+    paired bootstrap 95% interval (donors resampled together, so a donor's shared difficulty cancels).
 
     Negative means a is better. ``excludes_zero`` says whether the interval excludes 0.
     """
-    def errors(entry):
-        return {p["donor_id"]: abs(p["predicted"] - p["age"]) for p in entry["predictions"]}
-
-    ea, eb = errors(entry_a), errors(entry_b)
-    shared = sorted(set(ea) & set(eb))
+    shared = sorted(set(errors_a) & set(errors_b))
     if not shared:
-        raise ValueError("paired_difference: the two models share no donor")
-    diff = np.array([ea[d] - eb[d] for d in shared])
-    rng = np.random.default_rng(seed)
-    boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return {"difference": float(diff.mean()), "ci95": [float(lo), float(hi)], "n_donors": len(shared),
+        raise ValueError("paired difference: the two models share no donor")
+    diff = np.array([errors_a[d] - errors_b[d] for d in shared])
+    lo, hi = bootstrap_mean_ci(diff, n_boot=n_boot, seed=seed)
+    return {"difference": float(diff.mean()), "ci95": [lo, hi], "n_donors": len(shared),
             "excludes_zero": bool(lo > 0 or hi < 0)}
+
+
+def paired_difference(entry_a: dict, entry_b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    """MAE of model a minus MAE of model b (results entries) on the donors both scored, with a paired
+    bootstrap 95% interval (:func:`paired_error_difference`). Negative means a is better.
+    """
+    def errors(entry):
+        return {p["donor_id"]: p.get("abs_error", abs(p["predicted"] - p["age"])) for p in entry["predictions"]}
+
+    return paired_error_difference(errors(entry_a), errors(entry_b), n_boot=n_boot, seed=seed)
 
 
 def describe_difference(name_a: str, name_b: str, comparison: dict) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import evaluate
 from .errors import DataValidationError
 
 __all__ = [
@@ -434,20 +435,6 @@ def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) 
 # --------------------------------------------------------------------------------------------------
 
 
-def _pearson(x, y):
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 2 or np.allclose(x, x[0]) or np.allclose(y, y[0]):
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def _bootstrap(errors: np.ndarray, seed: int, n_boot: int = 2000) -> list[float]:
-    rng = np.random.default_rng(seed)
-    means = errors[rng.integers(0, len(errors), size=(n_boot, len(errors)))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return [float(lo), float(hi)]
-
-
 def score(donors, ages, predicted: np.ndarray, split: str, seed: int = 0, **extra) -> dict:
     """A results entry. ``predicted`` is donors x repeats (one out-of-fold prediction per repeat):
     a donor's error is its mean absolute error over repeats, the MAE the mean over donors, and the
@@ -461,8 +448,8 @@ def score(donors, ages, predicted: np.ndarray, split: str, seed: int = 0, **extr
     errors = np.abs(predicted - ages[:, None]).mean(axis=1)
     mean_pred = predicted.mean(axis=1)
     entry = {
-        "split": split, "mae": float(errors.mean()), "r": _pearson(mean_pred, ages),
-        "mae_ci95": _bootstrap(errors, seed), "n_donors": int(len(ages)),
+        "split": split, "mae": float(errors.mean()), "r": evaluate.pearson_or_none(mean_pred, ages),
+        "mae_ci95": evaluate.bootstrap_mean_ci(errors, seed=seed), "n_donors": int(len(ages)),
         "predictions": [{"donor_id": str(d), "age": float(a), "predicted": float(p), "abs_error": float(e)}
                         for d, a, p, e in zip(donors, ages, mean_pred, errors)],
     }
@@ -470,16 +457,6 @@ def score(donors, ages, predicted: np.ndarray, split: str, seed: int = 0, **extr
         entry["mae_per_repeat"] = [float(v) for v in np.abs(predicted - ages[:, None]).mean(axis=0)]
     entry.update(extra)
     return entry
-
-
-def _paired(entry_a: dict, entry_b: dict, seed: int) -> dict:
-    ea = {p["donor_id"]: p["abs_error"] for p in entry_a["predictions"]}
-    eb = {p["donor_id"]: p["abs_error"] for p in entry_b["predictions"]}
-    shared = sorted(set(ea) & set(eb))
-    diff = np.array([ea[d] - eb[d] for d in shared])
-    lo, hi = _bootstrap(diff, seed)
-    return {"difference": float(diff.mean()), "ci95": [lo, hi], "n_donors": len(shared),
-            "excludes_zero": bool(lo > 0 or hi < 0)}
 
 
 def _task(key, P, X, y, donors, train, test, seed, device, single_thread):
@@ -688,7 +665,7 @@ def findings(models: dict, seed: int = 0) -> str:
             if not ours or "null" not in group:
                 continue
             best = min(ours, key=lambda k: ours[k]["mae"])
-            cmp = _paired(ours[best], group["null"], seed)
+            cmp = evaluate.paired_difference(ours[best], group["null"], seed=seed)
             verdict = ("the interval excludes zero" if cmp["excludes_zero"]
                        else "the interval includes zero: not distinguishable from the null")
             lines.append(
@@ -698,7 +675,7 @@ def findings(models: dict, seed: int = 0) -> str:
                 f"paired difference {cmp['difference']:+.2f} years ({cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}), {verdict}.")
             if "published_clock" in group:
                 pc = group["published_clock"]
-                c2 = _paired(ours[best], pc, seed)
+                c2 = evaluate.paired_difference(ours[best], pc, seed=seed)
                 side = "lower" if c2["difference"] < 0 else "higher"
                 lines.append(
                     f"  The published clock on the same donors: {pc['mae']:.2f} years ({_ci(pc)}); our best is "
