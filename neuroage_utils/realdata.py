@@ -731,7 +731,7 @@ def page_summary(rd: RealData, P: dict, profile: str) -> str:
            if P.get("max_donors") else "")
     return (f"This page ran on **real human donors, not the book's cohort**: the held-out pseudobulk T-cell profiles "
             f"shipped in `{PACKAGE_SPEC}` (MIT licence), {' and '.join(parts)}; one row per donor, values "
-            f"log1p(CPM), ages in years, datasets {', '.join(f'`{d}`' for d in datasets)}; files in `{rd.folder}`, "
+            f"log1p(CPM), ages in years, datasets {', '.join(f'`{d}`' for d in datasets)}; files from `{Path(rd.folder).name}/`, "
             f"{check}. Profile `{profile}`{sub}.")
 
 
