@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 
 from ..errors import DataValidationError
 
-__all__ = ["resolve_device", "device_label"]
+__all__ = ["resolve_device", "device_label", "make_deterministic", "autocast", "amp_active"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -46,3 +49,28 @@ def device_label(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(device)
+
+
+def make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels where torch has them, on CUDA: ``use_deterministic_algorithms(True,
+    warn_only=True)`` (an op without a deterministic kernel warns instead of failing), cuDNN
+    autotuning off, and the cuBLAS workspace setting that deterministic matrix products need (it only
+    takes effect if set before cuBLAS starts, so it is set here, before the first product). A no-op
+    on the CPU, whose kernels already are."""
+    if torch.device(device).type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def amp_active(amp: bool, device: torch.device) -> bool:
+    """Mixed precision runs only where asked for and on CUDA (bf16 autocast on a CPU is slower)."""
+    return bool(amp) and torch.device(device).type == "cuda"
+
+
+def autocast(amp: bool, device: torch.device):
+    """bf16 autocast on CUDA when ``amp``; otherwise a context that changes nothing."""
+    if not amp_active(amp, device):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
