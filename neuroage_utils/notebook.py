@@ -367,6 +367,10 @@ class Chapter:
     def finish(self, extra: dict | None = None, **extra_params) -> Path:
         """Write ``results/<section>.json`` (atomically) and return its path; ``extra`` holds
         top-level keys beyond the usual ones (the summary's ``cv`` and ``leaderboard``)."""
+        if "linalg_backend" in self.params and "linalg_backend_used" not in self.extra_params:
+            from .device_linalg import choose_backend  # what the NMF / SVD fits of this chapter ran on
+
+            self.record(linalg_backend_used=choose_backend(self.params["linalg_backend"], self.device))
         params = {
             **self.params,
             **self.extra_params,

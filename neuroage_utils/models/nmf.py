@@ -76,8 +76,9 @@ class NMFModel:
         ``"raw"`` or ``"log1p"``: applied to any matrix given to :meth:`transform`.
     converged
         False when the solver stopped at ``max_iter`` before reaching ``tol``.
-    backend
-        The solver that fitted it: ``"sklearn"`` (coordinate descent) or ``"torch"`` (HALS).
+    backend, device
+        The solver that fitted it: ``"sklearn"`` (coordinate descent) or ``"torch"`` (HALS on
+        ``device``, which then also computes :meth:`transform`).
     """
 
     nmf: NMF
@@ -85,6 +86,7 @@ class NMFModel:
     converged: bool = True
     dense_limit_gb: float = 1.0
     backend: str = "sklearn"
+    device: object = None
 
     @property
     def n_components(self) -> int:
@@ -108,6 +110,11 @@ class NMFModel:
                 f"the NMF was fitted on {self.components_.shape[1]} genes but X has {X.shape[1]}: "
                 "pass the same genes, in the same order"
             )
+        if self.backend == "torch":  # usages by HALS with H fixed, on the fit's device
+            from neuroage_utils.device_linalg import nmf_transform
+
+            return nmf_transform(X, self.components_, max_iter=self.nmf.max_iter, tol=self.nmf.tol,
+                                 device=self.device)
         with warnings.catch_warnings():
             # transform re-runs the solver for W; hitting max_iter there is expected and harmless
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -177,7 +184,7 @@ def fit_nmf(
         nmf.components_, nmf.n_components_ = fit["H"], n_components
         nmf.reconstruction_err_, nmf.n_iter_, nmf.n_features_in_ = fit["reconstruction_err"], fit["n_iter"], X.shape[1]
         return NMFModel(nmf=nmf, input_transform=transform, converged=fit["converged"],
-                        dense_limit_gb=dense_limit_gb, backend="torch")
+                        dense_limit_gb=dense_limit_gb, backend="torch", device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         nmf.fit(X)
