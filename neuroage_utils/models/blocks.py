@@ -38,17 +38,17 @@ class InputTransform(nn.Module):
         self.register_buffer("inv_scale", torch.ones(self.n_features))
         self.register_buffer("noise_std", torch.tensor(float(noise_std)))
         self.register_buffer("scaled", torch.tensor(False))  # skip the z-score ops until set_scaling
-        self._sync_flags()
-
-    def _sync_flags(self) -> None:
         # Python mirrors of the two buffers that steer control flow: reading a CUDA buffer per batch
-        # (``float(self.noise_std)``) would make the host wait for the device at every batch.
-        self._noise_on = float(self.noise_std) > 0
-        self._is_scaled = bool(self.scaled)
+        # (``float(self.noise_std)``) would make the host wait for the device at every batch. Set from
+        # Python values (the buffers may live on the meta device, e.g. when FLOPs are counted).
+        self._noise_on = float(noise_std) > 0
+        self._is_scaled = False
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._sync_flags()  # a loaded checkpoint brings its own buffers
+        # a loaded checkpoint brings its own buffers: one read at load time, never per batch
+        self._noise_on = float(self.noise_std) > 0
+        self._is_scaled = bool(self.scaled)
 
     def set_scaling(self, mean, scale) -> None:
         """Set the z-scoring statistics (per feature, fitted on training rows)."""
@@ -63,13 +63,13 @@ class InputTransform(nn.Module):
         self.mean.copy_(mean)
         self.inv_scale.copy_(1.0 / scale)
         self.scaled.fill_(True)
-        self._sync_flags()
+        self._is_scaled = True
 
     def set_noise_std(self, value: float) -> None:
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"noise standard deviation must be finite and >= 0, got {value}")
         self.noise_std.fill_(float(value))
-        self._sync_flags()
+        self._noise_on = float(value) > 0
 
     def unscaled(self, x: torch.Tensor) -> torch.Tensor:
         """Steps 1-2 only (what the z-scoring statistics are fitted on)."""
