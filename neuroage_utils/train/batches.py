@@ -74,8 +74,26 @@ def densify_rows(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, idx: 
     values = torch.where(valid, val[pos], torch.zeros((), dtype=val.dtype, device=val.device))
     out = torch.zeros(idx.shape[0], n_cols, dtype=val.dtype, device=val.device)
     if max_row_nnz:
-        out.scatter_add_(1, col[pos].long(), values)
+        with _exact_by_construction():
+            out.scatter_add_(1, col[pos].long(), values)
     return out
+
+
+class _exact_by_construction:
+    """Lift ``torch.use_deterministic_algorithms`` around one op whose result cannot depend on the order
+    of its atomic adds (each target gets one value plus exact zeros), so the slower deterministic CUDA
+    kernel (or, in older torch, a warning per batch) buys nothing here."""
+
+    def __enter__(self):
+        self._state = (torch.are_deterministic_algorithms_enabled(),
+                       torch.is_deterministic_algorithms_warn_only_enabled())
+        if self._state[0]:
+            torch.use_deterministic_algorithms(False)
+
+    def __exit__(self, *exc):
+        if self._state[0]:
+            torch.use_deterministic_algorithms(True, warn_only=self._state[1])
+        return False
 
 
 def as_float32_matrix(X):

@@ -23,7 +23,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         device = str(device)
     name = str(device).strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name.startswith("cuda"):
@@ -32,6 +32,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
                 f"device '{device}' was requested but this torch build sees no CUDA GPU: "
                 "use device='cpu' or device='auto' (--device auto)"
             )
+        # Deterministic cuBLAS products need this before cuBLAS starts (the first product of the
+        # process, e.g. an SVD before any training): set here, where every CUDA run passes first.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         resolved = torch.device(name)
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise DataValidationError(
