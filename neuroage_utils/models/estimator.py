@@ -9,8 +9,8 @@ from torch import nn
 from ..checks import cell_ages, donor_ages, donor_ids
 from ..errors import DataValidationError
 from ..train import DEFAULT_MAX_DENSE_BYTES, CellBatches, Validation, fit, predict_batches, resolve_device
-from ..train.device import amp_active
 from ..train.batches import as_float32_matrix, check_finite_matrix
+from ..train.device import amp_active
 
 __all__ = ["TorchAgeRegressor"]
 
