@@ -22,6 +22,30 @@ def _err(d):
     return d.get("error") if isinstance(d, dict) else "not run"
 
 
+#: How to run the paper profile on a GPU and what its results record (the same on every rendering).
+GPU_RUN = [
+    "## Running the `paper` profile on a GPU", "",
+    "```bash",
+    "make book PROFILE=paper RUN_ARGS=\"--device cuda\"        # or:",
+    ".venv/bin/python -m neuroage_utils.run --profile paper --device cuda   # add --no-amp for float32 throughout",
+    "```", "",
+    "`--device cuda` is honoured by every chapter; on a machine without CUDA the run stops at once with a",
+    "one-line error (exit 2). On the GPU:", "",
+    "- **torch models** (MLPs, VAEs): the count matrix goes to the GPU once, as CSR when it does not fit dense",
+    "  (checked against `torch.cuda.mem_get_info`, keeping half the free memory for the model), and each batch is",
+    "  densified there; the shuffle is one permutation per epoch; no step waits for the host between batches;",
+    "  bf16 autocast (`amp`, on in the `paper` profile, off with `--no-amp`; never on a CPU) with the",
+    "  likelihoods and KL in float32; fused Adam; deterministic kernels where torch has them.",
+    "- **NMF and SVD** (their chapters, the summary's cross-validation, the real-donor models): the torch",
+    "  versions above (`linalg_backend: \"auto\"`).",
+    "- **Elastic nets** stay on scikit-learn: the batched device version holds one genes x genes Gram matrix per",
+    "  fold and mixing ratio (about 50 GB in float64 at 17,658 genes), so it is used only where it is benchmarked.", "",
+    "Every `results/<section>.json` records under `params` the device that ran (`cuda:0 (<GPU name>)`), `amp`",
+    "(whether bf16 autocast ran) and `amp_requested`, and for the chapters with a factorisation",
+    "`linalg_backend_used`; the status page lists the device per page.", "",
+]
+
+
 def render(results_path: Path, page: Path) -> str:
     out = ["# Benchmarks", ""]
     if not Path(results_path).exists():
@@ -81,7 +105,8 @@ def render(results_path: Path, page: Path) -> str:
                        f"best CV MSE {_f(en['best_cv_mse_sklearn'], 3)} vs {_f(en['best_cv_mse_torch'], 3)} |")
         out += ["", "scikit-learn stays the default wherever it is faster on the CPU; the torch versions are for a GPU",
                 "(`fit_nmf(..., backend=\"torch\")`, `fit_svd(..., backend=\"torch\")`, "
-                "`device_linalg.elastic_net_cv`).", ""]
+                "`device_linalg.elastic_net_cv`). The chapters choose with the profile option `linalg_backend`",
+                "(`\"auto\"`: torch on CUDA, scikit-learn / ARPACK on a CPU, so CPU results do not change).", ""]
     elif lin:
         out += ["## Linear algebra", "", f"Not measured: {_err(lin)}", ""]
     d = r.get("data_path") or {}
@@ -125,6 +150,7 @@ def render(results_path: Path, page: Path) -> str:
                 f"would take about {pp['vae_chapter_gpu_s_estimate_fp32'] / 60:,.0f} min in fp32). The GPU figure assumes "
                 "the data stay on the device (no per-batch host copies) and will be replaced by measured times when a",
                 "GPU runs `make book PROFILE=paper`.", ""]
+    out += GPU_RUN
     text = "\n".join(out)
     page.write_text(text)
     return text

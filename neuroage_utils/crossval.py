@@ -163,17 +163,23 @@ def recipe_svd_ridge(data, train, test, P, seed, device):
 
     cells = _fit_cells(data, train, P, seed)
     k = int(min(P["svd_k"], min(int(cells.sum()), data.X_norm.shape[1]) - 2))
-    svd = fit_svd(data.X_norm[cells], n_components=max(k, 1), seed=seed)
+    svd = fit_svd(data.X_norm[cells], n_components=max(k, 1), seed=seed, **_linalg(P, device))
     used = data.cells(np.concatenate([train, test]))
     return probe_scores(svd.transform(data.X_norm[used]), data.donors[used], data.ages[used], train, test,
                         kind="ridge", n_alphas=P["probe_alphas"], n_splits=_inner(train, P), seed=seed)
+
+
+def _linalg(P, device) -> dict:
+    """NMF / SVD solver of the recipes: the profile's ``linalg_backend`` ("auto": torch on CUDA,
+    scikit-learn / ARPACK on a CPU) on the run's device."""
+    return {"backend": P.get("linalg_backend", "auto"), "device": device}
 
 
 def _mlp(P, seed, device):
     from .models.mlp import MLPRegressor
 
     return MLPRegressor(hidden=P["mlp_hidden"], epochs=P["mlp_epochs"], batch_size=P["batch_size"], dropout=0.4,
-                        device=device, seed=seed, progress=False)
+                        device=device, seed=seed, progress=False, amp=P.get("amp", False))
 
 
 def recipe_mlp(data, train, test, P, seed, device):
@@ -187,7 +193,8 @@ def recipe_nmf_mlp(data, train, test, P, seed, device):
 
     cells, held = _fit_cells(data, train, P, seed), data.cells(test)
     k = int(min(P["nmf_k"], data.X.shape[1] - 1, int(cells.sum()) - 1))
-    nmf = fit_nmf(data.X[cells], n_components=k, seed=seed, max_iter=P["nmf_iter"])  # raw input, as the paper
+    nmf = fit_nmf(data.X[cells], n_components=k, seed=seed, max_iter=P["nmf_iter"],  # raw input, as the paper
+                  **_linalg(P, device))
     model = _mlp(P, seed, device).fit(nmf.transform(data.X[cells]), data.ages[cells], donors=data.donors[cells])
     return _donor_mean(model.predict(nmf.transform(data.X[held])), data.donors[held])
 
@@ -200,7 +207,7 @@ def vae_clock_from_params(P, seed, device):
                           batch_size=P["batch_size"], max_cells=V["max_cells"], probe="elastic_net",
                           probe_alphas=P["probe_alphas"], probe_splits=P.get("inner_splits", 5),
                           kl_cycle={"zero_epochs": 1, "rise_epochs": max(1, V["epochs"] // 3), "hold_epochs": V["epochs"]},
-                          T_0=max(2, V["epochs"]), device=device, seed=seed)
+                          T_0=max(2, V["epochs"]), device=device, seed=seed, amp=P.get("amp", False))
 
 
 def recipe_vae_clock(data, train, test, P, seed, device):

@@ -35,7 +35,12 @@ __all__ = [
     "zscore_svd",
     "enet_path_gram",
     "elastic_net_cv",
+    "choose_backend",
+    "LINALG_BACKENDS",
 ]
+
+#: What a profile's ``linalg_backend`` may say.
+LINALG_BACKENDS = ("auto", "sklearn", "torch")
 
 _EPS = 1e-10
 
@@ -44,6 +49,22 @@ def _device(device) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def choose_backend(choice: str, device=None) -> str:
+    """``"torch"`` or ``"sklearn"`` for a factorisation on ``device``.
+
+    ``"auto"`` takes the torch version on CUDA, where it is the faster one, and scikit-learn's (the
+    reference; ARPACK for the SVD) on a CPU, so that CPU results do not depend on this module;
+    ``"sklearn"`` and ``"torch"`` force one.
+    """
+    if choice not in LINALG_BACKENDS:
+        from .errors import DataValidationError
+
+        raise DataValidationError(f"unknown linalg_backend {choice!r}: use one of {', '.join(LINALG_BACKENDS)}")
+    if choice != "auto":
+        return choice
+    return "torch" if _device(device).type == "cuda" else "sklearn"
 
 
 def to_device_matrix(X, device=None, dtype=torch.float32, dense: bool | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ import pandas as pd
 from . import evaluate, paper, profiles, results
 from .data import Cohort, file_sha256, load_cohort
 from .simulate import ensure_simulated
-from .train.device import device_label, resolve_device
+from .train.device import amp_active, device_label, resolve_device
 
 __all__ = ["Chapter", "glue", "default_out_dir"]
 
@@ -41,6 +41,9 @@ def glue(name: str, value, display: bool = False) -> None:
 
 #: The papermill parameters every chapter notebook declares (its first code cell).
 PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", "out_dir", "allow_non_counts")
+#: Optional papermill parameters a notebook need not declare (the runner passes them only when set):
+#: ``amp`` (None: the profile's setting; False turns bf16 autocast off).
+OPTIONAL_PARAMETERS = ("amp",)
 
 
 class Chapter:
@@ -53,7 +56,7 @@ class Chapter:
         from . import plots
 
         plots.set_style()
-        params = {name: namespace[name] for name in PARAMETERS if name in namespace}
+        params = {name: namespace[name] for name in PARAMETERS + OPTIONAL_PARAMETERS if name in namespace}
         params["out_dir"] = params.get("out_dir") or None
         return cls(section, **params)
 
@@ -68,6 +71,7 @@ class Chapter:
         age_key: str = "age",
         out_dir: str | None = None,
         allow_non_counts: bool = False,
+        amp: bool | None = None,
     ):
         self.started = time.perf_counter()
         self.section = section
@@ -80,6 +84,12 @@ class Chapter:
         self.device_label = device_label(self.device)
         self.out_dir = Path(out_dir) if out_dir else default_out_dir()
         self.params = profiles.section_params(profile, section)
+        # bf16 autocast of this chapter's torch models: the profile's setting unless the run turns it
+        # off; it only ever runs on CUDA, and the results file records whether it ran.
+        self.amp_requested = bool(self.params.get("amp", False)) if amp is None else bool(amp)
+        self.amp = amp_active(self.amp_requested, self.device)
+        if "amp" in self.params:  # what the chapter's recipes read (e.g. the summary's CV)
+            self.params["amp"] = self.amp_requested
         if data_path:
             path = Path(data_path)
         else:
@@ -188,8 +198,20 @@ class Chapter:
                    "batch_size": P["batch_size"], "device": self.device, "seed": self.seed}
         if "dropout" in P:
             options["dropout"] = P["dropout"]
+        if self.amp:
+            options["amp"] = True
         options.update(overrides)
         return MLPRegressor(**options)
+
+    def linalg(self) -> dict:
+        """Keyword arguments of ``fit_nmf`` / ``fit_svd`` for this chapter: the profile's
+        ``linalg_backend`` resolved on the chapter's device (``"auto"``: torch on CUDA, scikit-learn /
+        ARPACK on a CPU), recorded in the results file as ``linalg_backend_used``."""
+        from .device_linalg import choose_backend
+
+        backend = choose_backend(self.params.get("linalg_backend", "auto"), self.device)
+        self.record(linalg_backend_used=backend)
+        return {"backend": backend, "device": self.device}
 
     def seen_fit(self, key: str, X, splits=("train", "val")) -> dict:
         """How fitted model ``key`` does on the donors it was trained on: their donor MAE, and the
@@ -217,7 +239,7 @@ class Chapter:
             lr=P["lr"], batch_size=P["batch_size"], kl_schedule="cyclical", kl_cycle=P["kl_cycle"],
             lr_schedule="cosine_warm_restarts", T_0=P["t0"], log_normalize=self.cohort.is_counts,
             device=self.device, seed=self.seed, checkpoint_path=self.checkpoint(key),
-            checkpoint_every=P["checkpoint_every"], **extra,
+            checkpoint_every=P["checkpoint_every"], **({"amp": True} if self.amp else {}), **extra,
         )
 
     def training_settings(self) -> pd.DataFrame:
@@ -345,6 +367,10 @@ class Chapter:
     def finish(self, extra: dict | None = None, **extra_params) -> Path:
         """Write ``results/<section>.json`` (atomically) and return its path; ``extra`` holds
         top-level keys beyond the usual ones (the summary's ``cv`` and ``leaderboard``)."""
+        if "linalg_backend" in self.params and "linalg_backend_used" not in self.extra_params:
+            from .device_linalg import choose_backend  # what the NMF / SVD fits of this chapter ran on
+
+            self.record(linalg_backend_used=choose_backend(self.params["linalg_backend"], self.device))
         params = {
             **self.params,
             **self.extra_params,
@@ -352,6 +378,8 @@ class Chapter:
             "seed": self.seed,
             "device": self.device_label,
             "device_requested": self.device_request,
+            "amp": self.amp,  # bf16 autocast ran (CUDA only); the profile's request is amp_requested
+            "amp_requested": self.amp_requested,
             "donor_key": self.cohort.donor_key,
             "age_key": self.cohort.age_key,
             "split_source": self.cohort.split_source,

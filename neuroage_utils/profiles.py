@@ -65,18 +65,23 @@ class Profile:
     checkpoint_every: int
     kl_cycle: tuple = tuple(paper.TRAINING["kl_cycle"].values())  # epochs at 0 / rising / at 1
     t0: int = paper.TRAINING["t0"]
+    # the device path: bf16 autocast of the torch models (applies on CUDA only; off on a CPU), and the
+    # NMF / SVD solvers ("auto": torch on CUDA, scikit-learn / ARPACK on a CPU)
+    amp: bool = False
+    linalg_backend: str = "auto"
 
     def sections(self) -> dict:
         """Every section's parameters under this profile, as plain data."""
         kl = dict(zip(("zero_epochs", "rise_epochs", "hold_epochs"), self.kl_cycle))
         lr = paper.TRAINING["lr"]
         vae = {"batch_size": self.batch_size, "lr": lr, "t0": self.t0, "kl_cycle": kl,
-               "checkpoint_every": self.checkpoint_every}
+               "checkpoint_every": self.checkpoint_every, "amp": self.amp}
         return {
             "simulate": {"cell_fraction": self.cell_fraction, "n_genes": self.n_genes,
                          "min_cells_per_donor": self.min_cells_per_donor},
             "data": {},
-            "svd": {"n_components": self.svd_components, "max_cells_plot": 20_000, "ridge_alphas": _RIDGE_ALPHAS},
+            "svd": {"n_components": self.svd_components, "max_cells_plot": 20_000, "ridge_alphas": _RIDGE_ALPHAS,
+                    "linalg_backend": self.linalg_backend},
             "baselines": {
                 "elastic_net": {"n_alphas": self.enet_n_alphas, "l1_ratios": list(self.enet_l1_ratios), "n_splits": 5,
                                 "max_cells": self.max_cells_fit},
@@ -87,6 +92,7 @@ class Profile:
                 "batch_size": self.batch_size,
                 "dropout": paper.TRAINING["mlp_dropout"],
                 "early_stopping": None,
+                "amp": self.amp,
             },
             "nmf": {
                 "input": "raw",  # the paper factorises raw counts; "log1p" uses log-normalised counts
@@ -95,6 +101,8 @@ class Profile:
                 "mlp": {"hidden": [max(4, int(round(5000 * self.mlp_width_scale)))] * 3, "lr": lr},
                 "mlp_epochs": self.mlp_epochs,
                 "batch_size": self.batch_size,
+                "amp": self.amp,
+                "linalg_backend": self.linalg_backend,
             },
             "vae": {
                 "gaussian_grid": _scaled(paper.GAUSSIAN_VAE_GRID, width=self.vae_width_scale,
@@ -128,7 +136,7 @@ SETTINGS = {
                      mlp_epochs=paper.TRAINING["mlp_epochs"], batch_size=paper.TRAINING["batch_size"],
                      svd_components=100, nmf_components=100, nmf_max_iter=200, enet_n_alphas=20,
                      enet_l1_ratios=(0.1, 0.5, 0.9, 1.0), pseudocells_per_donor=100, cells_per_pseudocell=50,
-                     max_cells_fit=None, checkpoint_every=10),
+                     max_cells_fit=None, checkpoint_every=10, amp=True),
 }
 
 #: Every profile's section parameters, as plain data (what results files record).
@@ -156,6 +164,7 @@ _SUMMARY = {
               "probe_alphas": 20, "boot": 2000, "recovery_k": [50, 200, 500]},
 }
 for _name, _params in _SUMMARY.items():
+    _params.update(amp=SETTINGS[_name].amp, linalg_backend=SETTINGS[_name].linalg_backend)
     PROFILES[_name]["summary"] = _params
 
 
@@ -167,6 +176,7 @@ def _realdata(n_repeats, en_alphas, en_l1, mlp_hidden, mlp_epochs, svd_k, nmf_k,
     return {
         "n_splits": 5, "n_repeats": n_repeats, "n_jobs": n_jobs,  # worker processes for the independent fits
         "max_donors": max_donors, "max_genes": max_genes,  # None: every donor, every gene
+        "linalg_backend": "auto",  # NMF / SVD: torch on CUDA, scikit-learn / ARPACK on a CPU
         "models": ["null", "elastic_net", "mlp", "svd_ridge", "nmf_mlp", "vae_gaussian"],
         "elastic_net": {"n_alphas": en_alphas, "l1_ratios": en_l1, "eps": 1e-2, "n_splits": 5, "max_iter": 2000,
                         "tol": 1e-4},

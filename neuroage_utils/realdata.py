@@ -401,7 +401,8 @@ def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) 
         if key == "nmf_mlp":
             from .models.nmf import fit_nmf
 
-            nmf = fit_nmf(Xtr, n_components=M["n_components"], max_iter=M["max_iter"], seed=seed)
+            nmf = fit_nmf(Xtr, n_components=M["n_components"], max_iter=M["max_iter"], seed=seed,
+                          backend=P.get("linalg_backend", "auto"), device=device)
             Xtr, Xte = nmf.transform(Xtr).astype(np.float32), nmf.transform(Xte).astype(np.float32)
         model = MLPRegressor(hidden=M["hidden"], dropout=M["dropout"], epochs=M["epochs"], lr=M["lr"],
                              batch_size=M["batch_size"], weight_decay=M.get("weight_decay", 0.0),
@@ -412,7 +413,7 @@ def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) 
         from .models.svd import fit_svd
 
         k = min(P["svd_ridge"]["n_components"], min(Xtr.shape) - 1)
-        svd = fit_svd(Xtr, n_components=k, seed=seed)
+        svd = fit_svd(Xtr, n_components=k, seed=seed, backend=P.get("linalg_backend", "auto"), device=device)
         ridge = _ridge(svd.transform(Xtr), ytr, seed)
         return ridge.predict(svd.transform(Xte))
     if key == "vae_gaussian":
@@ -816,8 +817,11 @@ def settings_table(P: dict) -> pd.DataFrame:
 def write_page_results(out_dir, rd: RealData, profile: str, P: dict, seed: int, device, device_request: str,
                        runtime_s: float, models: dict) -> Path:
     """Write ``results/realdata.json`` atomically, recording the device that ran (not the request)."""
+    from .device_linalg import choose_backend
     from .results import write_results
     from .train import device_label
 
-    params = {**P, "seed": int(seed), "device": device_label(device), "device_requested": str(device_request)}
+    params = {**P, "seed": int(seed), "device": device_label(device), "device_requested": str(device_request),
+              "amp": False,  # models of a few hundred donor rows: no mixed precision
+              "linalg_backend_used": choose_backend(P.get("linalg_backend", "auto"), device)}
     return write_results(out_dir, "realdata", data_record(rd), profile, params, runtime_s, models)

@@ -2,7 +2,7 @@
 
     python -m neuroage_utils.run [--data PATH] [--profile smoke|quick|paper] [--only SECTION ...]
         [--device auto|cpu|cuda] [--seed N] [--donor-key K] [--age-key K] [--out DIR]
-        [--force] [--no-book] [--allow-non-counts] [--list]
+        [--force] [--no-book] [--allow-non-counts] [--no-amp] [--list]
 
 A notebook is re-executed only when one of its inputs changed: its source, the package source,
 its parameters or the data file (Jupyter Book's own cache hashes code cells only and would miss a
@@ -427,6 +427,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-book", action="store_true", help="execute notebooks only; do not render the book")
     p.add_argument("--allow-non-counts", action="store_true",
                    help="accept values that are not raw counts; count models are then skipped")
+    p.add_argument("--no-amp", action="store_true",
+                   help="turn off bf16 mixed precision (on by default on CUDA in the paper profile; never used on a CPU)")
     p.add_argument("--list", action="store_true", help="print the sections and exit")
     return p.parse_args(argv)
 
@@ -477,6 +479,8 @@ def main(argv=None) -> int:
         "out_dir": str(out),
         "allow_non_counts": bool(args.allow_non_counts),
     }
+    if args.no_amp:  # passed only when set: a notebook need not declare it (Chapter reads it if present)
+        parameters["amp"] = False
     pkg_sha = package_fingerprint()
     timings = {}
     total = time.perf_counter()

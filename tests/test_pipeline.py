@@ -34,6 +34,11 @@ def test_every_chapter_writes_wellformed_results(smoke_build):
         doc = results.read_results(out, section)  # validates the schema
         assert doc["section"] == section and doc["profile"] == "smoke"
         assert doc["runtime_s"] > 0
+        # the device that ran, whether mixed precision ran (never on a CPU) and, for the chapters with a
+        # factorisation, the solver ("auto" keeps scikit-learn / ARPACK on a CPU)
+        assert doc["params"]["device"] == "cpu" and doc["params"]["amp"] is False
+        if section in ("svd", "nmf", "realdata", "summary"):
+            assert doc["params"]["linalg_backend_used"] == "sklearn"
         if section == "realdata":  # its own data (real donors), models grouped by cell type
             assert doc["data"]["simulated"] is False
             if not doc["data"]["available"]:

@@ -38,6 +38,17 @@ class InputTransform(nn.Module):
         self.register_buffer("inv_scale", torch.ones(self.n_features))
         self.register_buffer("noise_std", torch.tensor(float(noise_std)))
         self.register_buffer("scaled", torch.tensor(False))  # skip the z-score ops until set_scaling
+        # Python mirrors of the two buffers that steer control flow: reading a CUDA buffer per batch
+        # (``float(self.noise_std)``) would make the host wait for the device at every batch. Set from
+        # Python values (the buffers may live on the meta device, e.g. when FLOPs are counted).
+        self._noise_on = float(noise_std) > 0
+        self._is_scaled = False
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        # a loaded checkpoint brings its own buffers: one read at load time, never per batch
+        self._noise_on = float(self.noise_std) > 0
+        self._is_scaled = bool(self.scaled)
 
     def set_scaling(self, mean, scale) -> None:
         """Set the z-scoring statistics (per feature, fitted on training rows)."""
@@ -52,11 +63,13 @@ class InputTransform(nn.Module):
         self.mean.copy_(mean)
         self.inv_scale.copy_(1.0 / scale)
         self.scaled.fill_(True)
+        self._is_scaled = True
 
     def set_noise_std(self, value: float) -> None:
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"noise standard deviation must be finite and >= 0, got {value}")
         self.noise_std.fill_(float(value))
+        self._noise_on = float(value) > 0
 
     def unscaled(self, x: torch.Tensor) -> torch.Tensor:
         """Steps 1-2 only (what the z-scoring statistics are fitted on)."""
@@ -70,13 +83,13 @@ class InputTransform(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Steps 1-3 (deterministic: no noise)."""
         x = self.unscaled(x)
-        if bool(self.scaled):
+        if self._is_scaled:
             x = (x - self.mean) * self.inv_scale
         return x
 
     def add_noise(self, x: torch.Tensor) -> torch.Tensor:
         """Step 4: add N(0, noise_std^2) noise, in training mode only (a no-op at prediction)."""
-        if self.training and float(self.noise_std) > 0:
+        if self.training and self._noise_on:
             x = x + torch.randn_like(x) * self.noise_std
         return x
 

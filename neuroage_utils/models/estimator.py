@@ -10,6 +10,7 @@ from ..checks import cell_ages, donor_ages, donor_ids
 from ..errors import DataValidationError
 from ..train import DEFAULT_MAX_DENSE_BYTES, CellBatches, Validation, fit, predict_batches, resolve_device
 from ..train.batches import as_float32_matrix, check_finite_matrix
+from ..train.device import amp_active
 
 __all__ = ["TorchAgeRegressor"]
 
@@ -32,6 +33,11 @@ class TorchAgeRegressor:
     """
 
     max_dense_bytes = DEFAULT_MAX_DENSE_BYTES
+    #: bf16 autocast on CUDA (see :func:`neuroage_utils.train.loop.fit`); subclasses take it as ``amp``.
+    amp = False
+    #: Where a sparse matrix lives while training (:class:`~neuroage_utils.train.CellBatches`):
+    #: None = on a GPU when it fits, True = on the device (also on a CPU, for tests), False = host.
+    device_csr = None
 
     def _set_training_options(self, epochs, lr, batch_size, early_stopping_patience, device, seed,
                               checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes) -> None:
@@ -67,7 +73,8 @@ class TorchAgeRegressor:
         return None
 
     #: Settings that do not change the trajectory of a run, left out of its checkpoint identity.
-    _RUN_ONLY = ("epochs", "checkpoint_path", "checkpoint_every", "progress", "device")
+    _RUN_ONLY = ("epochs", "checkpoint_path", "checkpoint_every", "progress", "device", "device_csr",
+                 "amp")  # amp enters the run's identity in fit() when it is active
 
     def _config(self) -> dict:
         def plain(value):  # a function's repr holds its address: identify it by name instead
@@ -92,11 +99,13 @@ class TorchAgeRegressor:
         self._check_X(X, fitting=True)
         self.n_features_ = int(X.shape[1])
         self.device_ = resolve_device(self.device)
+        self.amp_ = amp_active(self.amp, self.device_)  # what ran: off on a CPU whatever was asked
         self.age_mean_ = float(ages.mean())
         self.age_std_ = float(ages.std()) or 1.0  # one age only: avoid dividing by zero
         y = (ages - self.age_mean_) / self.age_std_
         batches = CellBatches(X, y, library_size=library_size, extras=self._extras(X), batch_size=self.batch_size,
-                              shuffle=True, device=self.device_, max_dense_bytes=self.max_dense_bytes)
+                              shuffle=True, device=self.device_, max_dense_bytes=self.max_dense_bytes,
+                              device_csr=self.device_csr)
         torch.manual_seed(self.seed)  # parameter initialisation
         module = self._build_module(X, batches)
         val = None
@@ -110,7 +119,7 @@ class TorchAgeRegressor:
             av = _check_ages(validation[1], Xv.shape[0], dv, "validation ages")
             yv = (av - self.age_mean_) / self.age_std_
             vb = CellBatches(Xv, yv, extras=self._extras(Xv), batch_size=max(self.batch_size, 4096), shuffle=False,
-                             device=self.device_, max_dense_bytes=self.max_dense_bytes)
+                             device=self.device_, max_dense_bytes=self.max_dense_bytes, device_csr=self.device_csr)
             val = Validation(vb, dv, self.age_mean_, self.age_std_)
         self.history_ = fit(
             module, batches, self.epochs, self.lr,
@@ -119,7 +128,7 @@ class TorchAgeRegressor:
             early_stopping_patience=self.early_stopping_patience,
             checkpoint_path=self.checkpoint_path, checkpoint_every=self.checkpoint_every,
             seed=self.seed, progress=self.progress, weight_decay=getattr(self, "weight_decay", 0.0),
-            config=self._config(), desc=type(self).__name__,
+            config=self._config(), desc=type(self).__name__, amp=self.amp,
         )
         self.module_ = module
         return self
@@ -134,7 +143,7 @@ class TorchAgeRegressor:
         check_finite_matrix(X)
         self._check_X(X, fitting=False)
         return CellBatches(X, batch_size=max(self.batch_size, 4096), shuffle=False, device=self.device_,
-                           max_dense_bytes=self.max_dense_bytes)
+                           max_dense_bytes=self.max_dense_bytes, device_csr=self.device_csr)
 
     def predict(self, X) -> np.ndarray:
         """Predicted age in years, one per cell (the model in eval mode: deterministic)."""

@@ -37,6 +37,8 @@ class MLPRegressor(TorchAgeRegressor):
         Epochs without a better validation MAE before stopping (needs ``validation`` in ``fit``).
     device, seed, checkpoint_path, checkpoint_every, progress
         See :func:`neuroage_utils.train.loop.fit`.
+    amp
+        bf16 autocast on CUDA; ignored on a CPU. See :func:`neuroage_utils.train.loop.fit`.
 
     Attributes after ``fit``: ``module_`` (the AgeMLP), ``history_`` (per-epoch losses),
     ``age_mean_``, ``age_std_``.
@@ -58,12 +60,14 @@ class MLPRegressor(TorchAgeRegressor):
         progress: bool = True,
         weight_decay: float = 0.0,
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        amp: bool = False,
     ):
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
         self.scale_inputs = bool(scale_inputs)
         self._set_training_options(epochs, lr, batch_size, early_stopping_patience, device, seed,
                                    checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes)
+        self.amp = bool(amp)  # bf16 autocast on CUDA; off on a CPU
 
     def _build_module(self, X, batches: CellBatches) -> AgeMLP:
         if X.shape[1] < 1:

@@ -194,14 +194,19 @@ class AgeVAE(nn.Module):
         h, mu, var = self.encode(self.input_transform.add_noise(clean))
         z = mu + torch.sqrt(var) * torch.randn_like(mu) if self.training else mu
         output = self.decoder(z)
-        if self.likelihood.is_count:
-            library = batch.get("library")
-            if library is None:
-                library = x.sum(dim=1)
-            nll = self.likelihood.nll(x, output, library, batch.get("log_factorial"))
-        else:
-            nll = self.likelihood.nll(clean, output)
-        kl = kl_standard_normal(mu, var).sum(dim=1)
+        # The likelihood and the KL in float32 even under mixed precision (bf16 autocast): sums over
+        # thousands of genes and log-softmaxes lose too much in bf16. Without autocast the casts are
+        # no-ops and nothing changes.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            output, mu, var = output.float(), mu.float(), var.float()
+            if self.likelihood.is_count:
+                library = batch.get("library")
+                if library is None:
+                    library = x.sum(dim=1)
+                nll = self.likelihood.nll(x, output, library, batch.get("log_factorial"))
+            else:
+                nll = self.likelihood.nll(clean, output)
+            kl = kl_standard_normal(mu, var).sum(dim=1)
         loss = (nll.sum() + kl_weight * kl.sum()) / n
         parts = {"reconstruction": nll.detach().mean(), "kl": kl.detach().mean()}
         if "y" in batch:

@@ -76,12 +76,17 @@ class NMFModel:
         ``"raw"`` or ``"log1p"``: applied to any matrix given to :meth:`transform`.
     converged
         False when the solver stopped at ``max_iter`` before reaching ``tol``.
+    backend, device
+        The solver that fitted it: ``"sklearn"`` (coordinate descent) or ``"torch"`` (HALS on
+        ``device``, which then also computes :meth:`transform`).
     """
 
     nmf: NMF
     input_transform: str
     converged: bool = True
     dense_limit_gb: float = 1.0
+    backend: str = "sklearn"
+    device: object = None
 
     @property
     def n_components(self) -> int:
@@ -105,6 +110,11 @@ class NMFModel:
                 f"the NMF was fitted on {self.components_.shape[1]} genes but X has {X.shape[1]}: "
                 "pass the same genes, in the same order"
             )
+        if self.backend == "torch":  # usages by HALS with H fixed, on the fit's device
+            from neuroage_utils.device_linalg import nmf_transform
+
+            return nmf_transform(X, self.components_, max_iter=self.nmf.max_iter, tol=self.nmf.tol,
+                                 device=self.device)
         with warnings.catch_warnings():
             # transform re-runs the solver for W; hitting max_iter there is expected and harmless
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -146,7 +156,8 @@ def fit_nmf(
     backend, device
         ``"sklearn"`` (default: coordinate descent) or ``"torch"``: the same objective minimised by
         accelerated HALS on ``device`` (:func:`neuroage_utils.device_linalg.nmf_hals`; NNDSVDa
-        start, ``init`` must be None). ``transform`` is scikit-learn's either way.
+        start, ``init`` must be None); ``"auto"``: torch when ``device`` is CUDA, else scikit-learn
+        (:func:`~neuroage_utils.device_linalg.choose_backend`). ``transform`` is scikit-learn's either way.
     """
     X = _prepare(X_train, transform, dense_limit_gb, "fit_nmf")
     if not 1 <= n_components <= min(X.shape):
@@ -156,8 +167,12 @@ def fit_nmf(
         )
     if (X.data if sp.issparse(X) else X).max(initial=0) <= 0:
         raise DataValidationError("fit_nmf: the matrix is all zeros: pass expression values")
-    if backend not in ("sklearn", "torch"):
-        raise DataValidationError(f"fit_nmf: unknown backend={backend!r}: use 'sklearn' or 'torch'")
+    if backend not in ("auto", "sklearn", "torch"):
+        raise DataValidationError(f"fit_nmf: unknown backend={backend!r}: use 'auto', 'sklearn' or 'torch'")
+    if backend == "auto":
+        from neuroage_utils.device_linalg import choose_backend
+
+        backend = choose_backend(backend, device)
     nmf = NMF(n_components=n_components, init=init, max_iter=max_iter, tol=tol, random_state=seed)
     if backend == "torch":
         from neuroage_utils.device_linalg import nmf_hals
@@ -169,7 +184,7 @@ def fit_nmf(
         nmf.components_, nmf.n_components_ = fit["H"], n_components
         nmf.reconstruction_err_, nmf.n_iter_, nmf.n_features_in_ = fit["reconstruction_err"], fit["n_iter"], X.shape[1]
         return NMFModel(nmf=nmf, input_transform=transform, converged=fit["converged"],
-                        dense_limit_gb=dense_limit_gb)
+                        dense_limit_gb=dense_limit_gb, backend="torch", device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         nmf.fit(X)

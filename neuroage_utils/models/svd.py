@@ -75,6 +75,8 @@ class SVDModel:
         Share of the total variance of the z-scores carried by each component.
     mean_, scale_
         Training per-gene mean and standard deviation (1 for constant genes; the z-scoring).
+    backend
+        The solver that fitted it: ``"arpack"`` (exact) or ``"torch"`` (randomised).
     """
 
     components_: np.ndarray
@@ -82,6 +84,7 @@ class SVDModel:
     explained_variance_ratio_: np.ndarray
     mean_: np.ndarray
     scale_: np.ndarray
+    backend: str = "arpack"
 
     @property
     def n_components(self) -> int:
@@ -122,7 +125,9 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True,
     backend, device
         ``"arpack"`` (default, exact) or ``"torch"``: randomised SVD with power iterations on
         ``device`` (:func:`neuroage_utils.device_linalg.zscore_svd`; the leading components agree
-        with ARPACK, trailing ones of a flat spectrum less so).
+        with ARPACK, trailing ones of a flat spectrum less so); ``"sklearn"`` is ARPACK (the reference
+        a profile's ``linalg_backend`` names), ``"auto"`` is torch when ``device`` is CUDA, else ARPACK
+        (:func:`~neuroage_utils.device_linalg.choose_backend`).
     """
     X = as_matrix(X_train, "fit_svd")
     limit = min(X.shape) - 1
@@ -137,8 +142,13 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True,
     if not scale:
         scale_ = np.ones_like(scale_)
     total_variance = float((var / scale_**2).sum()) * X.shape[0]  # squared Frobenius norm of Z
-    if backend not in ("arpack", "torch"):
-        raise DataValidationError(f"fit_svd: unknown backend={backend!r}: use 'arpack' or 'torch'")
+    if backend not in ("auto", "arpack", "sklearn", "torch"):
+        raise DataValidationError(f"fit_svd: unknown backend={backend!r}: use 'auto', 'arpack' or 'torch'")
+    if backend == "auto":
+        from neuroage_utils.device_linalg import choose_backend
+
+        backend = choose_backend(backend, device)
+    backend = "arpack" if backend == "sklearn" else backend
     if backend == "torch":
         from neuroage_utils.device_linalg import zscore_svd
 
@@ -152,7 +162,8 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True,
     vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
     ratio = s**2 / total_variance if total_variance > 0 else np.zeros_like(s)
     return SVDModel(
-        components_=vt, singular_values_=s, explained_variance_ratio_=ratio, mean_=mean, scale_=scale_
+        components_=vt, singular_values_=s, explained_variance_ratio_=ratio, mean_=mean, scale_=scale_,
+        backend=backend,
     )
 
 

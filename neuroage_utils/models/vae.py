@@ -46,6 +46,8 @@ class VAEAgeRegressor(TorchAgeRegressor):
     early_stopping_patience, device, seed, checkpoint_path, checkpoint_every, progress
         See :func:`neuroage_utils.train.loop.fit`. With a ``checkpoint_path`` a re-run resumes, and a
         run can be extended by raising ``epochs``.
+    amp
+        bf16 autocast on CUDA (likelihood and KL in float32); ignored on a CPU. See :func:`neuroage_utils.train.loop.fit`.
 
     The count likelihoods need raw UMI counts; ``fit`` raises ``DataValidationError`` otherwise.
     """
@@ -79,6 +81,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         progress: bool = True,
         weight_decay: float = 0.0,
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        amp: bool = False,
     ):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}: use one of {', '.join(LIKELIHOODS)}")
@@ -100,6 +103,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         self.T_0 = int(T_0)
         self._set_training_options(epochs, lr, batch_size, early_stopping_patience, device, seed,
                                    checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes)
+        self.amp = bool(amp)  # bf16 autocast on CUDA; off on a CPU
 
     # -- hooks of TorchAgeRegressor ----------------------------------------------------------------
     def _make_module(self, n_genes: int) -> AgeVAE:

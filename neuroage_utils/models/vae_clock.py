@@ -50,12 +50,14 @@ class VAELatentClock:
     def __init__(self, likelihood: str = "auto", hidden=(128, 64), latent: int = 16, epochs: int = 20,
                  lr: float = 1e-3, batch_size: int = 512, kl_cycle: dict | None = None, T_0: int = 10,
                  max_cells: int | None = None, probe: str = "elastic_net", probe_alphas: int = 20,
-                 probe_splits: int = 5, device: str = "auto", seed: int = 0, progress: bool = False):
+                 probe_splits: int = 5, device: str = "auto", seed: int = 0, progress: bool = False,
+                 amp: bool = False):
         self.likelihood = likelihood
         self.hidden, self.latent_dim, self.epochs = tuple(hidden), int(latent), int(epochs)
         self.lr, self.batch_size, self.kl_cycle, self.T_0 = float(lr), int(batch_size), kl_cycle, int(T_0)
         self.max_cells, self.probe, self.probe_alphas, self.probe_splits = max_cells, probe, probe_alphas, probe_splits
         self.device, self.seed, self.progress = device, int(seed), progress
+        self.amp = bool(amp)  # bf16 autocast of the VAE on CUDA
 
     def _likelihood_for(self, X) -> str:
         if self.likelihood != "auto":
@@ -79,7 +81,7 @@ class VAELatentClock:
             likelihood=self.likelihood_, hidden=self.hidden, latent=self.latent_dim, age_weight=0.0,
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, kl_schedule="cyclical",
             kl_cycle=self.kl_cycle, T_0=self.T_0, log_normalize=counts, device=self.device, seed=self.seed,
-            progress=self.progress, checkpoint_path=None,
+            progress=self.progress, checkpoint_path=None, amp=self.amp,
         )
         self.vae_.fit(X[rows], ages[rows], donors=donors[rows])
         Z = self.vae_.latent(X)

@@ -1,9 +1,17 @@
 """Mini-batches of cells on one device, and streamed statistics of a per-batch transform.
 
-Performance notes (2-core CPU): the enemy is per-batch Python and copying. When the dense float32
-matrix fits under ``max_dense_bytes`` it is densified once onto the device and a batch is one
-``index_select``; otherwise each batch is densified from CSR rows (scipy, ~0.1 s per 4096 x 17,658
-batch), so nothing ever densifies the full paper-scale matrix on the host.
+Performance notes: the enemy is per-batch Python, copying and host synchronisation. Three storage
+modes, chosen once:
+
+- ``dense``: the dense float32 matrix fits under ``max_dense_bytes``; it is densified once onto the
+  device and a batch is one ``index_select``;
+- ``device_csr`` (a GPU with room for it, see :func:`device_csr_fits`): the CSR buffers are moved to
+  the device once and each batch is densified there by :func:`densify_rows` (fixed-shape tensor ops,
+  no data-dependent size, so the host never waits for the device);
+- ``host``: each batch is densified from CSR rows by scipy (~0.1 s per 4096 x 17,658 batch on this
+  CPU) and copied, so nothing ever densifies the full paper-scale matrix on the host.
+
+All three yield the same batches, bit for bit (``tests/test_train.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +27,73 @@ import torch
 from ..errors import DataValidationError
 from .device import resolve_device
 
-__all__ = ["DEFAULT_MAX_DENSE_BYTES", "CellBatches", "transformed_stats", "as_float32_matrix", "check_finite_matrix"]
+__all__ = ["DEFAULT_MAX_DENSE_BYTES", "CellBatches", "transformed_stats", "as_float32_matrix", "check_finite_matrix",
+           "densify_rows", "device_csr_fits"]
 
 #: Densify the whole matrix once when its float32 copy is at most this many bytes (2 GiB).
 DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
+
+#: Share of the device's free memory the CSR buffers and a batch's scratch may take; the rest is left
+#: to the model, its activations and the optimiser.
+DEVICE_CSR_HEADROOM = 0.5
+
+
+def _device_csr_bytes(X, batch_size: int) -> int:
+    """Bytes of device-resident CSR (int64 row pointers, int32 columns, float32 values) plus the
+    scratch of one :func:`densify_rows` call and its dense output."""
+    n_rows, n_cols = X.shape
+    max_row_nnz = int(np.diff(X.indptr).max(initial=0))
+    batch = min(int(batch_size), n_rows)
+    scratch = batch * max_row_nnz * (8 + 8 + 4 + 4 + 1)  # positions, columns (int64), values, mask
+    return (n_rows + 1) * 8 + X.nnz * (4 + 4) + scratch + batch * n_cols * 4
+
+
+def device_csr_fits(X, device: torch.device, batch_size: int, headroom: float = DEVICE_CSR_HEADROOM) -> bool:
+    """Whether sparse ``X`` kept on CUDA ``device`` takes at most ``headroom`` of its free memory
+    (``torch.cuda.mem_get_info``). Always False for a dense ``X`` or a device that is not CUDA."""
+    if not sp.issparse(X) or torch.device(device).type != "cuda":
+        return False
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return _device_csr_bytes(X, batch_size) <= headroom * free
+
+
+def densify_rows(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, idx: torch.Tensor, n_cols: int,
+                 max_row_nnz: int) -> torch.Tensor:
+    """Dense ``X[idx]`` (len(idx) x n_cols) from CSR buffers on one device; fixed shapes, no host sync.
+
+    Rows are padded to the longest row of the matrix (known once, at set-up), so no step needs a
+    data-dependent size. Padding slots add 0.0 through ``scatter_add_`` and every real (row, column)
+    pair occurs once, so the result is exact and does not depend on the order of the atomic adds CUDA
+    uses: it equals scipy's ``X[idx].toarray()``.
+    """
+    starts = crow.index_select(0, idx)
+    counts = crow.index_select(0, idx + 1) - starts
+    offsets = torch.arange(max_row_nnz, device=crow.device)
+    valid = offsets[None, :] < counts[:, None]
+    pos = torch.where(valid, starts[:, None] + offsets[None, :], torch.zeros((), dtype=starts.dtype, device=crow.device))
+    values = torch.where(valid, val[pos], torch.zeros((), dtype=val.dtype, device=val.device))
+    out = torch.zeros(idx.shape[0], n_cols, dtype=val.dtype, device=val.device)
+    if max_row_nnz:
+        with _exact_by_construction():
+            out.scatter_add_(1, col[pos].long(), values)
+    return out
+
+
+class _exact_by_construction:
+    """Lift ``torch.use_deterministic_algorithms`` around one op whose result cannot depend on the order
+    of its atomic adds (each target gets one value plus exact zeros), so the slower deterministic CUDA
+    kernel (or, in older torch, a warning per batch) buys nothing here."""
+
+    def __enter__(self):
+        self._state = (torch.are_deterministic_algorithms_enabled(),
+                       torch.is_deterministic_algorithms_warn_only_enabled())
+        if self._state[0]:
+            torch.use_deterministic_algorithms(False)
+
+    def __exit__(self, *exc):
+        if self._state[0]:
+            torch.use_deterministic_algorithms(True, warn_only=self._state[1])
+        return False
 
 
 def as_float32_matrix(X):
@@ -68,6 +139,11 @@ class CellBatches:
     device, max_dense_bytes
         The matrix is densified once onto ``device`` when ``n_cells * n_features * 4`` bytes is at
         most ``max_dense_bytes``; otherwise each batch is densified from CSR rows.
+    device_csr
+        Where a sparse matrix that is not densified lives: ``None`` (default) keeps the CSR on the
+        device when the device is CUDA and it fits (:func:`device_csr_fits`), else on the host;
+        ``True`` forces the device-resident path (on any device, e.g. to test it on the CPU);
+        ``False`` forces the host path. The storage chosen is ``self.storage``.
 
     A batch is a dict: ``x`` (float32, batch x features), and when given ``y``, ``library`` and the
     extras. Rows within a shuffled batch are sorted by index: row order within a batch does not
@@ -85,6 +161,7 @@ class CellBatches:
         shuffle: bool = True,
         device: str | torch.device = "cpu",
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        device_csr: bool | None = None,
     ):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -99,8 +176,21 @@ class CellBatches:
         self.dense = self.n_cells * self.n_features * 4 <= int(max_dense_bytes)
         self._fingerprint = self._matrix_fingerprint(X)
         if self.dense:
+            self.storage = "dense"
+        elif sp.issparse(X) and (device_csr if device_csr is not None
+                                 else device_csr_fits(X, self.device, self.batch_size)):
+            self.storage = "device_csr"
+        else:
+            self.storage = "host"
+        if self.storage == "dense":
             array = X.toarray() if sp.issparse(X) else X
             self._X = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+        elif self.storage == "device_csr":  # moved once; batches are densified on the device
+            self._crow = torch.from_numpy(X.indptr.astype(np.int64)).to(self.device)
+            self._col = torch.from_numpy(X.indices.astype(np.int32)).to(self.device)
+            self._val = torch.from_numpy(np.ascontiguousarray(X.data, dtype=np.float32)).to(self.device)
+            self._max_row_nnz = int(np.diff(X.indptr).max(initial=0))
+            self._X = None
         else:
             self._X = X  # host CSR (or dense ndarray); batches densified on demand
         self._cell = {}
@@ -149,22 +239,32 @@ class CellBatches:
         return self.iterate()
 
     def iterate(self, generator: torch.Generator | None = None):
-        """Yield batch dicts; with ``shuffle`` the order comes from ``generator`` (CPU generator)."""
+        """Yield batch dicts; with ``shuffle`` the order comes from ``generator`` (CPU generator).
+
+        The permutation is drawn once per epoch on the CPU generator (the same order on every device,
+        and its state is what checkpoints save) and moved to the device in one copy; batch indices are
+        then sliced and sorted on the device. Batch boundaries are Python integers: nothing here
+        waits for the device.
+        """
         n, size = self.n_cells, self.batch_size
         if not self.shuffle:
             for start in range(0, n, size):
                 yield self._slice(start, min(start + size, n))
             return
         order = torch.randperm(n, generator=generator)
+        on_host = self.storage == "host"
+        if not on_host:
+            order = order.to(self.device)
         for start in range(0, n, size):
-            idx = order[start : start + size]
-            if len(idx) < 2 and n > 1:
+            if min(start + size, n) - start < 2 and n > 1:
                 continue
-            yield self._gather(torch.sort(idx).values)
+            yield self._gather(torch.sort(order[start : start + size]).values)
 
     def _slice(self, start: int, stop: int) -> dict:
-        if self.dense:
+        if self.storage == "dense":
             x = self._X[start:stop]
+        elif self.storage == "device_csr":
+            x = self._densify(torch.arange(start, stop, device=self.device))
         else:
             block = self._X[start:stop]
             x = torch.from_numpy(block.toarray() if sp.issparse(block) else np.array(block)).to(self.device)
@@ -172,14 +272,18 @@ class CellBatches:
         batch.update({k: v[start:stop] for k, v in self._cell.items()})
         return batch
 
+    def _densify(self, dev_idx: torch.Tensor) -> torch.Tensor:
+        return densify_rows(self._crow, self._col, self._val, dev_idx, self.n_features, self._max_row_nnz)
+
     def _gather(self, idx: torch.Tensor) -> dict:
-        if self.dense:
-            dev_idx = idx.to(self.device)
-            x = self._X.index_select(0, dev_idx)
-        else:
+        """The batch of rows ``idx`` (sorted; on the device unless the storage is ``host``)."""
+        if self.storage == "host":
             dev_idx = idx.to(self.device)
             rows = self._X[idx.numpy()]
             x = torch.from_numpy(rows.toarray() if sp.issparse(rows) else rows).to(self.device)
+        else:
+            dev_idx = idx
+            x = self._X.index_select(0, dev_idx) if self.storage == "dense" else self._densify(dev_idx)
         batch = {"x": x}
         batch.update({k: v.index_select(0, dev_idx) for k, v in self._cell.items()})
         return batch

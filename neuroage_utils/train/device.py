@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 
 from ..errors import DataValidationError
 
-__all__ = ["resolve_device", "device_label"]
+__all__ = ["resolve_device", "device_label", "make_deterministic", "autocast", "amp_active"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -20,7 +23,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         device = str(device)
     name = str(device).strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name.startswith("cuda"):
@@ -29,6 +32,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
                 f"device '{device}' was requested but this torch build sees no CUDA GPU: "
                 "use device='cpu' or device='auto' (--device auto)"
             )
+        # Deterministic cuBLAS products need this before cuBLAS starts (the first product of the
+        # process, e.g. an SVD before any training): set here, where every CUDA run passes first.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         resolved = torch.device(name)
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise DataValidationError(
@@ -46,3 +52,28 @@ def device_label(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(device)
+
+
+def make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels where torch has them, on CUDA: ``use_deterministic_algorithms(True,
+    warn_only=True)`` (an op without a deterministic kernel warns instead of failing), cuDNN
+    autotuning off, and the cuBLAS workspace setting that deterministic matrix products need (it only
+    takes effect if set before cuBLAS starts, so it is set here, before the first product). A no-op
+    on the CPU, whose kernels already are."""
+    if torch.device(device).type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def amp_active(amp: bool, device: torch.device) -> bool:
+    """Mixed precision runs only where asked for and on CUDA (bf16 autocast on a CPU is slower)."""
+    return bool(amp) and torch.device(device).type == "cuda"
+
+
+def autocast(amp: bool, device: torch.device):
+    """bf16 autocast on CUDA when ``amp``; otherwise a context that changes nothing."""
+    if not amp_active(amp, device):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
