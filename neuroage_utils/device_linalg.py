@@ -51,11 +51,18 @@ def _device(device) -> torch.device:
     return torch.device(device)
 
 
-def choose_backend(choice: str, device=None) -> str:
-    """``"torch"`` or ``"sklearn"`` for a factorisation on ``device``.
+#: Steps whose torch version is also the faster one on a CPU, measured on 2 cores (bench/results.json,
+#: `bench/bench_linalg.py`): HALS NMF reaches a lower Frobenius objective than scikit-learn's coordinate
+#: descent in about half its time or less. The SVD and the elastic net are faster with ARPACK /
+#: scikit-learn there, so they stay on the reference on a CPU.
+CPU_TORCH_STEPS = frozenset({"nmf"})
 
-    ``"auto"`` takes the torch version on CUDA, where it is the faster one, and scikit-learn's (the
-    reference; ARPACK for the SVD) on a CPU, so that CPU results do not depend on this module;
+
+def choose_backend(choice: str, device=None, step: str | None = None) -> str:
+    """``"torch"`` or ``"sklearn"`` for a factorisation ``step`` (``"nmf"`` or ``"svd"``) on ``device``.
+
+    ``"auto"`` takes the torch version on CUDA, and on a CPU where it is measured faster there
+    (:data:`CPU_TORCH_STEPS`); scikit-learn's (the reference; ARPACK for the SVD) otherwise.
     ``"sklearn"`` and ``"torch"`` force one.
     """
     if choice not in LINALG_BACKENDS:
@@ -64,7 +71,14 @@ def choose_backend(choice: str, device=None) -> str:
         raise DataValidationError(f"unknown linalg_backend {choice!r}: use one of {', '.join(LINALG_BACKENDS)}")
     if choice != "auto":
         return choice
-    return "torch" if _device(device).type == "cuda" else "sklearn"
+    if _device(device).type == "cuda" or step in CPU_TORCH_STEPS:
+        return "torch"
+    return "sklearn"
+
+
+def backends_used(choice: str, device=None) -> dict:
+    """What each factorisation step runs on under ``choice`` (for results files)."""
+    return {step: choose_backend(choice, device, step) for step in ("nmf", "svd")}
 
 
 def to_device_matrix(X, device=None, dtype=torch.float32, dense: bool | None = None) -> torch.Tensor:

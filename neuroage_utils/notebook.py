@@ -203,14 +203,16 @@ class Chapter:
         options.update(overrides)
         return MLPRegressor(**options)
 
-    def linalg(self) -> dict:
+    def linalg(self, step: str | None = None) -> dict:
         """Keyword arguments of ``fit_nmf`` / ``fit_svd`` for this chapter: the profile's
-        ``linalg_backend`` resolved on the chapter's device (``"auto"``: torch on CUDA, scikit-learn /
-        ARPACK on a CPU), recorded in the results file as ``linalg_backend_used``."""
+        ``linalg_backend`` resolved on the chapter's device for ``step`` (default: the chapter's own
+        section, ``"nmf"`` or ``"svd"``; see :func:`~neuroage_utils.device_linalg.choose_backend`),
+        recorded in the results file as ``linalg_backend_used``."""
         from .device_linalg import choose_backend
 
-        backend = choose_backend(self.params.get("linalg_backend", "auto"), self.device)
-        self.record(linalg_backend_used=backend)
+        step = step or self.section
+        backend = choose_backend(self.params.get("linalg_backend", "auto"), self.device, step)
+        self.record(linalg_backend_used={**self.extra_params.get("linalg_backend_used", {}), step: backend})
         return {"backend": backend, "device": self.device}
 
     def seen_fit(self, key: str, X, splits=("train", "val")) -> dict:
@@ -368,9 +370,9 @@ class Chapter:
         """Write ``results/<section>.json`` (atomically) and return its path; ``extra`` holds
         top-level keys beyond the usual ones (the summary's ``cv`` and ``leaderboard``)."""
         if "linalg_backend" in self.params and "linalg_backend_used" not in self.extra_params:
-            from .device_linalg import choose_backend  # what the NMF / SVD fits of this chapter ran on
+            from .device_linalg import backends_used  # what NMF / SVD fits of this chapter would run on
 
-            self.record(linalg_backend_used=choose_backend(self.params["linalg_backend"], self.device))
+            self.record(linalg_backend_used=backends_used(self.params["linalg_backend"], self.device))
         params = {
             **self.params,
             **self.extra_params,

@@ -817,11 +817,11 @@ def settings_table(P: dict) -> pd.DataFrame:
 def write_page_results(out_dir, rd: RealData, profile: str, P: dict, seed: int, device, device_request: str,
                        runtime_s: float, models: dict) -> Path:
     """Write ``results/realdata.json`` atomically, recording the device that ran (not the request)."""
-    from .device_linalg import choose_backend
+    from .device_linalg import backends_used
     from .results import write_results
     from .train import device_label
 
     params = {**P, "seed": int(seed), "device": device_label(device), "device_requested": str(device_request),
               "amp": False,  # models of a few hundred donor rows: no mixed precision
-              "linalg_backend_used": choose_backend(P.get("linalg_backend", "auto"), device)}
+              "linalg_backend_used": backends_used(P.get("linalg_backend", "auto"), device)}
     return write_results(out_dir, "realdata", data_record(rd), profile, params, runtime_s, models)

@@ -143,16 +143,20 @@ def test_input_transform_flags_follow_a_loaded_state():
     assert torch.equal(fresh.add_noise(x), x)
 
 
-def test_linalg_backend_auto_is_the_reference_on_a_cpu():
+def test_linalg_backend_auto_is_the_reference_on_a_cpu_except_where_torch_is_faster():
     assert device_linalg.choose_backend("auto", torch.device("cpu")) == "sklearn"
+    assert device_linalg.choose_backend("auto", torch.device("cpu"), "svd") == "sklearn"
+    assert device_linalg.choose_backend("auto", torch.device("cpu"), "nmf") == "torch"  # HALS: faster on a CPU too
     assert device_linalg.choose_backend("auto", torch.device("cuda")) == "torch"
     assert device_linalg.choose_backend("sklearn", torch.device("cuda")) == "sklearn"
     with pytest.raises(Exception, match="linalg_backend"):
         device_linalg.choose_backend("magic", "cpu")
     X = _counts(n=80, g=30, seed=4)
-    auto, ref = fit_nmf(X, 4, max_iter=50, backend="auto", device="cpu"), fit_nmf(X, 4, max_iter=50)
-    assert auto.backend == ref.backend == "sklearn"
-    assert np.array_equal(auto.components_, ref.components_)
+    auto = fit_nmf(X, 4, max_iter=50, backend="auto", device="cpu")
+    hals = fit_nmf(X, 4, max_iter=50, backend="torch", device="cpu")
+    assert auto.backend == hals.backend == "torch"  # NMF: HALS on a CPU too (faster, objective as low)
+    assert np.array_equal(auto.components_, hals.components_)
+    assert fit_nmf(X, 4, max_iter=50).backend == "sklearn"  # the function's own default stays the reference
     Xn = np.log1p(X.toarray())
     svd_auto, svd_ref = fit_svd(Xn, 5, backend="auto", device="cpu"), fit_svd(Xn, 5)
     assert svd_auto.backend == svd_ref.backend == "arpack"
@@ -164,11 +168,12 @@ def test_results_record_device_amp_and_backend(tmp_path, h5ad_path):
     path = h5ad_path(make_adata(n_donors=12, cells_per_donor=6, n_genes=10))
     chapter = Chapter("nmf", data_path=str(path), profile="paper", device="cpu", out_dir=str(tmp_path))
     assert chapter.amp_requested is True and chapter.amp is False  # the paper profile asks; a CPU never runs it
-    assert chapter.linalg() == {"backend": "sklearn", "device": torch.device("cpu")}
+    assert chapter.linalg("svd") == {"backend": "sklearn", "device": torch.device("cpu")}
+    assert chapter.linalg() == {"backend": "torch", "device": torch.device("cpu")}  # the chapter's own step: NMF
     chapter.add_null("test")
     params = json.loads(chapter.finish().read_text())["params"]
     assert params["device"] == "cpu" and params["amp"] is False and params["amp_requested"] is True
-    assert params["linalg_backend_used"] == "sklearn"
+    assert params["linalg_backend_used"] == {"svd": "sklearn", "nmf": "torch"}
     off = Chapter("nmf", data_path=str(path), profile="paper", device="cpu", out_dir=str(tmp_path), amp=False)
     assert off.amp_requested is False and off.params["amp"] is False
 

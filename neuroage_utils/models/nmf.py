@@ -156,8 +156,9 @@ def fit_nmf(
     backend, device
         ``"sklearn"`` (default: coordinate descent) or ``"torch"``: the same objective minimised by
         accelerated HALS on ``device`` (:func:`neuroage_utils.device_linalg.nmf_hals`; NNDSVDa
-        start, ``init`` must be None); ``"auto"``: torch when ``device`` is CUDA, else scikit-learn
-        (:func:`~neuroage_utils.device_linalg.choose_backend`). ``transform`` is scikit-learn's either way.
+        start, ``init`` must be None); ``"auto"``: torch, which is the faster one on a CPU too
+        (:func:`~neuroage_utils.device_linalg.choose_backend`). The model's ``transform`` solves the
+        usages with the same backend (HALS with the programmes fixed, or scikit-learn's).
     """
     X = _prepare(X_train, transform, dense_limit_gb, "fit_nmf")
     if not 1 <= n_components <= min(X.shape):
@@ -172,7 +173,7 @@ def fit_nmf(
     if backend == "auto":
         from neuroage_utils.device_linalg import choose_backend
 
-        backend = choose_backend(backend, device)
+        backend = choose_backend(backend, device, step="nmf")
     nmf = NMF(n_components=n_components, init=init, max_iter=max_iter, tol=tol, random_state=seed)
     if backend == "torch":
         from neuroage_utils.device_linalg import nmf_hals

@@ -147,7 +147,7 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True,
     if backend == "auto":
         from neuroage_utils.device_linalg import choose_backend
 
-        backend = choose_backend(backend, device)
+        backend = choose_backend(backend, device, step="svd")
     backend = "arpack" if backend == "sklearn" else backend
     if backend == "torch":
         from neuroage_utils.device_linalg import zscore_svd
