@@ -106,7 +106,7 @@ def render(results_path: Path, page: Path) -> str:
         out += ["", "scikit-learn stays the default wherever it is faster on the CPU; the torch versions are for a GPU",
                 "(`fit_nmf(..., backend=\"torch\")`, `fit_svd(..., backend=\"torch\")`, "
                 "`device_linalg.elastic_net_cv`). The chapters choose with the profile option `linalg_backend`",
-                "(`\"auto\"`: torch on CUDA, scikit-learn / ARPACK on a CPU, so CPU results do not change).", ""]
+                "(`\"auto\"`: torch on CUDA; on a CPU, HALS for NMF (faster there too, at a lower objective) and ARPACK for the SVD).", ""]
     elif lin:
         out += ["## Linear algebra", "", f"Not measured: {_err(lin)}", ""]
     d = r.get("data_path") or {}

@@ -170,8 +170,8 @@ def recipe_svd_ridge(data, train, test, P, seed, device):
 
 
 def _linalg(P, device) -> dict:
-    """NMF / SVD solver of the recipes: the profile's ``linalg_backend`` ("auto": torch on CUDA,
-    scikit-learn / ARPACK on a CPU) on the run's device."""
+    """NMF / SVD solver of the recipes: the profile's ``linalg_backend`` ("auto": torch on CUDA; on a CPU
+    HALS for NMF, ARPACK for the SVD) on the run's device."""
     return {"backend": P.get("linalg_backend", "auto"), "device": device}
 
 

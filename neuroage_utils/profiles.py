@@ -66,7 +66,7 @@ class Profile:
     kl_cycle: tuple = tuple(paper.TRAINING["kl_cycle"].values())  # epochs at 0 / rising / at 1
     t0: int = paper.TRAINING["t0"]
     # the device path: bf16 autocast of the torch models (applies on CUDA only; off on a CPU), and the
-    # NMF / SVD solvers ("auto": torch on CUDA, scikit-learn / ARPACK on a CPU)
+    # NMF / SVD solvers ("auto": torch on CUDA; HALS NMF, ARPACK SVD on a CPU)
     amp: bool = False
     linalg_backend: str = "auto"
 
@@ -176,7 +176,7 @@ def _realdata(n_repeats, en_alphas, en_l1, mlp_hidden, mlp_epochs, svd_k, nmf_k,
     return {
         "n_splits": 5, "n_repeats": n_repeats, "n_jobs": n_jobs,  # worker processes for the independent fits
         "max_donors": max_donors, "max_genes": max_genes,  # None: every donor, every gene
-        "linalg_backend": "auto",  # NMF / SVD: torch on CUDA, scikit-learn / ARPACK on a CPU
+        "linalg_backend": "auto",  # NMF / SVD: torch on CUDA; HALS NMF, ARPACK SVD on a CPU
         "models": ["null", "elastic_net", "mlp", "svd_ridge", "nmf_mlp", "vae_gaussian"],
         "elastic_net": {"n_alphas": en_alphas, "l1_ratios": en_l1, "eps": 1e-2, "n_splits": 5, "max_iter": 2000,
                         "tol": 1e-4},
