@@ -53,8 +53,9 @@ def _device(device) -> torch.device:
 
 #: Steps whose torch version is also the faster one on a CPU, measured on 2 cores (bench/results.json,
 #: `bench/bench_linalg.py`): HALS NMF reaches a lower Frobenius objective than scikit-learn's coordinate
-#: descent in about half its time or less. The SVD and the elastic net are faster with ARPACK /
-#: scikit-learn there, so they stay on the reference on a CPU.
+#: descent in about half its time or less. The elastic net is faster with scikit-learn there. The SVD
+#: is faster randomised too (bench: 2.6x), but ARPACK's exact one takes seconds at the book's sizes on
+#: a CPU, so a CPU run keeps the reference.
 CPU_TORCH_STEPS = frozenset({"nmf"})
 
 
