@@ -123,8 +123,8 @@ def _formatters(table: pd.DataFrame, decimals, missing, interval_decimals: int, 
                 return format_interval(v, interval_decimals, gap)
             if _is_missing(v):
                 return gap
-            if isinstance(v, str):
-                return v if v != "" or kind == "text" else gap
+            if isinstance(v, str):  # text such as "10.2-20.3" gets the interval's dash
+                return format_interval(v) if v != "" or kind == "text" else gap
             if kind == "integer" and isinstance(v, numbers.Real) and float(v).is_integer():
                 return f"{int(v):,}"
             if kind in ("float", "integer") and isinstance(v, numbers.Real) and not isinstance(v, bool):
@@ -181,6 +181,17 @@ def styled(table: pd.DataFrame, labels: Mapping | None = None, decimals=2, missi
         styler = styler.set_properties(subset=present, **{"color": "#666666"})
     styler = styler.relabel_index([label(c, labels) for c in table.columns], axis="columns")
     return styler.hide(axis="index")
+
+
+def shown(table, index_label: str = "", **kwargs):
+    """:func:`styled` for any table a chapter displays: a Series becomes a one-column table, and a
+    meaningful index (row names such as settings) becomes the first column, headed ``index_label``."""
+    frame = table.to_frame() if isinstance(table, pd.Series) else pd.DataFrame(table)
+    if isinstance(frame.index, pd.MultiIndex):
+        frame = frame.reset_index()
+    elif not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index(names=index_label or frame.index.name or "")
+    return styled(frame, **kwargs)
 
 
 def markdown(table: pd.DataFrame, **kwargs) -> str:
