@@ -10,9 +10,10 @@ import pandas as pd
 from . import tables
 
 AGE_CMAP = "viridis"
-# The book's content column is about 7.5 in wide at ~100 dpi: a figure drawn at that width is shown
-# at its own size, so a 9 pt label stays 9 pt. Wider figures are scaled down, and their text with them.
-WIDTH = 7.5
+# The book's content column is about 690 CSS px wide (a 1280 px window): a figure drawn 7 in wide is
+# scaled to it, so 9 pt text shows at about 12 px (9 pt at 96 px/in). Wider figures are scaled down
+# further, and their text with them.
+WIDTH = 7.0
 SMALL = 9  # the smallest text a figure may carry (points, at WIDTH)
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 
@@ -150,7 +151,7 @@ def architecture_figure(layers: pd.DataFrame, title: str = ""):
         bar(ax_x + i, y_age, row.out, BLOCK_COLORS["age_head"], "age" if i == len(age) - 1 else "")
     n_encoder = len(main[main["block"] == "encoder"])
     ax.annotate("", xy=(ax_x, y_age + heights(age.iloc[0]["out"]) / 2 + 0.05),
-                xytext=(ax_x, -heights(main.iloc[n_encoder - 1]["out"]) / 2),
+                xytext=(ax_x, -heights(main.iloc[n_encoder - 1]["out"]) / 2 - 0.55),
                 arrowprops={"arrowstyle": "->", "color": "#C44E52"})
     likelihood = layers.loc[layers["block"] == "likelihood", "type"]
     handles = [plt.Rectangle((0, 0), 1, 1, color=BLOCK_COLORS[b]) for b in ("encoder", "mu_head", "decoder", "age_head")]

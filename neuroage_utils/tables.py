@@ -180,17 +180,34 @@ def styled(table: pd.DataFrame, labels: Mapping | None = None, decimals=2, missi
     if present:
         styler = styler.set_properties(subset=present, **{"color": "#666666"})
     styler = styler.relabel_index([label(c, labels) for c in table.columns], axis="columns")
+    # room between columns, so a right-aligned number never runs into the next column's text
+    styler = styler.set_table_styles([{"selector": "th, td", "props": "padding: 0.2em 0.75em;"}], overwrite=False)
     return styler.hide(axis="index")
 
 
-def shown(table, index_label: str = "", **kwargs):
-    """:func:`styled` for any table a chapter displays: a Series becomes a one-column table, and a
-    meaningful index (row names such as settings) becomes the first column, headed ``index_label``."""
+def _setting_text(value, digits: int = 3):
+    """One value of a settings table (rows of different kinds): counts as integers, other numbers
+    with ``digits`` significant digits, the rest as text."""
+    if _is_missing(value):
+        return MISSING
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return format_interval(value) if isinstance(value, str) else str(value)
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}g}"
+
+
+def shown(table, index_label: str = "", digits: int = 3, **kwargs):
+    """:func:`styled` for any table a chapter displays. A table whose rows have names (a Series, or
+    an index of settings) is a settings table: its rows differ in kind, so each value is written on
+    its own (counts as integers, other numbers with ``digits`` significant digits), and the row names
+    become the first column, headed ``index_label``. Other tables go to :func:`styled` as they are."""
     frame = table.to_frame() if isinstance(table, pd.Series) else pd.DataFrame(table)
     if isinstance(frame.index, pd.MultiIndex):
         frame = frame.reset_index()
     elif not isinstance(frame.index, pd.RangeIndex):
-        frame = frame.reset_index(names=index_label or frame.index.name or "")
+        values = frame.apply(lambda col: col.map(lambda v: _setting_text(v, digits))).astype(object)
+        frame = values.reset_index(names=index_label or frame.index.name or "")
     return styled(frame, **kwargs)
 
 
