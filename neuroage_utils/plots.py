@@ -102,6 +102,11 @@ def scores_table(rows: pd.DataFrame, paper_col: str | None = None, names: dict |
         styler = styler.highlight_min(subset=[best], props="font-weight: bold")
     if paper_col and paper_col in shown:
         styler = styler.set_properties(subset=[paper_col], **{"color": "#666666"})
+    # short cells (numbers, intervals, differences) stay on one line; names and sentences may wrap
+    one_line = [c for c in shown if c not in ("model", "MAE per repeat")
+                and shown[c].map(lambda v: len(str(v))).max() <= 24]
+    if one_line:
+        styler = styler.set_properties(subset=one_line, **{"white-space": "nowrap"})
     return styler
 
 
@@ -110,7 +115,8 @@ CHAPTER_NAMES = {"svd_ridge": "SVD + ridge", "elastic_net": "elastic net", "mlp"
                  "dae": "denoising Gaussian VAE", "dae_poisson": "denoising Poisson VAE"}
 SCORE_LABELS = {"MAE": "MAE (years)", "CV MAE": "CV MAE (years)", "95% CI": "95% interval (years)",
                 "paper MAE": "paper MAE (years)", "paper MAE (other data)": "paper MAE (years, other data)",
-                "seconds": "time (s)"}
+                "seconds": "time (s)", "hidden": "widths", "paper hidden": "paper widths",
+                "age_hidden": "age head", "lr": "learning rate", "noise": "noise level"}
 
 
 BLOCK_COLORS = {"encoder": "#4C72B0", "mu_head": "#8172B3", "var_head": "#8172B3", "decoder": "#55A868",
@@ -146,12 +152,12 @@ def architecture_figure(layers: pd.DataFrame, title: str = ""):
         positions[row.name] = x
         ax.annotate("", xy=(x - 0.32, 0), xytext=(x - 0.68, 0), arrowprops={"arrowstyle": "->", "color": "0.5"})
     last_encoder = max(v for k, v in positions.items() if k.startswith("encoder"))
-    ax_x, y_age = last_encoder, -3.1
+    ax_x, y_age = last_encoder, -3.7
     for i, row in enumerate(age.itertuples(index=False)):
         bar(ax_x + i, y_age, row.out, BLOCK_COLORS["age_head"], "age" if i == len(age) - 1 else "")
     n_encoder = len(main[main["block"] == "encoder"])
-    ax.annotate("", xy=(ax_x, y_age + heights(age.iloc[0]["out"]) / 2 + 0.05),
-                xytext=(ax_x, -heights(main.iloc[n_encoder - 1]["out"]) / 2 - 0.55),
+    ax.annotate("", xy=(ax_x, y_age + heights(age.iloc[0]["out"]) / 2 + 0.42),
+                xytext=(ax_x, -heights(main.iloc[n_encoder - 1]["out"]) / 2 - 0.5),
                 arrowprops={"arrowstyle": "->", "color": "#C44E52"})
     likelihood = layers.loc[layers["block"] == "likelihood", "type"]
     handles = [plt.Rectangle((0, 0), 1, 1, color=BLOCK_COLORS[b]) for b in ("encoder", "mu_head", "decoder", "age_head")]
@@ -159,7 +165,7 @@ def architecture_figure(layers: pd.DataFrame, title: str = ""):
                         "age head (Linear-BN-ReLU-Dropout)"], loc="upper center", bbox_to_anchor=(0.5, 0.0),
               ncol=2, fontsize=SMALL, frameon=False)
     ax.set_xlim(-0.7, max(x, ax_x + len(age) - 1) + 0.7)
-    ax.set_ylim(-4.9, 3.0)
+    ax.set_ylim(-5.5, 3.0)
     ax.axis("off")
     sub = f"reconstruction: {likelihood.iloc[0]}" if len(likelihood) else ""
     ax.set_title(f"{title}\n{sub}" if title else sub, fontsize=10.5)

@@ -109,7 +109,7 @@ def cv_table(summary: dict, comparisons: pd.DataFrame, params: dict) -> pd.DataF
         if row.empty:
             return "-"
         r = row.iloc[0]
-        return f"{r['difference']:+.2f} ({r['ci95'][0]:+.2f} to {r['ci95'][1]:+.2f})"
+        return f"{r['difference']:+.2f} ({r['ci95'][0]:+.1f} to {r['ci95'][1]:+.1f})"
 
     rows = []
     for key, s in sorted(summary.items(), key=lambda kv: kv[1]["mae"]):

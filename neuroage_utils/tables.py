@@ -181,7 +181,7 @@ def styled(table: pd.DataFrame, labels: Mapping | None = None, decimals=2, missi
         styler = styler.set_properties(subset=present, **{"color": "#666666"})
     styler = styler.relabel_index([label(c, labels) for c in table.columns], axis="columns")
     # room between columns, so a right-aligned number never runs into the next column's text
-    styler = styler.set_table_styles([{"selector": "th, td", "props": "padding: 0.2em 0.75em;"}], overwrite=False)
+    styler = styler.set_table_styles([{"selector": "th, td", "props": "padding: 0.2em 0.45em;"}], overwrite=False)
     return styler.hide(axis="index")
 
 
