@@ -45,8 +45,8 @@ SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 MISSING = "–"  # an en dash: no value
 DASH = "–"  # between an interval's ends
 
-# "10.2-20.3" or "10.2 – 20.3": an interval already written as text.
-_INTERVAL_TEXT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*[-–]\s*(-?\d+(?:\.\d+)?)\s*$")
+# "10.2-20.3", "10.2 – 20.3" or "535-3,803": an interval already written as text.
+_INTERVAL_TEXT = re.compile(r"^\s*(-?\d[\d,]*(?:\.\d+)?)\s*[-–]\s*(-?\d[\d,]*(?:\.\d+)?)\s*$")
 
 
 def label(name, labels: Mapping | None = None) -> str:
@@ -194,13 +194,16 @@ def _setting_text(value, digits: int = 3):
         return format_interval(value) if isinstance(value, str) else str(value)
     if float(value).is_integer():
         return f"{int(value):,}"
-    return f"{float(value):.{digits}g}"
+    if abs(float(value)) >= 0.1:  # MAEs, r, ratios: two decimals, as in every other table
+        return f"{float(value):,.2f}"
+    return f"{float(value):.{digits}g}"  # small values (a penalty, a chance rate): significant digits
 
 
 def shown(table, index_label: str = "", digits: int = 3, **kwargs):
     """:func:`styled` for any table a chapter displays. A table whose rows have names (a Series, or
     an index of settings) is a settings table: its rows differ in kind, so each value is written on
-    its own (counts as integers, other numbers with ``digits`` significant digits), and the row names
+    its own (counts as integers, numbers from 0.1 up with two decimals, smaller ones with ``digits``
+    significant digits), and the row names
     become the first column, headed ``index_label``. Other tables go to :func:`styled` as they are."""
     frame = table.to_frame() if isinstance(table, pd.Series) else pd.DataFrame(table)
     if isinstance(frame.index, pd.MultiIndex):
