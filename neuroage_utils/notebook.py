@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evaluate, paper, profiles, results
+from . import evaluate, paper, profiles, results, tables
 from .data import Cohort, file_sha256, load_cohort
 from .simulate import ensure_simulated
 from .train.device import amp_active, device_label, resolve_device
@@ -39,6 +39,16 @@ def glue(name: str, value, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
+def glue_paper() -> None:
+    """Glue every number the paper reports (``paper.TEXT``) as ``paper_<name>``, so that prose cites
+    them from the one source, never typed (e.g. ``{glue:text}`paper_poisson_vae_test_mae:.2f```)."""
+    for name, value in paper.TEXT.items():
+        parts = value.items() if isinstance(value, dict) else [("", value)]
+        for part, v in parts:  # a dict (the split's donors) is glued one number per key
+            if isinstance(v, (int, float)):
+                glue(f"paper_{name}_{part}" if part else f"paper_{name}", v)
+
+
 #: The papermill parameters every chapter notebook declares (its first code cell).
 PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", "out_dir", "allow_non_counts")
 #: Optional papermill parameters a notebook need not declare (the runner passes them only when set):
@@ -56,6 +66,7 @@ class Chapter:
         from . import plots
 
         plots.set_style()
+        glue_paper()
         params = {name: namespace[name] for name in PARAMETERS + OPTIONAL_PARAMETERS if name in namespace}
         params["out_dir"] = params.get("out_dir") or None
         return cls(section, **params)
@@ -121,7 +132,7 @@ class Chapter:
         d = self.data
         if self.simulated:
             origin = (
-                f"the **simulated cohort** built on the study's 69 real donors (profile `{self.profile}`, "
+                f"the **simulated cohort** built on the study's {paper.TEXT['n_donors']} real donors (profile `{self.profile}`, "
                 f"seed {self.seed}; not the study's access-controlled data)"
             )
         else:
@@ -280,7 +291,7 @@ class Chapter:
         if "null_val" not in self.models:
             self.add_null("val", key="null_val")
         null = self.models["null_val"]
-        null_row = {"model": "null (training mean)", "MAE": null["mae"],
+        null_row = {"model": tables.null_label(null), "MAE": null["mae"],
                     "95% CI": f"{null['mae_ci95'][0]:.1f}-{null['mae_ci95'][1]:.1f}"}
         if paper_mae is not None:
             null_row["paper MAE"] = paper.TEXT["null_val_mae"]
@@ -330,6 +341,9 @@ class Chapter:
         table = pd.DataFrame(rows)
         if paper is not None:
             table["paper MAE"] = table["model"].map(paper)
+        if len(table):  # a null row says which donors' mean age it predicts (two different nulls exist)
+            table["model"] = [tables.null_label(e) if str(key).startswith("null") and "trained_on" in e else key
+                              for key, e in chosen]
         return table
 
     # -- comparisons ---------------------------------------------------------------------------

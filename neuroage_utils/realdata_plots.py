@@ -22,7 +22,7 @@ def _scored(group: dict) -> dict:
 def mae_overview(models: dict):
     """Donor-level MAE with 95% intervals per model: CV and cross-cohort, one panel per cell type;
     the dotted line is the null model's cross-validated MAE."""
-    fig, axes = plt.subplots(1, len(CELL_TYPES), figsize=(10, 3.8), sharex=True)
+    fig, axes = plt.subplots(1, len(CELL_TYPES), figsize=(plots.WIDTH, 3.8), sharex=True)
     for ax, (ct, (label, _, _)) in zip(np.atleast_1d(axes), CELL_TYPES.items()):
         order = [k for k in MODEL_LABELS if k in _scored(models.get(ct, {})) or k in _scored(models.get(ct + "_cross", {}))]
         ypos = {k: i for i, k in enumerate(order)}
@@ -36,12 +36,12 @@ def mae_overview(models: dict):
         null = _scored(models.get(ct, {})).get("null")
         if null:
             ax.axvline(null["mae"], color="0.5", ls=":", lw=1)
-        ax.set_yticks(range(len(order)), [MODEL_LABELS[k] for k in order], fontsize=8)
+        ax.set_yticks(range(len(order)), [MODEL_LABELS[k] for k in order], fontsize=plots.SMALL)
         ax.invert_yaxis()
         ax.set(xlabel="donor-level MAE (years)", title=label)
     handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=2, frameon=False, fontsize=8)
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=2, frameon=False, fontsize=plots.SMALL)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
@@ -62,14 +62,17 @@ def predicted_vs_true_panels(models: dict):
             panels.append((f"{ct.upper()}: published clock", pc))
     if not panels:
         return plots.placeholder_figure("no model was scored")
-    ncol = min(len(panels), 4)
-    fig, axes = plt.subplots(1, ncol, figsize=(3.3 * ncol, 3.5))
-    for ax, (title, entry) in zip(np.atleast_1d(axes), panels):
+    ncol = min(len(panels), 2)
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(plots.WIDTH, 3.7 * nrow), squeeze=False)
+    for ax, (title, entry) in zip(axes.ravel(), panels):
         plots.predicted_vs_true(pd.DataFrame(entry["predictions"]), title, ax=ax,
-                                entry=entry if entry.get("mae_ci95") else None)
+                                entry=entry if entry.get("mae_ci95") else None, legend=False)
         for coll in ax.collections:
-            coll.set_sizes([8])
-        ax.title.set_fontsize(9)
+            coll.set_sizes([10])
+        ax.title.set_fontsize(10)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     return fig
 
@@ -87,12 +90,14 @@ def cross_cohort_heatmap(models: dict):
     frames = [(ct, t) for ct, t in frames if not t.empty]
     if not frames:
         return plots.placeholder_figure("no cross-cohort test ran")
-    fig, axes = plt.subplots(1, len(frames), figsize=(5.2 * len(frames), 3.6))
+    fig, axes = plt.subplots(len(frames), 1, figsize=(plots.WIDTH, 2.2 + 0.35 * max(len(t) for _, t in frames) * len(frames)),
+                             squeeze=False)
+    axes = axes[:, 0]
     vmax = max(float(np.nanmax(t.to_numpy())) for _, t in frames)
     for ax, (ct, table) in zip(np.atleast_1d(axes), frames):
         sns.heatmap(table, annot=True, fmt=".1f", cmap="rocket_r", vmin=0, vmax=vmax, cbar=ax is np.atleast_1d(axes)[-1],
-                    ax=ax, annot_kws={"fontsize": 8}, cbar_kws={"label": "MAE (years)"})
+                    ax=ax, annot_kws={"fontsize": plots.SMALL}, cbar_kws={"label": "MAE (years)"})
         ax.set(title=f"{CELL_TYPES[ct][0]}: held-out dataset", xlabel="", ylabel="")
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=plots.SMALL)
     fig.tight_layout()
     return fig

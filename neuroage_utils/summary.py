@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import evaluate, paper, profiles, results
+from . import evaluate, paper, profiles, results, tables
 from .crossval import MODEL_NAMES
 
 __all__ = ["PAPER_TEST_MAE", "leaderboard", "paper_caveat", "ground_truth", "conclusion", "cv_table",
@@ -56,7 +56,7 @@ def leaderboard(docs: dict, own: dict | None = None, own_section: str = "summary
                 seen_null = True
             rows.append({"model": key, "section": section, "mae": float(e["mae"]),
                          "mae_ci95": [float(v) for v in e["mae_ci95"]], "r": e["r"], "n_donors": int(e["n_donors"]),
-                         "paper_mae": PAPER_TEST_MAE.get(key)})
+                         "paper_mae": PAPER_TEST_MAE.get(key), "trained_on": e.get("trained_on")})
     return sorted(rows, key=lambda r: r["mae"])
 
 
@@ -72,7 +72,8 @@ def skipped_models(docs: dict, own: dict | None = None, cv_skipped: dict | None 
 def leaderboard_table(rows: list[dict]) -> pd.DataFrame:
     """The leaderboard for display (the paper's column labelled as the other experiment it is)."""
     return pd.DataFrame([{
-        "model": _name(r["model"]), "key": r["model"], "chapter": r["section"], "MAE": round(r["mae"], 2),
+        "model": tables.null_label(r["trained_on"]) if r["model"] == "null" and r.get("trained_on") else _name(r["model"]),
+        "key": r["model"], "chapter": r["section"], "MAE": round(r["mae"], 2),
         "95% CI": f"{r['mae_ci95'][0]:.1f}-{r['mae_ci95'][1]:.1f}",
         "r": np.nan if r["r"] is None else round(r["r"], 2), "donors": r["n_donors"],
         "paper MAE (other data)": r["paper_mae"]} for r in rows])
@@ -108,11 +109,12 @@ def cv_table(summary: dict, comparisons: pd.DataFrame, params: dict) -> pd.DataF
         if row.empty:
             return "-"
         r = row.iloc[0]
-        return f"{r['difference']:+.2f} ({r['ci95'][0]:+.2f} to {r['ci95'][1]:+.2f})"
+        return f"{r['difference']:+.2f} ({r['ci95'][0]:+.1f} to {r['ci95'][1]:+.1f})"
 
     rows = []
     for key, s in sorted(summary.items(), key=lambda kv: kv[1]["mae"]):
-        rows.append({"model": _name(key), "key": key, "CV MAE": round(s["mae"], 2),
+        name = "null: mean age of the training folds' donors" if key == "null" else _name(key)
+        rows.append({"model": name, "key": key, "CV MAE": round(s["mae"], 2),
                      "95% CI": f"{s['mae_ci95'][0]:.1f}-{s['mae_ci95'][1]:.1f}",
                      "MAE per repeat": ", ".join(f"{v:.1f}" for v in s["mae_repeats"]),
                      "r": np.nan if s["r"] is None else round(s["r"], 2),

@@ -10,21 +10,21 @@ import numpy as np
 import pandas as pd
 
 from .crossval import MODEL_NAMES
-from .plots import predicted_vs_true
+from .plots import SMALL, WIDTH, predicted_vs_true
 
 __all__ = ["predicted_grid", "residual_vs_age", "cv_forest"]
 
 
-def predicted_grid(entries: dict, ncols: int = 4):
+def predicted_grid(entries: dict, ncols: int = 3):
     """Predicted vs true age, one panel per ``{label: results entry}`` (donor predictions)."""
     n = max(len(entries), 1)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, 2.75 * nrows), squeeze=False)
     for ax, (label, entry) in zip(axes.ravel(), entries.items()):
-        predicted_vs_true(pd.DataFrame(entry["predictions"]), label, ax=ax, entry=entry)
-        ax.title.set_fontsize(9)
-        ax.legend().remove()
+        predicted_vs_true(pd.DataFrame(entry["predictions"]), label, ax=ax, entry=entry, legend=False)
+        ax.title.set_fontsize(SMALL)
+        ax.set(xlabel="true age", ylabel="predicted age")
     for ax in axes.ravel()[len(entries):]:
         ax.axis("off")
     fig.tight_layout()
@@ -37,7 +37,7 @@ def residual_vs_age(predictions: pd.DataFrame, models=None):
     mean = predictions.groupby(["model", "donor_id"]).agg(age=("age", "first"), predicted=("predicted", "mean"))
     mean = mean.reset_index()
     models = models or list(mean["model"].unique())
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(WIDTH, 4.8))
     colors = plt.get_cmap("tab10")
     for i, m in enumerate(models):
         sub = mean[mean["model"] == m]
@@ -50,14 +50,14 @@ def residual_vs_age(predictions: pd.DataFrame, models=None):
                     label=f"{MODEL_NAMES.get(m, m)} (slope {slope:+.2f})")
     ax.axhline(0, color="0.5", ls="--", lw=1)
     ax.set(xlabel="true age (years)", ylabel="predicted - true (years)", title="residual vs age (cross-validation)")
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.legend(fontsize=SMALL, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     return fig
 
 
 def cv_forest(summary: dict):
     """CV MAE with its 95% interval per model, best at the top; the null's MAE as a dashed line."""
     keys = sorted(summary, key=lambda k: summary[k]["mae"], reverse=True)
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(keys) + 1.2))
+    fig, ax = plt.subplots(figsize=(WIDTH, 0.4 * len(keys) + 1.2))
     for i, k in enumerate(keys):
         s = summary[k]
         lo, hi = s["mae_ci95"]
@@ -67,6 +67,6 @@ def cv_forest(summary: dict):
             ax.scatter([v], [i], marker="|", color="0.4", s=40, zorder=2)
     if "null" in summary:
         ax.axvline(summary["null"]["mae"], color="#C44E52", ls="--", lw=1)
-    ax.set_yticks(range(len(keys)), [MODEL_NAMES.get(k, k) for k in keys], fontsize=8)
+    ax.set_yticks(range(len(keys)), [MODEL_NAMES.get(k, k) for k in keys], fontsize=SMALL)
     ax.set(xlabel="cross-validated MAE (years)", title="repeated donor-grouped CV (ticks: single repeats)")
     return fig

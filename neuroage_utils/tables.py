@@ -45,8 +45,8 @@ SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 MISSING = "–"  # an en dash: no value
 DASH = "–"  # between an interval's ends
 
-# "10.2-20.3" or "10.2 – 20.3": an interval already written as text.
-_INTERVAL_TEXT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*[-–]\s*(-?\d+(?:\.\d+)?)\s*$")
+# "10.2-20.3", "10.2 – 20.3" or "535-3,803": an interval already written as text.
+_INTERVAL_TEXT = re.compile(r"^\s*(-?\d[\d,]*(?:\.\d+)?)\s*[-–]\s*(-?\d[\d,]*(?:\.\d+)?)\s*$")
 
 
 def label(name, labels: Mapping | None = None) -> str:
@@ -123,8 +123,8 @@ def _formatters(table: pd.DataFrame, decimals, missing, interval_decimals: int, 
                 return format_interval(v, interval_decimals, gap)
             if _is_missing(v):
                 return gap
-            if isinstance(v, str):
-                return v if v != "" or kind == "text" else gap
+            if isinstance(v, str):  # text such as "10.2-20.3" gets the interval's dash
+                return format_interval(v) if v != "" or kind == "text" else gap
             if kind == "integer" and isinstance(v, numbers.Real) and float(v).is_integer():
                 return f"{int(v):,}"
             if kind in ("float", "integer") and isinstance(v, numbers.Real) and not isinstance(v, bool):
@@ -180,7 +180,38 @@ def styled(table: pd.DataFrame, labels: Mapping | None = None, decimals=2, missi
     if present:
         styler = styler.set_properties(subset=present, **{"color": "#666666"})
     styler = styler.relabel_index([label(c, labels) for c in table.columns], axis="columns")
+    # room between columns, so a right-aligned number never runs into the next column's text
+    styler = styler.set_table_styles([{"selector": "th, td", "props": "padding: 0.2em 0.45em;"}], overwrite=False)
     return styler.hide(axis="index")
+
+
+def _setting_text(value, digits: int = 3):
+    """One value of a settings table (rows of different kinds): counts as integers, other numbers
+    with ``digits`` significant digits, the rest as text."""
+    if _is_missing(value):
+        return MISSING
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return format_interval(value) if isinstance(value, str) else str(value)
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    if abs(float(value)) >= 0.1:  # MAEs, r, ratios: two decimals, as in every other table
+        return f"{float(value):,.2f}"
+    return f"{float(value):.{digits}g}"  # small values (a penalty, a chance rate): significant digits
+
+
+def shown(table, index_label: str = "", digits: int = 3, **kwargs):
+    """:func:`styled` for any table a chapter displays. A table whose rows have names (a Series, or
+    an index of settings) is a settings table: its rows differ in kind, so each value is written on
+    its own (counts as integers, numbers from 0.1 up with two decimals, smaller ones with ``digits``
+    significant digits), and the row names
+    become the first column, headed ``index_label``. Other tables go to :func:`styled` as they are."""
+    frame = table.to_frame() if isinstance(table, pd.Series) else pd.DataFrame(table)
+    if isinstance(frame.index, pd.MultiIndex):
+        frame = frame.reset_index()
+    elif not isinstance(frame.index, pd.RangeIndex):
+        values = frame.apply(lambda col: col.map(lambda v: _setting_text(v, digits))).astype(object)
+        frame = values.reset_index(names=index_label or frame.index.name or "")
+    return styled(frame, **kwargs)
 
 
 def markdown(table: pd.DataFrame, **kwargs) -> str:

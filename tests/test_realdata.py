@@ -218,6 +218,14 @@ def test_every_model_runs_by_cv_and_across_cohorts_on_synthetic_donors(synthetic
     assert set(table["cell type"]) == {"CD4T", "CD8T"} and "elastic net" in set(table["model"])
     text = realdata.findings(models)
     assert "CD4 T cells, cross-validation" in text and "across cohorts" in text
+    import matplotlib.pyplot as plt
+
+    from neuroage_utils import realdata_plots
+
+    for draw in (realdata_plots.mae_overview, realdata_plots.cross_cohort_heatmap,
+                 realdata_plots.predicted_vs_true_panels):
+        assert isinstance(draw(models), plt.Figure)
+    plt.close("all")
 
 
 def test_smoke_profile_subsamples_donors_and_genes(synthetic_dir):

@@ -87,3 +87,12 @@ def test_scores_table_shows_the_same_numbers():
     for shown in ("9.84", "15.35", "0.71", "15.97", "6.1–14.0", "10.2–20.3", ">11<"):
         assert shown in html, shown
     assert "row_heading" not in html and "font-weight: bold" in html
+
+
+def test_shown_turns_row_names_into_a_column_and_dashes_interval_text():
+    settings = pd.Series({"optimiser": "Adam", "batch size": 256}, name="as run")
+    html = tables.shown(settings, index_label="setting").to_html()
+    assert "setting" in html and "optimiser" in html and "as run" in html
+    mixed = pd.DataFrame({"model": ["a", "b"], "95% CI": ["1.0-2.5", "skipped: no counts"]})
+    out = tables.formatted(mixed)
+    assert out["95% CI"].tolist() == ["1.0–2.5", "skipped: no counts"]

@@ -262,10 +262,18 @@ def top_components(corr: pd.DataFrame) -> dict:
 
 
 def top_components_table(top: dict, n_components: int, paper_components=None, paper_abs_r=None) -> pd.DataFrame:
-    """:func:`top_components` as a table, ours beside the paper's (which reports the top |r| only)."""
+    """:func:`top_components` as a table, ours beside the paper's (which reports the top |r| only);
+    each row written for reading (counts as integers, correlations with two decimals)."""
+    def r(v):
+        return "not reported" if v is None else f"{float(v):.2f}"
+
+    def n(v):
+        return "not reported" if v is None else f"{int(v):,}"
+
     return pd.DataFrame({
-        "ours": [int(n_components), top["abs_r_cell"], top["component_cell"], top["abs_r_donor"], top["component_donor"]],
-        "paper": [paper_components, paper_abs_r, None, None, None],
+        "ours": [n(n_components), r(top["abs_r_cell"]), n(top["component_cell"]), r(top["abs_r_donor"]),
+                 n(top["component_donor"])],
+        "paper": [n(paper_components), r(paper_abs_r), "not reported", "not reported", "not reported"],
     }, index=["components", "top |r| over cells", "its component", "top |r| over donors", "its component"])
 
 
