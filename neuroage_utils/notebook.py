@@ -217,19 +217,21 @@ class Chapter:
 
         ``config`` holds the row (``hidden``, ``latent``, ``age_hidden``, ``dropout``, ``epochs``);
         the optimiser and schedules come from the chapter's profile (Adam, batch size, cyclical KL,
-        cosine warm restarts), and the model checkpoints under ``key``.
+        cosine warm restarts), and the model checkpoints under ``key``; ``extra`` replaces any option.
         """
         from .models.vae import VAEAgeRegressor
 
         P = self.params
-        return VAEAgeRegressor(
+        options = dict(
             likelihood=likelihood, hidden=config["hidden"], latent=config["latent"],
             age_hidden=config["age_hidden"], dropout=config["dropout"], epochs=config["epochs"],
             lr=P["lr"], batch_size=P["batch_size"], kl_schedule="cyclical", kl_cycle=P["kl_cycle"],
             lr_schedule="cosine_warm_restarts", T_0=P["t0"], log_normalize=self.cohort.is_counts,
             device=self.device, seed=self.seed, checkpoint_path=self.checkpoint(key),
-            checkpoint_every=P["checkpoint_every"], **extra,
+            checkpoint_every=P["checkpoint_every"],
         )
+        options.update(extra)  # e.g. another batch size or age weight for an experiment
+        return VAEAgeRegressor(**options)
 
     def training_settings(self) -> pd.DataFrame:
         """The VAE training settings as run under this profile, beside the paper's."""
