@@ -19,6 +19,7 @@ the numbers (training-validation gaps, paired intervals against the null and bet
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -88,6 +89,7 @@ def run_experiments(chapter, X) -> dict:
             chapter.skip(key, reason)
         return {"meta": {}, "base_key": base_key, "curves": None, "steps": None, "skipped": reason}
 
+    started = time.perf_counter()
     n_train = int(c.mask("train").sum())
     monitor = {"monitor": ("train", "val"), "monitor_cells": E["monitor_cells"]}
     base_hist = chapter.fitted[base_key].history_
@@ -142,11 +144,16 @@ def run_experiments(chapter, X) -> dict:
                      "steps": step_budget(n_train, P["batch_size"], P["poisson_grid"][-1]["epochs"])},
              "experiment": {"cells": n_train, "batch_size": int(E["batch_size"]), "epochs": int(cfg["epochs"]),
                             "steps": meta["vae_exp_steps"]["steps"]},
-             "paper": paper_step_budget(("train",))}
+             "paper": paper_step_budget(("train",)), "paper_final": paper_step_budget(("train", "val"))}
+    # Table 3 rows resume one run: the longest row's history holds every epoch's monitor time
+    monitor_seconds = float(chapter.fitted[f"vae_poisson_t3_m{len(P['poisson_grid'])}"].history_.get(
+        "monitor_seconds", pd.Series(dtype=float)).sum())
+    timing = {"experiments_s": time.perf_counter() - started, "table3_monitors_s": monitor_seconds}
     chapter.record(vae_experiments={
         "learning_curves": curves.to_dict(orient="list"), "step_budgets": steps, "baseline": base_key,
+        "seconds": timing,
         "runs": {k: {kk: vv for kk, vv in v.items()} for k, v in meta.items()}})
-    return {"meta": meta, "base_key": base_key, "curves": curves, "steps": steps}
+    return {"meta": meta, "base_key": base_key, "curves": curves, "steps": steps, "seconds": timing}
 
 
 def experiment_table(models: dict, meta: dict, null_key: str = "null_val", seed: int = 0) -> pd.DataFrame:
@@ -246,7 +253,7 @@ def _names(keys, table) -> str:
 
 
 def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | None = None,
-             gap_years: float = 2.0) -> list[str]:
+             gap_years: float = 2.0, paper_final_steps: int | None = None) -> list[str]:
     """Sentences about what the experiments show, each claim decided by the numbers.
 
     ``table`` is :func:`experiment_table` (kinds ``table3``, ``steps``, ``age_weight``, ``coded``,
@@ -275,7 +282,8 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | 
             out.append(f"{head}: {n_big} of {len(seen)} fit the donors they saw more than {gap_years:g} years better "
                        f"than new donors (gaps {gaps.min():.1f} to {gaps.max():.1f} years).")
         else:
-            out.append(f"{head}: only {n_big} of {len(seen)} fit the donors they saw more than {gap_years:g} years "
+            count = "none" if n_big == 0 else f"only {n_big}"
+            out.append(f"{head}: {count} of {len(seen)} fit the donors they saw more than {gap_years:g} years "
                        f"better than new donors, so these runs did not simply memorise their training donors.")
 
     # 2. against the null
@@ -298,7 +306,9 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | 
         s = steps.iloc[0]
         cmp = _compare(comparisons, s["key"], base["key"])
         ratio = s["steps"] / base["steps"]
-        paper_part = f"; the paper's longest run made {paper_steps:,}" if paper_steps else ""
+        paper_part = f"; the paper's 1,000-epoch Table 3 run made {paper_steps:,}" if paper_steps else ""
+        if paper_steps and paper_final_steps:
+            paper_part += f" and its final model {paper_final_steps:,}"
         facts["steps_help"] = cmp is not None and _verdict(cmp["lo"], cmp["hi"]) < 0
         out.append(f"{ratio:.1f}x the optimiser steps ({int(s['steps']):,} instead of {int(base['steps']):,} in the same "
                    f"{int(s['epochs'])} epochs{paper_part}) "

@@ -325,8 +325,11 @@ def fit(
                         early["bad_epochs"] += 1
                         if early["bad_epochs"] >= int(early_stopping_patience):
                             early["stopped"] = True
-            for name, monitor in monitors.items():
-                row[f"{name}_mae"] = monitor.mae(module)
+            if monitors:
+                tic_monitors = time.perf_counter()
+                for name, monitor in monitors.items():
+                    row[f"{name}_mae"] = monitor.mae(module)
+                row["monitor_seconds"] = time.perf_counter() - tic_monitors
             row["seconds"] = time.perf_counter() - tic
             history.append(row)
             done = epoch + 1
