@@ -310,6 +310,7 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | 
         if paper_steps and paper_final_steps:
             paper_part += f" and its final model {paper_final_steps:,}"
         facts["steps_help"] = cmp is not None and _verdict(cmp["lo"], cmp["hi"]) < 0
+        facts["steps_fit_train"] = s["train_mae"] < base["train_mae"]
         out.append(f"{ratio:.1f}x the optimiser steps ({int(s['steps']):,} instead of {int(base['steps']):,} in the same "
                    f"{int(s['epochs'])} epochs{paper_part}) "
                    f"{_change('the training-donor MAE', base['train_mae'], s['train_mae'])} and "
@@ -370,26 +371,32 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | 
 def _explanation(f: dict) -> str:
     """The explanation the facts support, clause by clause."""
     clauses = []
+    fitters = [name for name, key in (("more steps", "steps_fit_train"), ("a heavier age term", "weight_fits_train"))
+               if f.get(key)]
     if f.get("memorises") and not (f.get("steps_help") or f.get("weight_help")):
-        clauses.append("the jointly trained age head learns the training donors rather than age: what lowers its "
-                       "training-donor error (more steps" + (", a heavier age term" if f.get("weight_fits_train") else "")
-                       + ") does not carry over to new donors")
+        clauses.append("the jointly trained age head learns the training donors rather than age: "
+                       + (f"what lowers its training-donor error ({' and '.join(fitters)}) does not carry over to new "
+                          "donors" if fitters else "it fits the donors it saw, and nothing tried here carries that "
+                          "to new donors"))
     elif f.get("memorises"):
         clauses.append("the runs fit their training donors far better than new donors, although some of the extra "
                        "training did reach new donors")
     if "steps_help" in f:
-        clauses.append("the quick runs are under-trained: more optimiser steps helped new donors" if f["steps_help"]
+        clauses.append("the runs are under-trained: more optimiser steps helped new donors" if f["steps_help"]
                        else "under-training is not the explanation at this budget: more steps did not help new donors")
     if f.get("weight_help"):
         clauses.append("the paper's age weight of 1 under-weights age: a heavier age term helped new donors")
-    if f.get("probe_beats_null") and not f.get("vae_beats_null"):
-        clauses.append("the latent space does hold age signal that a donor-level probe finds and the cell-level "
-                       "head misses")
-    elif not f.get("probe_beats_null"):
-        clauses.append("the latent space itself holds no age signal that a linear probe on these donors can use")
-    if f.get("probe_beats_linear"):
-        clauses.append("it holds more than SVD and NMF features do")
-    elif f.get("probe_loses_linear"):
+    if "probe_beats_null" in f:
+        if f["probe_beats_null"]:
+            clause = "the latent space holds age signal that a donor-level linear probe can use"
+            if not f.get("vae_beats_null"):
+                clause += ", which the cell-level head misses"
+        else:
+            clause = "the latent space itself holds no age signal that a linear probe on these donors can use"
+        if f.get("probe_beats_linear"):
+            clause += ", and more than SVD and NMF features hold"
+        clauses.append(clause)
+    if f.get("probe_loses_linear"):
         clauses.append("linear factorisations of the same cells hold more age signal than the VAE's latent space")
     clauses.append("the code's departures from the paper (MSE, SGD) do better on these data" if f.get("coded_better")
                    else "the code's departures from the paper (MSE, SGD) do not rescue the model on these data")
