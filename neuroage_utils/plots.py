@@ -279,10 +279,12 @@ def latent_space(projection, ages, donors, title: str):
     return fig
 
 
-def vae_experiments(curves: pd.DataFrame | None, table: pd.DataFrame | None, null_mae: float):
+def vae_experiments(curves: pd.DataFrame | None, table: pd.DataFrame | None, null_mae: float,
+                    train_null_mae: float | None = None):
     """The VAE experiments: learning curves (training- and validation-donor MAE per epoch of the
     Table 3 run) and the age-weight sweep (training vs validation MAE per weight), the null's
-    validation MAE as a dashed line on both; a placeholder when nothing ran."""
+    validation MAE as a dashed line on both (and its training-donor MAE dotted when given); a
+    placeholder when nothing ran."""
     if curves is None or table is None or table.empty:
         return placeholder_figure("VAE experiments skipped: the data are not raw counts")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -301,6 +303,8 @@ def vae_experiments(curves: pd.DataFrame | None, table: pd.DataFrame | None, nul
            title=f"Age-weight sweep ({int(sweep['epochs'].iloc[0])} epochs)")
     for ax in axes:
         ax.axhline(null_mae, color="#777777", ls="--", lw=1, label="null, validation donors")
+        if train_null_mae is not None:
+            ax.axhline(train_null_mae, color="#777777", ls=":", lw=1, label="null, training donors")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
