@@ -174,7 +174,7 @@ class Chapter:
         return self.add(key, table, split, trained_on=list(train_splits))
 
     def fit_score(self, key: str, model, X, fit=("train",), on: str = "val", watch: str | None = None,
-                  **extra) -> dict:
+                  monitor=None, monitor_cells: int | None = None, **extra) -> dict:
         """Fit ``model`` on the cells of the ``fit`` splits, score it on the donors of ``on``.
 
         ``model`` follows the regressor protocol of this package: ``fit(X, ages, donors=...)`` and
@@ -185,15 +185,26 @@ class Chapter:
         """
         c = self.cohort
         train, evaluate_on = c.mask(*fit), c.mask(on)
+        options = {}
         if watch is not None:  # a torch model watches these donors (validation loss, early stopping)
             w = c.mask(watch)
-            model.fit(X[train], c.ages[train], donors=c.donors[train], validation=(X[w], c.ages[w], c.donors[w]))
-        else:
-            model.fit(X[train], c.ages[train], donors=c.donors[train])
+            options["validation"] = (X[w], c.ages[w], c.donors[w])
+        if monitor:
+            options["monitors"] = {name: self._monitor_set(X, name, monitor_cells) for name in monitor}
+        model.fit(X[train], c.ages[train], donors=c.donors[train], **options)
         pred = model.predict(X[evaluate_on])
         self.fitted[key] = model
         self.cell_predictions[key] = pred
         return self.add_cells(key, pred, evaluate_on, on, trained_on=list(fit), **extra)
+
+    def _monitor_set(self, X, split: str, max_cells: int | None):
+        """``(X, ages, donors)`` of the cells of ``split``, at most ``max_cells`` of them (uniform draw)."""
+        c = self.cohort
+        rows = np.flatnonzero(c.mask(split))
+        if max_cells is not None and len(rows) > max_cells:
+            # its own generator: drawing here must not move any other random stream of the chapter
+            rows = np.sort(np.random.default_rng(self.seed).choice(rows, int(max_cells), replace=False))
+        return X[rows], c.ages[rows], c.donors[rows]
 
     def mlp(self, config: dict, **overrides):
         """A :class:`~neuroage_utils.models.mlp.MLPRegressor` for one row of a tuning grid.
@@ -241,19 +252,21 @@ class Chapter:
 
         ``config`` holds the row (``hidden``, ``latent``, ``age_hidden``, ``dropout``, ``epochs``);
         the optimiser and schedules come from the chapter's profile (Adam, batch size, cyclical KL,
-        cosine warm restarts), and the model checkpoints under ``key``.
+        cosine warm restarts), and the model checkpoints under ``key``; ``extra`` replaces any option.
         """
         from .models.vae import VAEAgeRegressor
 
         P = self.params
-        return VAEAgeRegressor(
+        options = dict(
             likelihood=likelihood, hidden=config["hidden"], latent=config["latent"],
             age_hidden=config["age_hidden"], dropout=config["dropout"], epochs=config["epochs"],
             lr=P["lr"], batch_size=P["batch_size"], kl_schedule="cyclical", kl_cycle=P["kl_cycle"],
             lr_schedule="cosine_warm_restarts", T_0=P["t0"], log_normalize=self.cohort.is_counts,
             device=self.device, seed=self.seed, checkpoint_path=self.checkpoint(key),
-            checkpoint_every=P["checkpoint_every"], **({"amp": True} if self.amp else {}), **extra,
+            checkpoint_every=P["checkpoint_every"], **({"amp": True} if self.amp else {}),
         )
+        options.update(extra)  # e.g. another batch size or age weight for an experiment
+        return VAEAgeRegressor(**options)
 
     def training_settings(self) -> pd.DataFrame:
         """The VAE training settings as run under this profile, beside the paper's."""

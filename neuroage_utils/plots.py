@@ -331,3 +331,35 @@ def latent_space(projection, ages, donors, title: str):
     fig.suptitle(f"{title}: test cells")
     fig.tight_layout()
     return fig
+
+
+def vae_experiments(curves: pd.DataFrame | None, table: pd.DataFrame | None, null_mae: float,
+                    train_null_mae: float | None = None):
+    """The VAE experiments: learning curves (training- and validation-donor MAE per epoch of the
+    Table 3 run) and the age-weight sweep (training vs validation MAE per weight), the null's
+    validation MAE as a dashed line on both (and its training-donor MAE dotted when given); a
+    placeholder when nothing ran."""
+    if curves is None or table is None or table.empty:
+        return placeholder_figure("VAE experiments skipped: the data are not raw counts")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    ax = axes[0]
+    ax.plot(curves["epoch"] + 1, curves["train_mae"], label="training donors")
+    ax.plot(curves["epoch"] + 1, curves["val_mae"], label="validation donors")
+    ax.set(xlabel="epoch", ylabel="donor MAE (years)", title="Learning curves (Table 3 configuration)")
+    ax = axes[1]
+    sweep = table[table["kind"].isin(["table3", "age_weight"])].sort_values("age_weight")
+    ax.plot(sweep["age_weight"], sweep["train_mae"], "o-", label="training donors")
+    ax.errorbar(sweep["age_weight"], sweep["val_mae"],
+                yerr=[sweep["val_mae"] - sweep["ci_lo"], sweep["ci_hi"] - sweep["val_mae"]], fmt="s-", capsize=3,
+                label="validation donors (95% CI)")
+    ax.set_xscale("log")
+    ax.set(xlabel="weight of the age term (paper: 1)", ylabel="donor MAE (years)",
+           title=f"Age-weight sweep ({int(sweep['epochs'].iloc[0])} epochs)")
+    for ax in axes:
+        ax.axhline(null_mae, color="#777777", ls="--", lw=1, label="null, validation donors")
+        if train_null_mae is not None:
+            ax.axhline(train_null_mae, color="#777777", ls=":", lw=1, label="null, training donors")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

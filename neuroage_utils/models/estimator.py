@@ -84,12 +84,28 @@ class TorchAgeRegressor:
                 if not k.endswith("_") and not k.startswith("_") and k not in self._RUN_ONLY}
 
     # -- API ---------------------------------------------------------------------------------------
-    def fit(self, X, ages, donors=None, validation=None, library_size=None):
+    def _held_out(self, data, what: str) -> Validation:
+        """A :class:`Validation` from ``(X, ages)`` or ``(X, ages, donors)``, ages scaled as the training ages."""
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+            raise ValueError(f"{what} must be (X, ages) or (X, ages, donors)")
+        Xv = as_float32_matrix(data[0])
+        check_finite_matrix(Xv, f"{what} X")
+        self._check_X(Xv, fitting=False)
+        dv = data[2] if len(data) == 3 else None
+        av = _check_ages(data[1], Xv.shape[0], dv, f"{what} ages")
+        yv = (av - self.age_mean_) / self.age_std_
+        vb = CellBatches(Xv, yv, extras=self._extras(Xv), batch_size=max(self.batch_size, 4096), shuffle=False,
+                         device=self.device_, max_dense_bytes=self.max_dense_bytes, device_csr=self.device_csr)
+        return Validation(vb, dv, self.age_mean_, self.age_std_)
+
+    def fit(self, X, ages, donors=None, validation=None, library_size=None, monitors=None):
         """Fit on ``X`` (cells x features) and per-cell ``ages`` in years.
 
         ``donors`` (optional, one id per cell) only checks that every donor has one age.
         ``validation`` is ``(X_val, ages_val)`` or ``(X_val, ages_val, donors_val)``; its loss and
         MAE (donor-level when donors are given) are recorded per epoch in ``history_``.
+        ``monitors`` maps names to such tuples (e.g. ``{"train": ..., "val": ...}``): their MAE alone
+        is recorded per epoch as ``<name>_mae`` (learning curves; the run itself is unchanged).
         """
         X = as_float32_matrix(X)
         check_finite_matrix(X)
@@ -108,19 +124,8 @@ class TorchAgeRegressor:
                               device_csr=self.device_csr)
         torch.manual_seed(self.seed)  # parameter initialisation
         module = self._build_module(X, batches)
-        val = None
-        if validation is not None:
-            if not isinstance(validation, (tuple, list)) or len(validation) not in (2, 3):
-                raise ValueError("validation must be (X_val, ages_val) or (X_val, ages_val, donors_val)")
-            Xv = as_float32_matrix(validation[0])
-            check_finite_matrix(Xv, "validation X")
-            self._check_X(Xv, fitting=False)
-            dv = validation[2] if len(validation) == 3 else None
-            av = _check_ages(validation[1], Xv.shape[0], dv, "validation ages")
-            yv = (av - self.age_mean_) / self.age_std_
-            vb = CellBatches(Xv, yv, extras=self._extras(Xv), batch_size=max(self.batch_size, 4096), shuffle=False,
-                             device=self.device_, max_dense_bytes=self.max_dense_bytes, device_csr=self.device_csr)
-            val = Validation(vb, dv, self.age_mean_, self.age_std_)
+        val = None if validation is None else self._held_out(validation, "validation")
+        watched = {name: self._held_out(data, f"monitor {name!r}") for name, data in (monitors or {}).items()}
         self.history_ = fit(
             module, batches, self.epochs, self.lr,
             lr_schedule=getattr(self, "lr_schedule", None), T_0=getattr(self, "T_0", 20),
@@ -128,7 +133,8 @@ class TorchAgeRegressor:
             early_stopping_patience=self.early_stopping_patience,
             checkpoint_path=self.checkpoint_path, checkpoint_every=self.checkpoint_every,
             seed=self.seed, progress=self.progress, weight_decay=getattr(self, "weight_decay", 0.0),
-            config=self._config(), desc=type(self).__name__, amp=self.amp,
+            config=self._config(), desc=type(self).__name__, amp=self.amp, monitors=watched,
+            optimizer=getattr(self, "optimizer", "adam"),
         )
         self.module_ = module
         return self

@@ -1,4 +1,5 @@
-"""Likelihoods p(x | z) of the VAE decoders (Gaussian, Poisson, negative binomial) and the latent KL."""
+"""Likelihoods p(x | z) of the VAE decoders (Gaussian, Poisson, negative binomial), the authors' coded
+squared-error reconstruction, and the latent KL."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["GaussianLikelihood", "PoissonLikelihood", "NegativeBinomialLikelihood", "make_likelihood",
-           "kl_standard_normal", "LIKELIHOODS"]
+__all__ = ["GaussianLikelihood", "PoissonLikelihood", "NegativeBinomialLikelihood", "MSEReconstruction",
+           "make_likelihood", "kl_standard_normal", "LIKELIHOODS"]
 
-LIKELIHOODS = ("gaussian", "poisson", "nb")
+LIKELIHOODS = ("gaussian", "poisson", "nb", "mse")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -155,8 +156,40 @@ class NegativeBinomialLikelihood(nn.Module):
         return f"n_genes={self.n_genes}"
 
 
+class MSEReconstruction(nn.Module):
+    r"""The reconstruction the authors' code computes in its "Poisson" VAE: the squared error between
+    the decoder output :math:`o` and the encoder's clean input :math:`t`, summed over genes
+    (``nn.MSELoss(reduction="sum")`` per cell):
+
+    .. math:: \ell(x) = \sum_g (t_g - o_g)^2
+
+    What it reconstructs is whatever the encoder reads: in :class:`~neuroage_utils.models.networks.AgeVAE`
+    with ``likelihood="mse"`` that is :math:`t = \log(1 + x)` of the counts (the same input as the
+    Poisson model, so the Poisson and the coded variant differ only in this term and the optimiser).
+    It is not a normalised likelihood: it equals a unit-variance Gaussian NLL times 2 without its
+    constant, so it weighs the reconstruction twice as much against the KL and the age terms as that
+    Gaussian would. No parameters; the counts are not modelled as counts (``is_count`` False).
+    """
+
+    is_count = False
+
+    def __init__(self, n_genes: int):
+        super().__init__()
+        self.n_genes = int(n_genes)  # for display only: no parameters
+
+    def mean(self, output: torch.Tensor, library: torch.Tensor | None = None) -> torch.Tensor:
+        return output
+
+    def nll(self, x, output, library=None, log_factorial=None) -> torch.Tensor:
+        """Per-cell :math:`\\sum_g (x_g - o_g)^2` (``x`` is the encoder's clean input)."""
+        return ((x - output) ** 2).sum(dim=1)
+
+    def extra_repr(self) -> str:
+        return f"n_genes={self.n_genes}"
+
+
 def make_likelihood(name: str, n_genes: int, gaussian_variance: str = "gene") -> nn.Module:
-    """``"gaussian"`` | ``"poisson"`` | ``"nb"`` -> likelihood module."""
+    """``"gaussian"`` | ``"poisson"`` | ``"nb"`` | ``"mse"`` -> likelihood module."""
     if name == "gaussian":
         if gaussian_variance not in ("gene", "unit"):
             raise ValueError(f"gaussian_variance must be 'gene' or 'unit', got {gaussian_variance!r}")
@@ -165,6 +198,8 @@ def make_likelihood(name: str, n_genes: int, gaussian_variance: str = "gene") ->
         return PoissonLikelihood(n_genes)
     if name == "nb":
         return NegativeBinomialLikelihood(n_genes)
+    if name == "mse":
+        return MSEReconstruction(n_genes)
     raise ValueError(f"unknown likelihood {name!r}: use one of {', '.join(LIKELIHOODS)}")
 
 

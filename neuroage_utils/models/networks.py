@@ -5,8 +5,10 @@ on the mean squared error of the z-scored age.
 
 
 One model, :class:`AgeVAE`, covers the paper's standard VAE (``likelihood="gaussian"``), its Poisson
-VAE (``"poisson"``), the negative-binomial VAE it proposes as the next step (``"nb"``) and the
-denoising VAE (``input_noise > 0``). The architecture follows the authors' code (see
+VAE (``"poisson"``), the negative-binomial VAE it proposes as the next step (``"nb"``), the
+denoising VAE (``input_noise > 0``) and the reconstruction the authors' code runs for its "Poisson"
+VAE (``"mse"``: summed squared error on :math:`\log(1+x)`; with ``optimizer="authors"`` in the
+training loop, SGD for the autoencoder and Adam for the age head). The architecture follows the authors' code (see
 ``REPRODUCTION_NOTES.md``); the loss follows the paper, computed correctly:
 
 .. math::
@@ -153,7 +155,7 @@ class AgeVAE(nn.Module):
             self.input_transform = InputTransform(
                 n_genes, target_sum=target_sum if log_normalize else None, log1p=log_normalize
             )
-        else:
+        else:  # the count models and the authors' coded MSE variant read log(1 + x)
             self.input_transform = InputTransform(n_genes, log1p=True)
         self.input_transform.set_noise_std(self.input_noise)  # reference 1 until set_noise_reference
 
@@ -179,6 +181,13 @@ class AgeVAE(nn.Module):
         if not (math.isfinite(reference) and reference >= 0):
             raise ValueError(f"noise reference must be finite and >= 0, got {reference}")
         self.input_transform.set_noise_std(self.input_noise * float(reference))
+
+    def optimiser_groups(self) -> dict:
+        """``{"autoencoder": [...], "age_head": [...]}``: the age head's parameters and all others
+        (encoder, posterior heads, decoder, likelihood), for the authors' SGD + Adam optimisers."""
+        head = list(self.age_head.parameters())
+        ids = {id(p) for p in head}
+        return {"autoencoder": [p for p in self.parameters() if id(p) not in ids], "age_head": head}
 
     # -- the generative and inference paths --------------------------------------------------------
     def encode(self, x_encoder: torch.Tensor):

@@ -43,6 +43,10 @@ class VAEAgeRegressor(TorchAgeRegressor):
         ``epoch -> weight``, or ``None`` (weight 1).
     lr_schedule, T_0
         ``"cosine_warm_restarts"`` with period ``T_0`` epochs (paper: 20), or ``None``.
+    optimizer
+        ``"adam"`` (the paper, the default) or ``"authors"`` (the authors' code: SGD for the
+        autoencoder, Adam for the age head); with ``likelihood="mse"`` this is the VAE as the authors
+        coded it. See :func:`neuroage_utils.train.loop.fit`.
     early_stopping_patience, device, seed, checkpoint_path, checkpoint_every, progress
         See :func:`neuroage_utils.train.loop.fit`. With a ``checkpoint_path`` a re-run resumes, and a
         run can be extended by raising ``epochs``.
@@ -82,6 +86,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         weight_decay: float = 0.0,
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
         amp: bool = False,
+        optimizer: str = "adam",
     ):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}: use one of {', '.join(LIKELIHOODS)}")
@@ -101,6 +106,8 @@ class VAEAgeRegressor(TorchAgeRegressor):
         self.kl_cycle = dict(kl_cycle) if kl_cycle else None
         self.lr_schedule = lr_schedule
         self.T_0 = int(T_0)
+        if optimizer != "adam":  # set only when used: the checkpoint identity of Adam runs is unchanged
+            self.optimizer = optimizer
         self._set_training_options(epochs, lr, batch_size, early_stopping_patience, device, seed,
                                    checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes)
         self.amp = bool(amp)  # bf16 autocast on CUDA; off on a CPU
@@ -130,6 +137,11 @@ class VAEAgeRegressor(TorchAgeRegressor):
                     f"the {self.likelihood} VAE needs raw UMI counts but X has non-integer values (e.g. {example:g}): "
                     "pass raw UMI counts, or use likelihood='gaussian'"
                 )
+        elif self.likelihood == "mse" and values.size and (values < 0).any():
+            raise DataValidationError(
+                f"the coded MSE VAE reads log(1 + x) but X has negative values (min {values.min():g}): "
+                "pass raw counts, or use likelihood='gaussian'"
+            )
         elif self.log_normalize and values.size and (values < 0).any():
             raise DataValidationError(
                 f"log-normalisation needs non-negative values but X has negatives (min {values.min():g}): "
@@ -138,7 +150,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
 
     def _extras(self, X) -> dict:
         """Per-cell :math:`\\sum_g \\log x_g!` of the count models, from the non-zeros only."""
-        if self.likelihood == "gaussian":
+        if self.likelihood not in ("poisson", "nb"):
             return {}
         from scipy.special import gammaln
 
@@ -174,16 +186,17 @@ class VAEAgeRegressor(TorchAgeRegressor):
         return self.kl_schedule
 
     # -- API ---------------------------------------------------------------------------------------
-    def fit(self, X, ages, donors=None, validation=None, library_size=None):
+    def fit(self, X, ages, donors=None, validation=None, library_size=None, monitors=None):
         """Fit on ``X`` (cells x genes; raw counts for the count likelihoods) and per-cell ages (years).
 
         ``library_size`` (count likelihoods): per-cell offset; default the row sums of ``X`` (the
         genes modelled), as scVI. See :meth:`neuroage_utils.models.estimator.TorchAgeRegressor.fit` for
-        ``donors`` and ``validation``.
+        ``donors``, ``validation`` and ``monitors``.
         """
-        if library_size is not None and self.likelihood == "gaussian":
+        if library_size is not None and self.likelihood not in ("poisson", "nb"):
             raise ValueError("library_size is used by the count likelihoods only (likelihood='poisson' or 'nb')")
-        return super().fit(X, ages, donors=donors, validation=validation, library_size=library_size)
+        return super().fit(X, ages, donors=donors, validation=validation, library_size=library_size,
+                           monitors=monitors)
 
     def predict(self, X) -> np.ndarray:
         """Predicted age (years) per cell, from the deterministic latent layer."""

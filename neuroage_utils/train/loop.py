@@ -32,7 +32,11 @@ from .checkpoints import CHECKPOINT_FORMAT, config_hash, load_checkpoint, rng_st
 from .device import amp_active, autocast, make_deterministic
 from .schedules import kl_schedule_fn
 
-__all__ = ["Validation", "fit", "predict_batches"]
+__all__ = ["Validation", "fit", "predict_batches", "OPTIMIZERS"]
+
+#: ``"adam"``: Adam for every parameter (the paper). ``"authors"``: the authors' published code -
+#: SGD for the autoencoder, Adam for the age head (the module's ``optimiser_groups()``).
+OPTIMIZERS = ("adam", "authors")
 
 #: Epochs over which a KL schedule is probed when hashing a run's configuration.
 _KL_PROBE_EPOCHS = 1000
@@ -68,6 +72,26 @@ class Validation:
         return {"data": self.batches.fingerprint(), "donors": n_donors,
                 "target_mean": float(self.target_mean), "target_std": float(self.target_std)}
 
+    def _mae(self, pred: np.ndarray, true: np.ndarray) -> float:
+        pred = pred * self.target_std + self.target_mean
+        true = true * self.target_std + self.target_mean
+        if self.donors is not None:  # the paper's donor-level MAE, as every chapter scores it
+            return donor_metrics(donor_table(pred, self.donors, true))["mae"]
+        return float(np.mean(np.abs(pred - true)))
+
+    @torch.no_grad()
+    def mae(self, module: nn.Module) -> float:
+        """The MAE (years) of ``module.predict`` alone: no loss terms, so a monitor costs one
+        encoder pass (the decoder and likelihood are skipped)."""
+        was_training = module.training
+        module.eval()
+        preds, ys = [], []
+        for batch in self.batches.with_options(shuffle=False).iterate():
+            preds.append(module.predict(batch["x"]).reshape(-1).double().cpu())
+            ys.append(batch["y"].double().cpu())
+        module.train(was_training)
+        return self._mae(torch.cat(preds).numpy(), torch.cat(ys).numpy())
+
     @torch.no_grad()
     def evaluate(self, module: nn.Module, kl_weight: float) -> dict:
         """``val_<part>`` for each loss part (mean per cell) and ``val_mae`` in years."""
@@ -86,14 +110,8 @@ class Validation:
             preds.append(module.predict(batch["x"]).reshape(-1).double())
             ys.append(batch["y"].double())
         module.train(was_training)
-        pred = torch.cat(preds).cpu().numpy() * self.target_std + self.target_mean
-        true = torch.cat(ys).cpu().numpy() * self.target_std + self.target_mean
-        if self.donors is not None:  # the paper's donor-level MAE, as every chapter scores it
-            mae = donor_metrics(donor_table(pred, self.donors, true))["mae"]
-        else:
-            mae = float(np.mean(np.abs(pred - true)))
         out = {f"val_{k}": float(v) / n_total for k, v in sums.items()}
-        out["val_mae"] = mae
+        out["val_mae"] = self._mae(torch.cat(preds).cpu().numpy(), torch.cat(ys).cpu().numpy())
         return out
 
 
@@ -125,6 +143,8 @@ def fit(
     config: dict | None = None,
     desc: str | None = None,
     amp: bool = False,
+    monitors: dict[str, Validation] | None = None,
+    optimizer: str = "adam",
 ) -> pd.DataFrame:
     """Train ``module`` with Adam on ``batches`` for ``epochs`` epochs; return the per-epoch history.
 
@@ -170,6 +190,17 @@ def fit(
     On CUDA the run is made deterministic where torch allows (:func:`make_deterministic`) and Adam
     uses its fused kernel (one launch per step instead of several per parameter).
 
+    monitors
+        Named donor sets (e.g. ``{"train": ..., "val": ...}``) whose MAE (years, donor-level when
+        they carry donors) is recorded after every epoch as ``<name>_mae``: learning curves. They
+        only read the model (eval mode, no randomness drawn), so a run's trajectory is the same with
+        or without them; they take part in the checkpoint identity only when given.
+    optimizer
+        ``"adam"`` (the paper: Adam for every parameter) or ``"authors"`` (the authors' code: SGD for
+        the autoencoder, Adam for the age head; the module's ``optimiser_groups()`` returns
+        ``{"autoencoder": [...], "age_head": [...]}``). The learning-rate schedule drives the first
+        optimiser (Adam, or the autoencoder's SGD: the authors' head keeps a constant rate).
+
     Returns
     -------
     DataFrame, one row per epoch: ``epoch`` (0-based), the mean per cell of each loss part,
@@ -186,6 +217,10 @@ def fit(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if not batches.has_targets:
         raise ValueError("fit: the training batches need targets")
+    monitors = dict(monitors or {})
+    for name in monitors:
+        if validation is not None and name == "val":
+            raise ValueError("a monitor named 'val' would overwrite the validation set's val_mae: rename it")
     kl_fn = kl_schedule_fn(kl_schedule)
     device = batches.device
     make_deterministic(device)
@@ -194,9 +229,9 @@ def fit(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     fused = {"fused": True} if device.type == "cuda" else {}  # CPU: the default (foreach) kernels
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay, **fused)
+    optimizers = _optimizers(module, optimizer, lr, weight_decay, fused)
     scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=int(T_0))
+        torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizers[0], T_0=int(T_0))
         if lr_schedule == "cosine_warm_restarts" else None
     )
 
@@ -213,6 +248,11 @@ def fit(
     }
     if amp_active(amp, device):  # part of a run's identity; absent when off, so older checkpoints resume
         settings["amp"] = "bf16"
+    # Only when used, so that the checkpoints of runs without them keep their identity.
+    if monitors:
+        settings["monitors"] = {name: m.fingerprint() for name, m in sorted(monitors.items())}
+    if optimizer != "adam":
+        settings["optimizer"] = optimizer
     key = config_hash(module, batches, settings) if path is not None else ""
     if path is not None:
         state = load_checkpoint(path, key, device)
@@ -225,7 +265,9 @@ def fit(
             state = None
         if state is not None:
             module.load_state_dict(state["module"])
-            optimizer.load_state_dict(state["optimizer"])
+            saved = state["optimizer"] if len(optimizers) > 1 else [state["optimizer"]]
+            for opt, opt_state in zip(optimizers, saved):
+                opt.load_state_dict(opt_state)
             if scheduler is not None:
                 scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"], generator)
@@ -244,7 +286,9 @@ def fit(
         save_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT, "config_hash": key, "epochs_done": epochs_done,
-                "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "module": module.state_dict(),
+                "optimizer": (optimizers[0].state_dict() if len(optimizers) == 1
+                              else [opt.state_dict() for opt in optimizers]),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "rng": rng_state(generator), "history": history, "early": early, "best_state": best_state,
             },
@@ -267,12 +311,14 @@ def fit(
                 if scheduler is not None:
                     scheduler.step(epoch + i / n_batches)
                 if lr_first is None:
-                    lr_first = optimizer.param_groups[0]["lr"]
+                    lr_first = optimizers[0].param_groups[0]["lr"]
                 with autocast(amp, device):
                     parts = module.loss(batch, kl_weight)
-                optimizer.zero_grad(set_to_none=True)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
                 parts["loss"].backward()
-                optimizer.step()
+                for opt in optimizers:
+                    opt.step()
                 n = batch["x"].shape[0]
                 for name, value in parts.items():
                     value = value.detach() * n
@@ -297,6 +343,11 @@ def fit(
                         early["bad_epochs"] += 1
                         if early["bad_epochs"] >= int(early_stopping_patience):
                             early["stopped"] = True
+            if monitors:
+                tic_monitors = time.perf_counter()
+                for name, monitor in monitors.items():
+                    row[f"{name}_mae"] = monitor.mae(module)
+                row["monitor_seconds"] = time.perf_counter() - tic_monitors
             row["seconds"] = time.perf_counter() - tic
             history.append(row)
             done = epoch + 1
@@ -313,6 +364,22 @@ def fit(
     frame.attrs["best_epoch"] = early["best_epoch"] if early_stopping_patience is not None else None
     frame.attrs["stopped_early"] = bool(early["stopped"])
     return frame
+
+
+def _optimizers(module: nn.Module, name: str, lr: float, weight_decay: float, adam_options: dict | None = None) -> list:
+    """The optimiser(s) of a run: ``[Adam]``, or the authors' ``[SGD (autoencoder), Adam (age head)]``;
+    ``adam_options`` e.g. ``{"fused": True}`` on CUDA."""
+    adam_options = adam_options or {}
+    if name == "adam":
+        return [torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay, **adam_options)]
+    if name == "authors":
+        groups = getattr(module, "optimiser_groups", None)
+        if groups is None:
+            raise ValueError(f"optimizer='authors' needs a module with optimiser_groups(); {type(module).__name__} has none")
+        groups = groups()
+        return [torch.optim.SGD(groups["autoencoder"], lr=lr, weight_decay=weight_decay),
+                torch.optim.Adam(groups["age_head"], lr=lr, weight_decay=weight_decay, **adam_options)]
+    raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
 
 
 def _postfix(row: dict) -> dict:
