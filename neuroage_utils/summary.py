@@ -239,3 +239,63 @@ def conclusion(summary: dict, comparisons: pd.DataFrame, board: list[dict], pred
 def write_summary(chapter, cv: dict, board: list[dict], **extra_params):
     """Write ``results/summary.json`` atomically: the chapter's usual keys plus ``cv`` and ``leaderboard``."""
     return chapter.finish(extra={"cv": cv, "leaderboard": board}, **extra_params)
+
+
+def fit_vae_clock(chapter):
+    """Fit the VAE clock on the training + validation donors' cells and score it on the test donors
+    (entry ``vae_latent_pseudobulk`` of ``chapter.models``, beside the null on the same donors).
+    Returns the fitted clock and a table of its settings as run."""
+    from . import crossval
+    from .evaluate import table_from_donor_predictions
+
+    cohort, P = chapter.cohort, chapter.params
+    donors = cohort.donor_table
+    train_cells, test_cells = cohort.mask("train", "val"), cohort.mask("test")
+    clock = crossval.vae_clock_from_params(P, chapter.seed, chapter.device)
+    clock.fit(cohort.X[train_cells], cohort.ages[train_cells], cohort.donors[train_cells])
+    predicted = clock.predict_donors(cohort.X[test_cells], cohort.donors[test_cells])
+    kept = int((clock.probe_.direction_ != 0).sum())
+    chapter.add("vae_latent_pseudobulk", table_from_donor_predictions(predicted, donors[donors["split"] == "test"]),
+                "test", trained_on=["train", "val"], likelihood=clock.likelihood_, config=P["vae"],
+                probe_alpha=clock.probe_.alpha_, n_latent_used=kept)
+    chapter.add_null("test", train_splits=("train", "val"))
+    V = P["vae"]
+    settings = pd.Series({"likelihood": clock.likelihood_, "encoder widths": str(V["hidden"]),
+                          "latent dimensions": V["latent"], "epochs": V["epochs"],
+                          "cells the VAE trained on": clock.n_cells_vae_,
+                          "latent dimensions the elastic net kept": kept,
+                          "age-loss weight": 0}, name="VAE clock as run").to_frame()
+    return clock, settings
+
+
+def cv_settings(P: dict) -> pd.DataFrame:
+    """The per-fold settings of the repeated cross-validation, as run (they are smaller than the
+    chapters' to fit the time budget)."""
+    V = P["vae"]
+    return pd.Series({
+        "folds x repeats": f"{P['folds']} x {P['repeats']}",
+        "cells per fit (cell-level models)": P["max_cells"], "cells per fit (cell elastic net)": P["en_max_cells"],
+        "elastic net: L1 ratios, penalties, inner donor folds": f"{P['en_l1']}, {P['en_alphas']}, {P['inner_splits']}",
+        "pseudocells per donor x cells each":
+            f"{P['pseudocells']['n_per_donor']} x {P['pseudocells']['cells_per_pseudocell']}",
+        "SVD components (+ ridge on donor means)": P["svd_k"],
+        "NMF components, iterations (raw counts)": f"{P['nmf_k']}, {P['nmf_iter']}",
+        "MLP widths, epochs": f"{P['mlp_hidden']}, {P['mlp_epochs']}",
+        "VAE clock: widths, latent, epochs, cells": f"{V['hidden']}, {V['latent']}, {V['epochs']}, {V['max_cells']}",
+    }, name="as run per fold").to_frame()
+
+
+def repeated_cv(chapter, data) -> dict:
+    """Every cross-validation recipe over all donors (:func:`crossval.run_cv`), summarised: per-model
+    CV entries, paired comparisons against the null and the elastic net, the display table (with each
+    model's seconds), the out-of-fold predictions, skipped models and seconds."""
+    from . import crossval
+
+    P = chapter.params
+    pred, skipped, seconds = crossval.run_cv(data, list(crossval.RECIPES), P, seed=chapter.seed, device=chapter.device)
+    cv = crossval.cv_summary(pred, P, n_boot=P["boot"], seed=chapter.seed)
+    comparisons = crossval.cv_comparisons(pred, n_boot=P["boot"], seed=chapter.seed)
+    display = cv_table(cv, comparisons, P)
+    display["seconds"] = display["key"].map(lambda k: round(seconds.get(k, 0.0), 1))
+    return {"cv": cv, "comparisons": comparisons, "table": display, "predictions": pred, "skipped": skipped,
+            "seconds": seconds}

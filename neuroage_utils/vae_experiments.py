@@ -414,3 +414,36 @@ def _explanation(f: dict) -> str:
         clauses.append("the code's departures from the paper (MSE, SGD) do better on these data" if f["coded_better"]
                        else "the code's departures from the paper (MSE, SGD) do not rescue the model on these data")
     return "What this evidence supports: " + "; ".join(clauses) + "."
+
+
+def report(chapter, experiments: dict, seed: int = 0) -> dict:
+    """What the chapter shows of :func:`run_experiments`: the experiment table, the paired comparisons
+    (each experiment against the Table 3 baseline, the VAE-latent probe against the SVD and NMF
+    probes), the step budgets and the findings; ``table`` is None when the experiments were skipped."""
+    if not experiments["meta"]:
+        return {"table": None, "comparisons": None, "steps": None,
+                "findings": [f"The experiments were skipped: {experiments['skipped']}."]}
+    table = experiment_table(chapter.models, experiments["meta"], seed=seed,
+                             train_null_mae=experiments["train_null_mae"])
+    base = experiments["base_key"]
+    pairs = [(k, base) for k in experiments["meta"] if k.startswith("vae_exp")]
+    pairs += [("probe_vae_latent", "probe_svd"), ("probe_vae_latent", "probe_nmf")]
+    comparisons = paired_comparisons(chapter.models, pairs, seed=seed)
+    steps = experiments["steps"]
+    return {"table": table, "comparisons": comparisons, "steps": steps,
+            "findings": findings(table, comparisons, paper_steps=steps["paper"]["steps"],
+                                 paper_final_steps=steps["paper_final"]["steps"])}
+
+
+def glue_values(experiments: dict) -> dict:
+    """The numbers the chapter's prose cites (step budgets, the paper's run, seconds), by glue name."""
+    steps = experiments["steps"]
+    if steps is None:
+        return {}
+    return {"exp_run_steps": steps["run"]["steps"], "exp_steps": steps["experiment"]["steps"],
+            "exp_paper_steps": steps["paper"]["steps"], "exp_paper_cells": steps["paper"]["cells"],
+            "exp_paper_epochs": steps["paper"]["epochs"], "exp_paper_batch": steps["paper"]["batch_size"],
+            "exp_paper_final_steps": steps["paper_final"]["steps"],
+            "exp_paper_final_cells": steps["paper_final"]["cells"],
+            "exp_seconds": experiments["seconds"]["experiments_s"],
+            "exp_monitor_seconds": experiments["seconds"]["table3_monitors_s"]}
