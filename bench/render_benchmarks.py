@@ -122,7 +122,8 @@ def render(results_path: Path, page: Path) -> str:
     b = r.get("book")
     out += ["## Quick book from scratch", ""]
     if b and "wall_s" in b and "error" not in b:
-        out += [f"{b['wall_s']:,.0f} s wall, peak {b['peak_rss_gb']} GB; notebooks: "
+        how = f" ({b['command']}, commit {b.get('commit', '?')})" if b.get("command") else ""
+        out += [f"{b['wall_s']:,.0f} s wall{how}, peak {b['peak_rss_gb']} GB; notebooks: "
                 + ", ".join(f"{k} {v} s" for k, v in b["notebook_runtime_s"].items()), ""]
     else:
         out += ["Not measured in this run (`make bench BENCH_BOOK=1` times it; about 10 minutes)."

@@ -136,25 +136,26 @@ def recipe_elastic_net(data, train, test, P, seed, device):
     return clock.predict_donors(data.X_norm[held], data.donors[held])
 
 
+def _aggregated_clock(fit, what: str, data, train, test, P, seed, **options):
+    """An elastic net on summed counts (pseudobulk or pseudocells) fitted on the training donors."""
+    _require_counts(data, what)
+    tr, held = data.cells(train), data.cells(test)
+    clock = fit(data.X[tr], data.ages[tr], data.donors[tr], l1_ratios=P["en_l1"], n_alphas=P["en_alphas"],
+                n_splits=_inner(train, P), seed=seed, **options)
+    return clock.predict_donors(data.X[held], data.donors[held])
+
+
 def recipe_pseudobulk(data, train, test, P, seed, device):
     from .models.linear import fit_pseudobulk_elastic_net
 
-    _require_counts(data, "the pseudobulk elastic net")
-    tr, held = data.cells(train), data.cells(test)
-    clock = fit_pseudobulk_elastic_net(data.X[tr], data.ages[tr], data.donors[tr], l1_ratios=P["en_l1"],
-                                       n_alphas=P["en_alphas"], n_splits=_inner(train, P), seed=seed)
-    return clock.predict_donors(data.X[held], data.donors[held])
+    return _aggregated_clock(fit_pseudobulk_elastic_net, "the pseudobulk elastic net", data, train, test, P, seed)
 
 
 def recipe_pseudocell(data, train, test, P, seed, device):
     from .models.linear import fit_pseudocell_elastic_net
 
-    _require_counts(data, "the pseudocell elastic net")
-    tr, held = data.cells(train), data.cells(test)
-    clock = fit_pseudocell_elastic_net(data.X[tr], data.ages[tr], data.donors[tr], l1_ratios=P["en_l1"],
-                                       n_alphas=P["en_alphas"], n_splits=_inner(train, P), seed=seed,
-                                       **P["pseudocells"])
-    return clock.predict_donors(data.X[held], data.donors[held])
+    return _aggregated_clock(fit_pseudocell_elastic_net, "the pseudocell elastic net", data, train, test, P, seed,
+                             **P["pseudocells"])
 
 
 def recipe_svd_ridge(data, train, test, P, seed, device):
