@@ -40,6 +40,16 @@ LABELS = {
     "age_max": "oldest (years)",
     "predicted": "predicted age (years)",
     "runtime_s": "runtime (s)",
+    # ground-truth recovery (summary chapter)
+    "method": "ranking",
+    "k": "top k genes",
+    "hits": "planted age genes in top k",
+    "precision": "precision",
+    "chance_precision": "precision by chance",
+    "recall": "recall",
+    "chance_recall": "recall by chance",
+    "enrichment": "precision / chance",
+    "p_value": "p (hypergeometric, one-sided)",
 }
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 MISSING = "–"  # an en dash: no value
