@@ -338,28 +338,29 @@ def vae_experiments(curves: pd.DataFrame | None, table: pd.DataFrame | None, nul
     """The VAE experiments: learning curves (training- and validation-donor MAE per epoch of the
     Table 3 run) and the age-weight sweep (training vs validation MAE per weight), the null's
     validation MAE as a dashed line on both (and its training-donor MAE dotted when given); a
-    placeholder when nothing ran."""
+    placeholder when nothing ran. One legend for both panels, under them, so the text stays legible."""
     if curves is None or table is None or table.empty:
         return placeholder_figure("VAE experiments skipped: the data are not raw counts")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.9))
     ax = axes[0]
-    ax.plot(curves["epoch"] + 1, curves["train_mae"], label="training donors")
-    ax.plot(curves["epoch"] + 1, curves["val_mae"], label="validation donors")
-    ax.set(xlabel="epoch", ylabel="donor MAE (years)", title="Learning curves (Table 3 configuration)")
+    ax.plot(curves["epoch"] + 1, curves["train_mae"], color=SPLIT_COLORS["train"], label="training donors")
+    ax.plot(curves["epoch"] + 1, curves["val_mae"], color=SPLIT_COLORS["val"], label="validation donors")
+    ax.set(xlabel="epoch", ylabel="donor MAE (years)", title="Learning curves")
     ax = axes[1]
     sweep = table[table["kind"].isin(["table3", "age_weight"])].sort_values("age_weight")
-    ax.plot(sweep["age_weight"], sweep["train_mae"], "o-", label="training donors")
+    ax.plot(sweep["age_weight"], sweep["train_mae"], "o-", color=SPLIT_COLORS["train"])
     ax.errorbar(sweep["age_weight"], sweep["val_mae"],
                 yerr=[sweep["val_mae"] - sweep["ci_lo"], sweep["ci_hi"] - sweep["val_mae"]], fmt="s-", capsize=3,
-                label="validation donors (95% CI)")
+                color=SPLIT_COLORS["val"], label="validation donors (95% CI)")
     ax.set_xscale("log")
-    ax.set(xlabel="weight of the age term (paper: 1)", ylabel="donor MAE (years)",
-           title=f"Age-weight sweep ({int(sweep['epochs'].iloc[0])} epochs)")
+    ax.set(xlabel="weight of the age term (paper: 1)", ylabel="", title=f"Age weight ({int(sweep['epochs'].iloc[0])} epochs)")
     for ax in axes:
         ax.axhline(null_mae, color="#777777", ls="--", lw=1, label="null, validation donors")
         if train_null_mae is not None:
             ax.axhline(train_null_mae, color="#777777", ls=":", lw=1, label="null, training donors")
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
+        ax.tick_params(labelsize=SMALL)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, fontsize=SMALL)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
