@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from neuroage_utils import device_linalg as dl
-    from neuroage_utils.data import column_moments, log_normalize
+    from neuroage_utils.features import column_moments, log_normalize
     from neuroage_utils.models import svd
     from neuroage_utils.models.linear import column_scale, grouped_folds
     from neuroage_utils.simulate import simulate_cohort
