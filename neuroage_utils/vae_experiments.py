@@ -191,16 +191,15 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     def whole(v):
         return int(v) if pd.notna(v) else np.nan
 
+    # Epochs and batch sizes are in the experiment's name and the section's text; r is in the results
+    # file: the table keeps what the comparison needs, so it fits the page's width.
     return pd.DataFrame({
         "experiment (validation donors)": table["experiment"],
-        "epochs": [whole(v) for v in table["epochs"]],
-        "batch": [whole(v) for v in table["batch_size"]],
         "optimiser steps": [whole(v) for v in table["steps"]],
         "age weight": [f"{v:g}" if pd.notna(v) else np.nan for v in table["age_weight"]],
         "training-donor MAE": table["train_mae"],
         "validation MAE": table["val_mae"],
         "95% interval": [pair(a, b) for a, b in zip(table["ci_lo"], table["ci_hi"])],
-        "r": table["r"],
         "minus the null": table["vs_null"],
         "paired 95% interval": [pair(a, b) for a, b in zip(table["vs_null_lo"], table["vs_null_hi"])],
         "seconds": table["seconds"] if "seconds" in table else np.nan,
