@@ -311,7 +311,7 @@ def data_record(rd: RealData) -> dict:
         "n_cells": int(sum(c.n_donors for c in cts)),
         "n_genes": int(len(set().union(*[set(c.genes) for c in cts]))),
         "n_donors": int(len(set().union(*[set(c.donors) for c in cts]))),
-        "available": True, "verified_against_wheel": rd.verified, "source": PACKAGE_SPEC,
+        "available": True, "verified_against_wheel": rd.verified, "source": PACKAGE_SPEC, "rows": "donor profiles",
         "files": {c.key: {"path": str(c.path), "sha256": c.sha256, "n_donors": c.n_donors, "n_genes": len(c.genes)}
                   for c in cts},
     }

@@ -255,7 +255,7 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
         origin = "simulated cohort" if d["simulated"] else d.get("source", "user data")  # realdata: its package
         short = d["sha256"][:12]
         datasets[short] = (
-            f"`{Path(d['path']).name}` ({origin}), SHA-256 `{short}`: {d['n_cells']:,} cells x "
+            f"`{Path(d['path']).name}` ({origin}), SHA-256 `{short}`: {d['n_cells']:,} {d.get('rows', 'cells')} x "
             f"{d['n_genes']:,} genes, {d['n_donors']} donors"
         )
         profiles_seen.add(doc["profile"])
