@@ -88,10 +88,19 @@ def is_count_matrix(X, chunk: int = 1 << 24) -> bool:
     return True
 
 
+def _stored_values(X) -> np.ndarray:
+    """The values a matrix stores (a sparse matrix's non-zeros, a dense one's every entry)."""
+    return X.data if sp.issparse(X) else np.asarray(X).ravel()
+
+
+def _has_negative(values: np.ndarray) -> bool:
+    return bool(values.size and (values < 0).any())
+
+
 def require_counts(X, what: str = "this model") -> None:
     """Raise unless ``X`` holds raw counts; ``what`` names who needs them in the message."""
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if values.size and (values < 0).any():
+    values = _stored_values(X)
+    if _has_negative(values):
         raise DataValidationError(
             f"{what} needs raw UMI counts but the matrix has negative values (min {values.min():g}): "
             "pass raw counts in X or layers['counts'], not scaled or log-normalised data"
@@ -107,8 +116,8 @@ def require_counts(X, what: str = "this model") -> None:
 
 def require_non_negative(X, what: str = "this model") -> None:
     """Raise unless every value of ``X`` is >= 0 (NMF and count transforms need it)."""
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if values.size and (values < 0).any():
+    values = _stored_values(X)
+    if _has_negative(values):
         raise DataValidationError(
             f"{what} needs non-negative input but the matrix has negative values (min {values.min():g}): "
             "pass raw counts or log-normalised counts, not z-scores"
