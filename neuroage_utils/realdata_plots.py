@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .realdata import CELL_TYPES, MODEL_LABELS
+from .donor_clocks import MODEL_LABELS
+from .realdata import CELL_TYPES
 
 __all__ = ["mae_overview", "predicted_vs_true_panels", "cross_cohort_heatmap"]
 

@@ -39,7 +39,7 @@ LAYERS = {
     "train": 7.4,
     "models.estimator": 8, "models.mlp": 9, "models.vae": 9,
     # analyses built from estimators: probes, the VAE clock, ground-truth recovery, repeated CV
-    "probe": 9.5, "models.vae_clock": 9.6, "recovery": 9.7, "crossval": 9.8, "realdata": 9.8,
+    "probe": 9.5, "models.vae_clock": 9.6, "recovery": 9.7, "crossval": 9.8, "realdata": 3.5, "donor_clocks": 9.8,
     "vae_experiments": 9.9,
     # on top: figures, the chapter helper, the command line
     "plots": 10, "summary_plots": 10.1, "realdata_plots": 10.1, "summary": 10.2, "notebook": 11, "run": 12,

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroage_utils import profiles, realdata, results
-from neuroage_utils.data import DataValidationError
+from neuroage_utils import donor_clocks, profiles, realdata, results
+from neuroage_utils.errors import DataValidationError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,7 +115,7 @@ def test_absent_files_give_one_line_and_valid_results(tmp_path, monkeypatch):
     monkeypatch.setenv(realdata.ENV_DIR, str(tmp_path / "nothing here"))
     rd = realdata.load_realdata(tmp_path)
     assert not rd.available and "\n" not in rd.reason and "make realdata" in rd.reason
-    models = realdata.run_all(rd, smoke_params(), progress=False)
+    models = donor_clocks.run_all(rd, smoke_params(), progress=False)
     assert set(models) == {"cd4t", "cd8t", "cd4t_cross", "cd8t_cross"}
     assert all("skipped" in g for g in models.values())
     path = results.write_results(tmp_path, "realdata", realdata.data_record(rd), "smoke", {}, 0.1, models)
@@ -152,7 +152,7 @@ def test_a_file_without_ages_is_a_clear_error(synthetic_dir):
 
 def test_repeated_folds_test_every_donor_once_per_repeat_and_balance_ages():
     ages = np.random.default_rng(0).uniform(20, 90, 203)
-    folds = list(realdata.repeated_stratified_folds(ages, n_splits=5, n_repeats=3, seed=4))
+    folds = list(donor_clocks.repeated_stratified_folds(ages, n_splits=5, n_repeats=3, seed=4))
     assert len(folds) == 15
     for r in range(3):
         tested = np.concatenate([te for rr, _, _, te in folds if rr == r])
@@ -166,7 +166,7 @@ def test_repeated_folds_test_every_donor_once_per_repeat_and_balance_ages():
 
 def test_cohort_folds_hold_out_each_dataset_once():
     datasets = np.array(["a", "b", "a", "c", "b", "a"])
-    folds = list(realdata.cohort_folds(datasets))
+    folds = list(donor_clocks.cohort_folds(datasets))
     assert [f[0] for f in folds] == ["a", "b", "c"]
     for name, train, test in folds:
         assert set(datasets[test]) == {name} and name not in set(datasets[train])
@@ -177,7 +177,7 @@ def test_cohort_folds_hold_out_each_dataset_once():
 
 
 def test_score_averages_errors_over_repeats_per_donor():
-    entry = realdata.score(["a", "b"], [30.0, 50.0], np.array([[32.0, 28.0], [50.0, 56.0]]), "cv")
+    entry = donor_clocks.score(["a", "b"], [30.0, 50.0], np.array([[32.0, 28.0], [50.0, 56.0]]), "cv")
     assert entry["mae"] == pytest.approx((2 + 2 + 0 + 6) / 4)
     assert entry["mae_per_repeat"] == pytest.approx([1.0, 4.0])
     assert entry["predictions"][0] == {"donor_id": "a", "age": 30.0, "predicted": 30.0, "abs_error": 2.0}
@@ -185,7 +185,7 @@ def test_score_averages_errors_over_repeats_per_donor():
 
 
 def test_nested_results_validate_and_a_bad_nested_entry_is_named():
-    good = realdata.score(["a", "b"], [30.0, 50.0], np.array([31.0, 45.0]), "cv")
+    good = donor_clocks.score(["a", "b"], [30.0, 50.0], np.array([31.0, 45.0]), "cv")
     doc = {"section": "realdata", "data": {k: 0 for k in results.DATA_KEYS}, "profile": "smoke", "params": {},
            "runtime_s": 1.0, "models": {"cd4t": {"elastic_net": good, "vae_nb": {"skipped": "needs counts"}},
                                         "cd8t": {"skipped": "absent"}}}
@@ -200,7 +200,7 @@ def test_every_model_runs_by_cv_and_across_cohorts_on_synthetic_donors(synthetic
     rd = realdata.load_realdata()
     P = smoke_params(max_donors=None, max_genes=None)
     P["mlp"]["epochs"] = 40
-    models = realdata.run_all(rd, P, seed=0, progress=False)
+    models = donor_clocks.run_all(rd, P, seed=0, progress=False)
     cv, cross = models["cd4t"], models["cd4t_cross"]
     for key in P["models"]:
         assert cv[key]["split"] == "cv" and cv[key]["n_donors"] == 90 and cv[key]["n_repeats"] == P["n_repeats"]
@@ -208,15 +208,15 @@ def test_every_model_runs_by_cv_and_across_cohorts_on_synthetic_donors(synthetic
     # strong age genes: the elastic net must beat the null within cohorts, and by a margin
     assert cv["elastic_net"]["mae"] < 0.6 * cv["null"]["mae"]
     assert cv["elastic_net"]["r"] > 0.8
-    for key, reason in realdata.DECLINED.items():
+    for key, reason in donor_clocks.DECLINED.items():
         assert cv[key] == {"skipped": reason}
     assert "skipped" in cross["published_clock"]  # synthetic files are not the checked wheel's
     doc = {"section": "realdata", "data": realdata.data_record(rd), "profile": "smoke", "params": P,
            "runtime_s": 1.0, "models": models}
     results.validate_results(results._clean(doc))
-    table = realdata.cv_table(models)
+    table = donor_clocks.cv_table(models)
     assert set(table["cell type"]) == {"CD4T", "CD8T"} and "elastic net" in set(table["model"])
-    text = realdata.findings(models)
+    text = donor_clocks.findings(models)
     assert "CD4 T cells, cross-validation" in text and "across cohorts" in text
     import matplotlib.pyplot as plt
 
@@ -230,7 +230,7 @@ def test_every_model_runs_by_cv_and_across_cohorts_on_synthetic_donors(synthetic
 
 def test_smoke_profile_subsamples_donors_and_genes(synthetic_dir):
     ct = realdata.load_realdata().cell_types["cd4t"]
-    small = realdata.subsample(ct, 45, seed=0, max_genes=20)
+    small = donor_clocks.subsample(ct, 45, seed=0, max_genes=20)
     assert small.n_donors <= 47 and small.X.shape[1] == 20 and set(small.datasets) == set(ct.datasets)
     assert len(set(small.donors)) == small.n_donors
 
@@ -248,7 +248,7 @@ def test_real_files_and_the_published_clock(monkeypatch):
     ct = rd.cell_types["cd4t"]
     assert ct.X.shape == (755, 2025) and 21 <= ct.ages.min() and ct.ages.max() <= 90
     assert len(set(ct.datasets)) == 3
-    clock = realdata.published_clock(rd, ct)
+    clock = donor_clocks.published_clock(rd, ct)
     assert clock["n_donors"] == 755 and clock["r"] > 0.5
     assert clock["datasets_in_its_training"] == []  # its metadata names other cohorts
     null_mae = float(np.mean(np.abs(ct.ages - ct.ages.mean())))
@@ -268,8 +268,8 @@ def test_the_runner_fingerprint_follows_the_files(synthetic_dir, tmp_path, monke
 def test_parallel_workers_give_the_same_models(synthetic_dir):
     ct = realdata.load_realdata().cell_types["cd8t"]
     P = smoke_params(max_donors=None, max_genes=None, models=["null", "elastic_net", "svd_ridge"])
-    one = realdata.run_cell_type(ct, dict(P, n_jobs=1), seed=3)
-    two = realdata.run_cell_type(ct, dict(P, n_jobs=2), seed=3)
+    one = donor_clocks.run_cell_type(ct, dict(P, n_jobs=1), seed=3)
+    two = donor_clocks.run_cell_type(ct, dict(P, n_jobs=2), seed=3)
     for a, b in zip(one, two):
         for key in P["models"]:
             assert a[key]["mae"] == pytest.approx(b[key]["mae"], rel=1e-5)
@@ -280,10 +280,10 @@ def test_parallel_workers_give_the_same_models(synthetic_dir):
 def test_smoke_run_on_the_real_files_scores_the_published_clock_on_the_same_donors(monkeypatch, one_torch_thread):
     monkeypatch.delenv(realdata.ENV_DIR, raising=False)
     rd = realdata.load_realdata()
-    models = realdata.run_all(rd, smoke_params(), progress=False)
+    models = donor_clocks.run_all(rd, smoke_params(), progress=False)
     for ct in realdata.CELL_TYPES:
         ours = {p["donor_id"] for p in models[ct]["null"]["predictions"]}
         theirs = {p["donor_id"] for p in models[f"{ct}_cross"]["published_clock"]["predictions"]}
         assert ours == theirs and len(ours) <= 125
-    table = realdata.cross_table(models)
+    table = donor_clocks.cross_table(models)
     assert not table.isna().any().any()

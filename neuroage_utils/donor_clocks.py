@@ -1,0 +1,505 @@
+"""Clocks on donor-level data (the real-donor chapter): every chapter model that accepts continuous
+donor-level values, evaluated where every split is a split of donors.
+
+* repeated K-fold cross-validation stratified by age (:func:`repeated_stratified_folds`); a donor's
+  error is its mean absolute out-of-fold error over the repeats;
+* cross-cohort: train on two datasets, test on the third, each in turn (:func:`cohort_folds`);
+* the published clock shipped with the data, applied to the same donors (:func:`published_clock`).
+
+The files themselves (fetch, checks, loading) are in :mod:`neuroage_utils.realdata`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import evaluate
+from .errors import DataValidationError
+from .realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData, data_record
+
+__all__ = ["DECLINED", "MODEL_LABELS", "repeated_stratified_folds", "cohort_folds", "run_cell_type", "run_all",
+           "published_clock", "cv_table", "cross_table", "findings", "skipped_models", "write_page_results"]
+
+MODEL_LABELS = {
+    "null": "null (training mean)",
+    "elastic_net": "elastic net",
+    "mlp": "MLP",
+    "svd_ridge": "SVD + ridge",
+    "nmf_mlp": "NMF + MLP",
+    "vae_gaussian": "Gaussian VAE (age head)",
+    "published_clock": "published clock (grnimmuneclock)",
+}
+
+#: Chapter models that cannot run on these files, and why.
+DECLINED = {
+    "vae_poisson": "a Poisson likelihood needs raw UMI counts; the files hold log1p(CPM)",
+    "vae_nb": "a negative-binomial likelihood needs raw UMI counts; the files hold log1p(CPM)",
+    "dae_poisson": "the denoising Poisson VAE needs raw UMI counts; the files hold log1p(CPM)",
+    "dae": "the denoising VAE corrupts counts per cell; with one log-CPM profile per donor it adds "
+           "nothing the Gaussian VAE does not test",
+    "pseudobulk_elastic_net": "it sums a donor's cell counts; these rows already are per-donor pseudobulk "
+                              "profiles (log1p(CPM)), so the elastic net here is the pseudobulk clock",
+    "pseudocell_elastic_net": "it sums random groups of a donor's cells; the files hold no cells",
+}
+
+
+def skipped_models(reason: str) -> dict:
+    """The ``models`` block when the files are absent: every group skipped with the reason."""
+    return {f"{key}{suffix}": {"skipped": reason} for key in CELL_TYPES for suffix in ("", "_cross")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits of donors
+# --------------------------------------------------------------------------------------------------
+
+
+def repeated_stratified_folds(ages, n_splits: int = 5, n_repeats: int = 1, seed: int = 0, n_bins: int | None = None):
+    """``(repeat, fold, train_index, test_index)`` for ``n_repeats`` K-fold splits stratified by age.
+
+    Ages are cut into quantile bins (at most ``n_splits`` donors' worth per bin is avoided: each bin
+    holds at least ``n_splits`` donors) and every fold takes its share of each bin, so no fold is all
+    young or all old. Each donor is tested exactly once per repeat.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    ages = np.asarray(ages, dtype=float)
+    if len(ages) < n_splits:
+        raise DataValidationError(f"{len(ages)} donors cannot fill {n_splits} folds: lower n_splits")
+    n_bins = n_bins or max(1, min(10, len(ages) // (2 * n_splits)))
+    ranks = pd.Series(ages).rank(method="first").to_numpy()
+    strata = np.minimum((ranks - 1) * n_bins // len(ages), n_bins - 1).astype(int)
+    for r in range(n_repeats):
+        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed + r)
+        for f, (train, test) in enumerate(splitter.split(np.zeros(len(ages)), strata)):
+            yield r, f, train, test
+
+
+def cohort_folds(datasets):
+    """``(held_out_dataset, train_index, test_index)``: train on the other datasets, test on one."""
+    datasets = np.asarray(datasets).astype(str)
+    for name in sorted(np.unique(datasets)):
+        test = np.flatnonzero(datasets == name)
+        train = np.flatnonzero(datasets != name)
+        yield name, train, test
+
+
+# --------------------------------------------------------------------------------------------------
+# The models: fit on training donors, predict held-out donors
+# --------------------------------------------------------------------------------------------------
+
+
+def _ridge(features_train, y, seed):
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 30))).fit(features_train, y)
+
+
+def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) -> np.ndarray:
+    """Fit model ``key`` (settings ``P``) on training donors; predicted ages of the test donors."""
+    from threadpoolctl import threadpool_limits
+
+    if key == "null":
+        return np.full(len(Xte), float(np.mean(ytr)))
+    if key == "elastic_net":
+        # Random coordinate order: with thousands of strongly correlated log-CPM genes and fewer donors,
+        # cyclic coordinate descent hit its iteration cap on every fold; random order converges in a
+        # fraction of the time to the same objective. Penalty and L1 ratio by 5-fold CV over donors.
+        from sklearn.linear_model import ElasticNetCV
+        from sklearn.model_selection import KFold
+
+        from .models.linear import ElasticNetClock, column_scale
+
+        EN = P["elastic_net"]
+        scale = column_scale(Xtr)
+        model = ElasticNetCV(l1_ratio=list(EN["l1_ratios"]), alphas=EN["n_alphas"], eps=EN["eps"],
+                             cv=KFold(EN["n_splits"], shuffle=True, random_state=seed), selection="random",
+                             random_state=seed, max_iter=EN["max_iter"], tol=EN["tol"])
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence is reported per fit below, not as noise
+            model.fit(Xtr / scale.astype(Xtr.dtype), ytr)
+        return ElasticNetClock(model=model, scale_=scale).predict(Xte)
+    if key in ("mlp", "nmf_mlp"):
+        from .models.mlp import MLPRegressor
+
+        M = P[key]
+        if key == "nmf_mlp":
+            from .models.nmf import fit_nmf
+
+            nmf = fit_nmf(Xtr, n_components=M["n_components"], max_iter=M["max_iter"], seed=seed,
+                          backend=P.get("linalg_backend", "auto"), device=device)
+            Xtr, Xte = nmf.transform(Xtr).astype(np.float32), nmf.transform(Xte).astype(np.float32)
+        model = MLPRegressor(hidden=M["hidden"], dropout=M["dropout"], epochs=M["epochs"], lr=M["lr"],
+                             batch_size=M["batch_size"], weight_decay=M.get("weight_decay", 0.0),
+                             device=device, seed=seed, progress=False)
+        model.fit(Xtr, ytr, donors=dtr)
+        return model.predict(Xte)
+    if key == "svd_ridge":
+        from .models.svd import fit_svd
+
+        k = min(P["svd_ridge"]["n_components"], min(Xtr.shape) - 1)
+        svd = fit_svd(Xtr, n_components=k, seed=seed, backend=P.get("linalg_backend", "auto"), device=device)
+        ridge = _ridge(svd.transform(Xtr), ytr, seed)
+        return ridge.predict(svd.transform(Xte))
+    if key == "vae_gaussian":
+        from .models.vae import VAEAgeRegressor
+
+        V = P["vae_gaussian"]
+        model = VAEAgeRegressor(
+            likelihood="gaussian", hidden=V["hidden"], latent=V["latent"], age_hidden=V["age_hidden"],
+            dropout=V["dropout"], epochs=V["epochs"], lr=V["lr"], batch_size=V["batch_size"],
+            kl_schedule="cyclical", kl_cycle=V["kl_cycle"], T_0=V["t0"],
+            log_normalize=False,  # the values already are log1p(CPM): only z-scored
+            device=device, seed=seed, progress=False)
+        model.fit(Xtr, ytr, donors=dtr)
+        return model.predict(Xte)
+    raise ValueError(f"unknown real-data model {key!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def score(donors, ages, predicted: np.ndarray, split: str, seed: int = 0, **extra) -> dict:
+    """A results entry. ``predicted`` is donors x repeats (one out-of-fold prediction per repeat):
+    a donor's error is its mean absolute error over repeats, the MAE the mean over donors, and the
+    interval a percentile bootstrap over donors. ``predicted`` in the entry is the repeat mean."""
+    predicted = np.asarray(predicted, float)
+    if predicted.ndim == 1:
+        predicted = predicted[:, None]
+    if not np.isfinite(predicted).all():
+        raise ValueError("some predictions are NaN or infinite (the model diverged)")
+    ages = np.asarray(ages, float)
+    errors = np.abs(predicted - ages[:, None]).mean(axis=1)
+    mean_pred = predicted.mean(axis=1)
+    entry = {
+        "split": split, "mae": float(errors.mean()), "r": evaluate.pearson_or_none(mean_pred, ages),
+        "mae_ci95": evaluate.bootstrap_mean_ci(errors, seed=seed), "n_donors": int(len(ages)),
+        "predictions": [{"donor_id": str(d), "age": float(a), "predicted": float(p), "abs_error": float(e)}
+                        for d, a, p, e in zip(donors, ages, mean_pred, errors)],
+    }
+    if predicted.shape[1] > 1:
+        entry["mae_per_repeat"] = [float(v) for v in np.abs(predicted - ages[:, None]).mean(axis=0)]
+    entry.update(extra)
+    return entry
+
+
+def _task(key, P, X, y, donors, train, test, seed, device, single_thread):
+    """One fit on the training donors and its predictions for the test donors, with its seconds.
+    ``single_thread``: one BLAS and one torch thread (parallel workers must not oversubscribe cores)."""
+    from threadpoolctl import threadpool_limits
+
+    start = time.perf_counter()
+    if single_thread:
+        import torch
+
+        torch.set_num_threads(1)
+        with threadpool_limits(1):
+            pred = _fit_predict(key, P, X[train], y[train], donors[train], X[test], seed, device)
+    else:
+        pred = _fit_predict(key, P, X[train], y[train], donors[train], X[test], seed, device)
+    return pred, time.perf_counter() - start
+
+
+def _n_jobs(P: dict, device: str) -> int:
+    """Worker processes for the fits: the profile's ``n_jobs``, capped by the cores; 1 on a GPU."""
+    n = min(int(P.get("n_jobs", 1)), os.cpu_count() or 1)
+    if n > 1 and device != "cpu":
+        from .train import resolve_device
+
+        if resolve_device(device).type != "cpu":
+            return 1
+    return max(n, 1)
+
+
+def run_cell_type(ct: CellTypeData, P: dict, seed: int = 0, device: str = "cpu", progress=None) -> tuple[dict, dict]:
+    """Every model by repeated stratified CV and across cohorts on one cell type.
+
+    Returns ``(cv_models, cross_models)``: results entries keyed by model. Cross-cohort entries pool
+    the donors of every held-out dataset (each predicted once, by the model trained on the other
+    datasets) and break the MAE down per dataset in ``by_dataset``. The fits are independent, so with
+    ``P['n_jobs'] > 1`` they run in that many worker processes, one thread each (same seeds, so the
+    same splits and the same models).
+    """
+    keys = list(P["models"])
+    if P.get("max_donors") or P.get("max_genes"):
+        ct = subsample(ct, P.get("max_donors") or ct.n_donors, seed, max_genes=P.get("max_genes"))
+    X, y, donors = ct.X, ct.ages, ct.donors
+    n_rep, n_splits = int(P["n_repeats"]), int(P["n_splits"])
+    folds = list(repeated_stratified_folds(y, n_splits=n_splits, n_repeats=n_rep, seed=seed))
+    cross = list(cohort_folds(ct.datasets))
+    # (what, repeat or held-out dataset, train, test, fit seed, model)
+    tasks = [("cv", r, train, test, seed + 100 * r + f, k) for r, f, train, test in folds for k in keys]
+    tasks += [("cross", name, train, test, seed, k) for name, train, test in cross for k in keys]
+    n_jobs = _n_jobs(P, device)
+    if n_jobs > 1:
+        from joblib import Parallel, delayed
+
+        outputs = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(
+            delayed(_task)(k, P, X, y, donors, train, test, s, device, True) for _, _, train, test, s, k in tasks)
+    else:
+        outputs = (_task(k, P, X, y, donors, train, test, s, device, False) for _, _, train, test, s, k in tasks)
+    cv_pred = {k: np.full((len(y), n_rep), np.nan) for k in keys}
+    cross_pred = {k: np.full(len(y), np.nan) for k in keys}
+    seconds = {k: 0.0 for k in keys}
+    for done, ((what, where, _, test, _, k), (pred, took)) in enumerate(zip(tasks, outputs), 1):
+        if what == "cv":
+            cv_pred[k][test, where] = pred
+            seconds[k] += took
+        else:
+            cross_pred[k][test] = pred
+        if progress:
+            label = f"CV repeat {where + 1}" if what == "cv" else f"cross-cohort, {where} held out"
+            progress(done, len(tasks), f"{ct.key} {label}: {k}")
+    cv_models = {k: score(donors, y, cv_pred[k], "cv", seed=seed, n_splits=n_splits, n_repeats=n_rep,
+                          stratified_by="age", fit_seconds=round(seconds[k], 2)) for k in keys}
+    cross_models = {}
+    for k in keys:
+        cross_models[k] = score(donors, y, cross_pred[k], "test", seed=seed, trained_on="the other datasets",
+                                by_dataset=_by_dataset(ct, cross_pred[k], seed))
+    return cv_models, cross_models
+
+
+def subsample(ct: CellTypeData, max_donors: int, seed: int = 0, max_genes: int | None = None) -> CellTypeData:
+    """At most ``max_donors`` donors, drawn at random within each dataset in proportion, and at most
+    ``max_genes`` genes, the most variable (an unsupervised choice: ages are not looked at). For
+    smoke runs, which prove the plumbing, not the science."""
+    keep = np.arange(ct.n_donors)
+    if ct.n_donors > max_donors:
+        rng = np.random.default_rng(seed)
+        parts = []
+        for name in np.unique(ct.datasets):
+            idx = np.flatnonzero(ct.datasets == name)
+            n = max(5, int(round(len(idx) * max_donors / ct.n_donors)))
+            parts.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
+        keep = np.sort(np.concatenate(parts))
+    genes = np.arange(len(ct.genes))
+    if max_genes and len(genes) > max_genes:
+        genes = np.sort(np.argsort(-ct.X.var(axis=0), kind="stable")[:max_genes])
+    return CellTypeData(key=ct.key, label=ct.label, X=ct.X[np.ix_(keep, genes)], ages=ct.ages[keep],
+                        donors=ct.donors[keep], datasets=ct.datasets[keep], genes=ct.genes[genes], path=ct.path,
+                        sha256=ct.sha256)
+
+
+def _by_dataset(ct: CellTypeData, pred: np.ndarray, seed: int) -> dict:
+    """Per held-out dataset: MAE, interval, r, donors, training donors and the mean signed error
+    (``bias``: predicted minus true; a large bias is a shift of the whole cohort, not noise)."""
+    out = {}
+    for name in sorted(np.unique(ct.datasets)):
+        m = ct.datasets == name
+        e = score(ct.donors[m], ct.ages[m], pred[m], "test", seed=seed)
+        out[name] = {k: e[k] for k in ("mae", "mae_ci95", "r", "n_donors")} | {
+            "n_train": int((~m).sum()), "bias": float(np.mean(pred[m] - ct.ages[m]))}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The package's published clock
+# --------------------------------------------------------------------------------------------------
+
+
+def published_clock(rd: RealData, ct: CellTypeData, seed: int = 0) -> dict:
+    """The package's published ridge clock on the same donors, or ``{"skipped": reason}``.
+
+    Loaded only from files that match the manifest of the checked wheel (unpickling runs code).
+    The scaler and ridge weights are read out and applied with numpy, so the prediction does not
+    depend on the pickle's scikit-learn version (1.6.1) matching ours.
+    """
+    folder = rd.folder / CELL_TYPES[ct.key][2].split("/", 1)[1]
+    if not rd.verified:
+        return {"skipped": "its files were not installed from the checked wheel, so the pickle is not loaded"}
+    if not all((folder / f).exists() for f in CLOCK_FILES):
+        return {"skipped": f"the published clock's files are absent from {folder}"}
+    import joblib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "unpickling from version 1.6.1": only the arrays are used
+        pipe = joblib.load(folder / "model_V1.pkl")
+    scaler, ridge = pipe.steps[0][1], pipe.steps[-1][1]
+    features = (folder / "feature_names_V1.txt").read_text().split()
+    meta = json.loads((folder / "metadata.json").read_text())
+    index = {g: i for i, g in enumerate(ct.genes)}
+    missing = [g for g in features if g not in index]
+    if missing:
+        return {"skipped": f"{len(missing)} of its {len(features)} genes are not in the file"}
+    Xf = ct.X[:, [index[g] for g in features]].astype(float)
+    pred = ((Xf - scaler.mean_) / scaler.scale_) @ np.ravel(ridge.coef_) + float(np.ravel(ridge.intercept_)[0])
+    trained = meta.get("training_data", "unknown")
+    overlap = sorted({d for d in np.unique(ct.datasets) if d.lower() in trained.lower()})
+    return score(ct.donors, ct.ages, pred, "test", seed=seed, trained_on=trained,
+                 model=f"{meta.get('model_type', 'ridge')} on {len(features)} genes, version {meta.get('version')}",
+                 datasets_in_its_training=overlap, by_dataset=_by_dataset(ct, pred, seed),
+                 sklearn_version_of_pickle=getattr(pipe, "_sklearn_version", None))
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables and sentences for the page
+# --------------------------------------------------------------------------------------------------
+
+
+def _ci(e) -> str:
+    return f"{e['mae_ci95'][0]:.2f}-{e['mae_ci95'][1]:.2f}"
+
+
+def cv_table(models: dict) -> pd.DataFrame:
+    """One row per model and cell type: cross-validated MAE, interval, r; declined models listed."""
+    rows = []
+    for ct in CELL_TYPES:
+        group = models.get(ct, {})
+        if "skipped" in group:
+            continue
+        for k, e in group.items():
+            if "skipped" in e:
+                continue
+            rows.append({"cell type": ct.upper(), "model": MODEL_LABELS.get(k, k), "split": e["split"],
+                         "MAE (years)": round(e["mae"], 2), "95% CI": _ci(e),
+                         "r": None if e["r"] is None else round(e["r"], 2), "donors": e["n_donors"]})
+    return pd.DataFrame(rows)
+
+
+def cross_table(models: dict) -> pd.DataFrame:
+    """Cross-cohort MAE per held-out dataset (columns) and pooled, per model and cell type:
+    ``MAE [95% CI] (donors)``."""
+    rows = []
+    for ct in CELL_TYPES:
+        group = models.get(f"{ct}_cross", {})
+        if "skipped" in group:
+            continue
+        for k, e in group.items():
+            if "skipped" in e:
+                continue
+            row = {"cell type": ct.upper(), "model": MODEL_LABELS.get(k, k)}
+            for name, d in e.get("by_dataset", {}).items():
+                row[name] = f"{d['mae']:.2f} [{d['mae_ci95'][0]:.1f}, {d['mae_ci95'][1]:.1f}] ({d['n_donors']})"
+            row["all donors"] = f"{e['mae']:.2f} [{e['mae_ci95'][0]:.1f}, {e['mae_ci95'][1]:.1f}] ({e['n_donors']})"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def declined_table() -> pd.DataFrame:
+    return pd.DataFrame([{"model": k, "why not run": v} for k, v in DECLINED.items()])
+
+
+def findings(models: dict, seed: int = 0) -> str:
+    """Markdown bullets computed from the entries: best model vs null, per cell type, CV and cross."""
+    lines = []
+    for ct, (label, _, _) in CELL_TYPES.items():
+        for suffix, what in (("", "cross-validation"), ("_cross", "across cohorts")):
+            group = {k: e for k, e in models.get(ct + suffix, {}).items() if isinstance(e, dict) and "mae" in e}
+            ours = {k: e for k, e in group.items() if k not in ("null", "published_clock")}
+            if not ours or "null" not in group:
+                continue
+            best = min(ours, key=lambda k: ours[k]["mae"])
+            cmp = evaluate.paired_difference(ours[best], group["null"], seed=seed)
+            verdict = ("the interval excludes zero" if cmp["excludes_zero"]
+                       else "the interval includes zero: not distinguishable from the null")
+            lines.append(
+                f"- **{label}, {what}**: lowest of our {len(ours)} models is the {MODEL_LABELS[best]} at "
+                f"{ours[best]['mae']:.2f} years "
+                f"(95% CI {_ci(ours[best])}) against {group['null']['mae']:.2f} ({_ci(group['null'])}) for the null; "
+                f"paired difference {cmp['difference']:+.2f} years ({cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}), {verdict}.")
+            if "published_clock" in group:
+                pc = group["published_clock"]
+                c2 = evaluate.paired_difference(ours[best], pc, seed=seed)
+                side = "lower" if c2["difference"] < 0 else "higher"
+                lines.append(
+                    f"  The published clock on the same donors: {pc['mae']:.2f} years ({_ci(pc)}); our best is "
+                    f"{abs(c2['difference']):.2f} years {side} ({c2['ci95'][0]:+.2f} to {c2['ci95'][1]:+.2f}).")
+            if suffix == "_cross":
+                worst = max(group[best]["by_dataset"].items(), key=lambda kv: kv[1]["mae"])
+                lines.append(f"  Hardest held-out dataset for it: `{worst[0]}` ({worst[1]['n_donors']} donors, "
+                             f"MAE {worst[1]['mae']:.2f}, mean predicted minus true age {worst[1]['bias']:+.1f} years).")
+    return "\n".join(lines)
+
+
+def run_all(rd: RealData, P: dict, seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
+    """The ``models`` block of ``results/realdata.json``: per cell type the CV entries
+    (``models['cd4t']``) and the cross-cohort entries with the published clock (``models['cd4t_cross']``);
+    every group skipped with the reason when the files are absent."""
+    if not rd.available:
+        return skipped_models(rd.reason)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=1, desc="real donors", unit="fit")
+
+    def tick(done, total, what):
+        bar.total = total * len(rd.cell_types)
+        bar.n = done + offset[0]
+        bar.set_postfix_str(what, refresh=False)
+        bar.refresh()
+
+    models, offset = {}, [0]
+    for key, ct in rd.cell_types.items():
+        cv, cross = run_cell_type(ct, P, seed=seed, device=device, progress=tick if bar else None)
+        offset[0] += (len(cv) * (P["n_splits"] * P["n_repeats"]) + len(cross) * len(np.unique(ct.datasets)))
+        # the same donors as our models (a smoke run subsamples them); all of its genes
+        same_donors = subsample(ct, P.get("max_donors") or ct.n_donors, seed)
+        cross["published_clock"] = published_clock(rd, same_donors, seed=seed)
+        models[key], models[f"{key}_cross"] = cv, cross
+    if bar:
+        bar.close()
+    for key in DECLINED:  # declined models are listed under each cell type with the reason
+        for ct in rd.cell_types:
+            models[ct][key] = {"skipped": DECLINED[key]}
+    return models
+
+
+def published_clock_note(models: dict) -> str:
+    """What the published clock is, whether these donors trained it, and how it did (or why it did not run)."""
+    lines = []
+    for ct, (label, _, _) in CELL_TYPES.items():
+        e = models.get(f"{ct}_cross", {}).get("published_clock") if "skipped" not in models.get(f"{ct}_cross", {}) else None
+        if e is None:
+            continue
+        if "skipped" in e:
+            lines.append(f"- {label}: not run ({e['skipped']}).")
+            continue
+        overlap = e.get("datasets_in_its_training") or []
+        trained = (f"its metadata names {', '.join(overlap)} among its training data, so those donors may have trained it"
+                   if overlap else "none of these datasets is among them, so these donors are out of sample for it")
+        per = "; ".join(f"`{d}` {v['mae']:.2f}" for d, v in e["by_dataset"].items())
+        lines.append(f"- {label}: {e['model']}, trained on {e['trained_on']} (its `metadata.json`); {trained}. "
+                     f"MAE {e['mae']:.2f} years (95% CI {_ci(e)}), r {e['r']:.2f}; per dataset: {per}.")
+    return "\n".join(lines) if lines else "The published clock did not run: the real-donor files are absent."
+
+
+def settings_table(P: dict) -> pd.DataFrame:
+    """The configuration that runs under this profile, one row per model."""
+    EN, M, S, N, V = P["elastic_net"], P["mlp"], P["svd_ridge"], P["nmf_mlp"], P["vae_gaussian"]
+    rows = {
+        "splits": f"{P['n_repeats']} x {P['n_splits']}-fold CV stratified by age; each dataset held out in turn; "
+                  f"{P.get('n_jobs', 1)} worker process(es)"
+                  + (f"; {P['max_donors']} donors at most" if P.get("max_donors") else ""),
+        "elastic_net": f"{EN['n_alphas']} penalties down to {EN['eps']:g} x the largest, L1 ratios {EN['l1_ratios']}, "
+                       f"inner {EN['n_splits']}-fold CV, random coordinate order",
+        "mlp": f"widths {M['hidden']}, dropout {M['dropout']}, {M['epochs']} epochs, batch {M['batch_size']}, Adam {M['lr']:g}",
+        "svd_ridge": f"{S['n_components']} components, ridge penalty by leave-one-out CV over 30 values",
+        "nmf_mlp": f"k = {N['n_components']}, {N['max_iter']} iterations; MLP widths {N['hidden']}, {N['epochs']} epochs",
+        "vae_gaussian": f"encoder {V['hidden']}, latent {V['latent']}, age head {V['age_hidden']}, {V['epochs']} epochs, "
+                        f"batch {V['batch_size']}, cyclical KL",
+    }
+    return pd.DataFrame({"setting": rows}).rename_axis("model")
+
+
+def write_page_results(out_dir, rd: RealData, profile: str, P: dict, seed: int, device, device_request: str,
+                       runtime_s: float, models: dict) -> Path:
+    """Write ``results/realdata.json`` atomically, recording the device that ran (not the request)."""
+    from .device_linalg import backends_used
+    from .results import write_results
+    from .train import device_label
+
+    params = {**P, "seed": int(seed), "device": device_label(device), "device_requested": str(device_request),
+              "amp": False,  # models of a few hundred donor rows: no mixed precision
+              "linalg_backend_used": backends_used(P.get("linalg_backend", "auto"), device)}
+    return write_results(out_dir, "realdata", data_record(rd), profile, params, runtime_s, models)
