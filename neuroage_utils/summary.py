@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import evaluate, paper, profiles, results, tables
+from . import paper, profiles, results, tables
 from .crossval import MODEL_NAMES
 
 __all__ = ["PAPER_TEST_MAE", "leaderboard", "paper_caveat", "ground_truth", "conclusion", "cv_table",

@@ -267,7 +267,6 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | 
     interval excludes zero. The last sentence is the explanation these claims support.
     """
     out: list[str] = []
-    null = float(table.loc[table["kind"] == "null", "val_mae"].iloc[0])
     vae = table[table["kind"].isin(["table3", "steps", "age_weight", "coded"])]
     base = table[table["kind"] == "table3"]
     base = base.iloc[0] if len(base) else None
@@ -434,15 +433,17 @@ def report(chapter, experiments: dict, seed: int = 0) -> dict:
                                  paper_final_steps=steps["paper_final"]["steps"])}
 
 
-def glue_values(experiments: dict) -> dict:
-    """The numbers the chapter's prose cites (step budgets, the paper's run, seconds), by glue name."""
+def budget_text(experiments: dict) -> str:
+    """The step budgets and seconds of :func:`run_experiments`, in a sentence for the page (from the
+    run's own parameters and data and the paper's cohort table; one line when nothing ran)."""
     steps = experiments["steps"]
     if steps is None:
-        return {}
-    return {"exp_run_steps": steps["run"]["steps"], "exp_steps": steps["experiment"]["steps"],
-            "exp_paper_steps": steps["paper"]["steps"], "exp_paper_cells": steps["paper"]["cells"],
-            "exp_paper_epochs": steps["paper"]["epochs"], "exp_paper_batch": steps["paper"]["batch_size"],
-            "exp_paper_final_steps": steps["paper_final"]["steps"],
-            "exp_paper_final_cells": steps["paper_final"]["cells"],
-            "exp_seconds": experiments["seconds"]["experiments_s"],
-            "exp_monitor_seconds": experiments["seconds"]["table3_monitors_s"]}
+        return f"The experiments were skipped: {experiments['skipped']}."
+    paper, final = steps["paper"], steps["paper_final"]
+    return (f"The step budgets, from the run's own parameters and data: the longest Table 3 run here makes "
+            f"**{steps['run']['steps']:,}** optimiser steps, the step experiment **{steps['experiment']['steps']:,}**; "
+            f"the paper's {paper['epochs']:,}-epoch Table 3 run on its {paper['cells']:,} training cells at batch "
+            f"{paper['batch_size']:,} made **{paper['steps']:,}**, and its final model on {final['cells']:,} training "
+            f"and validation cells **{final['steps']:,}**. The experiments took "
+            f"{experiments['seconds']['experiments_s']:.0f} s on this machine, plus "
+            f"{experiments['seconds']['table3_monitors_s']:.1f} s for the per-epoch monitors of the Table 3 run.")

@@ -5,7 +5,6 @@ One build (module-scoped) serves every assertion; it is the slowest test of the 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
