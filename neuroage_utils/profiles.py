@@ -65,8 +65,9 @@ class Profile:
     checkpoint_every: int
     kl_cycle: tuple = tuple(paper.TRAINING["kl_cycle"].values())  # epochs at 0 / rising / at 1
     t0: int = paper.TRAINING["t0"]
-    # the device path: bf16 autocast of the torch models (applies on CUDA only; off on a CPU), and the
-    # NMF / SVD solvers ("auto": torch on CUDA; HALS NMF, ARPACK SVD on a CPU)
+    # the device path: bf16 autocast of the torch models (applies where the device multiplies bf16 in
+    # hardware: a CUDA GPU or a CPU with AMX; elsewhere it stays off), and the NMF / SVD solvers
+    # ("auto": torch on CUDA; HALS NMF, ARPACK SVD on a CPU)
     amp: bool = False
     linalg_backend: str = "auto"
     # The VAE chapter's experiments: extra runs as long as this row of Table 3 (its scored row is
@@ -142,7 +143,7 @@ SETTINGS = {
                      batch_size=1024, svd_components=100, nmf_components=100, nmf_max_iter=100, enet_n_alphas=20,
                      enet_l1_ratios=(0.1, 0.5, 0.9, 1.0), pseudocells_per_donor=10, cells_per_pseudocell=30,
                      max_cells_fit=20_000, checkpoint_every=10, kl_cycle=(5, 5, 5), t0=10,
-                     exp_row=1, exp_batch_size=256, exp_monitor_cells=2000, exp_nmf_iter=30),
+                     exp_row=1, exp_batch_size=256, exp_monitor_cells=2000, exp_nmf_iter=30, amp=True),
     # The paper's exact settings: 189,423 cells x 17,658 genes, full widths and epochs, batch 4096.
     "paper": Profile(cell_fraction=1.0, n_genes=paper.TEXT["n_genes"], min_cells_per_donor=0, mlp_width_scale=1.0,
                      vae_width_scale=1.0, vae_epoch_scale=1.0, poisson_epoch_scale=1.0,

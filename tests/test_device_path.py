@@ -27,7 +27,7 @@ from neuroage_utils.models.vae import VAEAgeRegressor
 from neuroage_utils.notebook import Chapter
 from neuroage_utils.train import CellBatches
 from neuroage_utils.train.batches import densify_rows, device_csr_fits
-from neuroage_utils.train.device import amp_active, autocast
+from neuroage_utils.train.device import amp_active, autocast, native_bf16
 
 from .conftest import make_adata
 
@@ -96,21 +96,47 @@ def test_mlp_trained_on_device_csr_equals_the_host_path():
     assert np.array_equal(preds[0][0], preds[1][0]) and np.array_equal(preds[0][1], preds[1][1])
 
 
-def test_amp_is_off_on_a_cpu_and_changes_nothing_there():
-    X = _counts(n=120, g=20, seed=3)
-    ages = np.repeat(np.linspace(20, 80, 12), 10)
+def _amp_runs(X, ages):
     runs = []
     for amp in (False, True):
         model = VAEAgeRegressor(likelihood="poisson", hidden=(8,), latent=3, age_hidden=(4,), epochs=2,
                                 batch_size=32, device="cpu", progress=False, amp=amp)
         model.fit(X, ages)
-        assert model.amp_ is False  # asked for or not, autocast never runs on a CPU
-        runs.append(model.predict(X))
-    assert np.array_equal(runs[0], runs[1])
-    assert amp_active(True, torch.device("cuda")) and not amp_active(False, torch.device("cuda"))
+        runs.append((model.amp_, model.predict(X)))
+    return runs
+
+
+def test_amp_stays_off_without_native_bf16_and_changes_nothing_there(monkeypatch):
+    import neuroage_utils.train.device as device_module
+
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: False)
+    X, ages = _counts(n=120, g=20, seed=3), np.repeat(np.linspace(20, 80, 12), 10)
+    (amp_off, off), (amp_on, on) = _amp_runs(X, ages)
+    assert amp_off is False and amp_on is False  # asked for or not, autocast never runs
+    assert np.array_equal(off, on)
     assert not amp_active(True, torch.device("cpu"))
     with autocast(True, torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_amp_runs_bf16_autocast_where_the_cpu_has_it(monkeypatch):
+    import neuroage_utils.train.device as device_module
+
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: True)
+    assert amp_active(True, torch.device("cpu")) and not amp_active(False, torch.device("cpu"))
+    with autocast(True, torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    X, ages = _counts(n=120, g=20, seed=3), np.repeat(np.linspace(20, 80, 12), 10)
+    (amp_off, off), (amp_on, on) = _amp_runs(X, ages)
+    assert amp_off is False and amp_on is True
+    assert np.isfinite(on).all() and not np.array_equal(off, on)  # bf16 products: close, not identical
+    assert np.abs(on - off).max() < 0.5 * np.abs(off).max() + 1.0
+
+
+def test_native_bf16_reads_the_hardware():
+    assert isinstance(native_bf16(torch.device("cpu")), bool)
+    if not torch.cuda.is_available():
+        assert native_bf16(torch.device("meta")) is False
 
 
 def test_vae_likelihood_and_kl_stay_float32_under_autocast():
@@ -167,12 +193,13 @@ def test_linalg_backend_auto_is_the_reference_on_a_cpu_except_where_torch_is_fas
 def test_results_record_device_amp_and_backend(tmp_path, h5ad_path):
     path = h5ad_path(make_adata(n_donors=12, cells_per_donor=6, n_genes=10))
     chapter = Chapter("nmf", data_path=str(path), profile="paper", device="cpu", out_dir=str(tmp_path))
-    assert chapter.amp_requested is True and chapter.amp is False  # the paper profile asks; a CPU never runs it
+    runs_amp = native_bf16(torch.device("cpu"))  # the paper profile asks; a CPU runs it only with AMX
+    assert chapter.amp_requested is True and chapter.amp is runs_amp
     assert chapter.linalg("svd") == {"backend": "sklearn", "device": torch.device("cpu")}
     assert chapter.linalg() == {"backend": "torch", "device": torch.device("cpu")}  # the chapter's own step: NMF
     chapter.add_null("test")
     params = json.loads(chapter.finish().read_text())["params"]
-    assert params["device"] == "cpu" and params["amp"] is False and params["amp_requested"] is True
+    assert params["device"] == "cpu" and params["amp"] is runs_amp and params["amp_requested"] is True
     assert params["linalg_backend_used"] == {"svd": "sklearn", "nmf": "torch"}
     off = Chapter("nmf", data_path=str(path), profile="paper", device="cpu", out_dir=str(tmp_path), amp=False)
     assert off.amp_requested is False and off.params["amp"] is False

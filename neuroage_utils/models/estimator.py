@@ -33,7 +33,7 @@ class TorchAgeRegressor:
     """
 
     max_dense_bytes = DEFAULT_MAX_DENSE_BYTES
-    #: bf16 autocast on CUDA (see :func:`neuroage_utils.train.loop.fit`); subclasses take it as ``amp``.
+    #: bf16 autocast where the device has native bf16 (see :func:`neuroage_utils.train.loop.fit`); subclasses take it as ``amp``.
     amp = False
     #: Where a sparse matrix lives while training (:class:`~neuroage_utils.train.CellBatches`):
     #: None = on a GPU when it fits, True = on the device (also on a CPU, for tests), False = host.
@@ -115,7 +115,7 @@ class TorchAgeRegressor:
         self._check_X(X, fitting=True)
         self.n_features_ = int(X.shape[1])
         self.device_ = resolve_device(self.device)
-        self.amp_ = amp_active(self.amp, self.device_)  # what ran: off on a CPU whatever was asked
+        self.amp_ = amp_active(self.amp, self.device_)  # what ran: off without native bf16, whatever was asked
         self.age_mean_ = float(ages.mean())
         self.age_std_ = float(ages.std()) or 1.0  # one age only: avoid dividing by zero
         y = (ages - self.age_mean_) / self.age_std_

@@ -38,7 +38,7 @@ class MLPRegressor(TorchAgeRegressor):
     device, seed, checkpoint_path, checkpoint_every, progress
         See :func:`neuroage_utils.train.loop.fit`.
     amp
-        bf16 autocast on CUDA; ignored on a CPU. See :func:`neuroage_utils.train.loop.fit`.
+        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
 
     Attributes after ``fit``: ``module_`` (the AgeMLP), ``history_`` (per-epoch losses),
     ``age_mean_``, ``age_std_``.
@@ -67,7 +67,7 @@ class MLPRegressor(TorchAgeRegressor):
         self.scale_inputs = bool(scale_inputs)
         self._set_training_options(epochs, lr, batch_size, early_stopping_patience, device, seed,
                                    checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes)
-        self.amp = bool(amp)  # bf16 autocast on CUDA; off on a CPU
+        self.amp = bool(amp)  # bf16 autocast where the device has native bf16
 
     def _build_module(self, X, batches: CellBatches) -> AgeMLP:
         if X.shape[1] < 1:

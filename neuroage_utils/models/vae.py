@@ -51,7 +51,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         See :func:`neuroage_utils.train.loop.fit`. With a ``checkpoint_path`` a re-run resumes, and a
         run can be extended by raising ``epochs``.
     amp
-        bf16 autocast on CUDA (likelihood and KL in float32); ignored on a CPU. See :func:`neuroage_utils.train.loop.fit`.
+        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX; likelihood and KL in float32); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
 
     The count likelihoods need raw UMI counts; ``fit`` raises ``DataValidationError`` otherwise.
     """
@@ -110,7 +110,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
             self.optimizer = optimizer
         self._set_training_options(epochs, lr, batch_size, early_stopping_patience, device, seed,
                                    checkpoint_path, checkpoint_every, progress, weight_decay, max_dense_bytes)
-        self.amp = bool(amp)  # bf16 autocast on CUDA; off on a CPU
+        self.amp = bool(amp)  # bf16 autocast where the device has native bf16
 
     # -- hooks of TorchAgeRegressor ----------------------------------------------------------------
     def _make_module(self, n_genes: int) -> AgeVAE:

@@ -57,7 +57,7 @@ class VAELatentClock:
         self.lr, self.batch_size, self.kl_cycle, self.T_0 = float(lr), int(batch_size), kl_cycle, int(T_0)
         self.max_cells, self.probe, self.probe_alphas, self.probe_splits = max_cells, probe, probe_alphas, probe_splits
         self.device, self.seed, self.progress = device, int(seed), progress
-        self.amp = bool(amp)  # bf16 autocast of the VAE on CUDA
+        self.amp = bool(amp)  # bf16 autocast of the VAE where the device has native bf16
 
     def _likelihood_for(self, X) -> str:
         if self.likelihood != "auto":

