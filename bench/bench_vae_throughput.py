@@ -11,7 +11,8 @@ FLOPs per cell are counted from the Linear layers: forward 2*in*out, backward 2*
 weight gradient and 2*in*out for the input gradient (none for the first layer, whose input needs no
 gradient). Element-wise work (activations, likelihood, BatchNorm) is not counted, so the achieved
 rate is a lower bound. The matmul reference multiplies a batch (batch x genes) by a genes x 256
-weight, the shape of the first layer, and a square 2048^3 product.
+weight, the shape of the first layer, and a square 2048^3 product, in the precision of the run
+(``--amp``: bf16 autocast where the device has native bf16, and a bf16 reference).
 """
 
 import argparse
@@ -40,11 +41,12 @@ def linear_train_flops_per_cell(module) -> float:
     return flops
 
 
-def matmul_rate(m: int, k: int, n: int, seconds: float = 1.0) -> float:
-    """Best FLOP/s of ``(m x k) @ (k x n)`` float32 over repeats filling about ``seconds``."""
+def matmul_rate(m: int, k: int, n: int, seconds: float = 1.0, dtype=None) -> float:
+    """Best FLOP/s of ``(m x k) @ (k x n)`` (float32 unless ``dtype``) over repeats filling about ``seconds``."""
     import torch
 
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    dtype = dtype or torch.float32
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     a @ b
     best, spent = float("inf"), 0.0
     while spent < seconds:
@@ -64,6 +66,8 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast (where the device has native bf16); the matmul reference is then bf16 too")
     args = p.parse_args(argv)
     import torch
 
@@ -75,11 +79,12 @@ def main(argv=None) -> dict:
     ages = np.random.default_rng(1).uniform(24, 94, args.cells)
     model = VAEAgeRegressor(likelihood="poisson", hidden=[256, 256], latent=100, age_hidden=(20, 20),
                             epochs=1 + args.epochs, batch_size=args.batch_size, device=args.device,
-                            progress=False, max_dense_bytes=0)
-    mm_before = matmul_rate(args.batch_size, args.genes, 256)
+                            progress=False, max_dense_bytes=0, amp=args.amp)
+    dtype = torch.bfloat16 if args.amp else torch.float32
+    mm_before = matmul_rate(args.batch_size, args.genes, 256, dtype=dtype)
     model.fit(X, ages)
-    mm_after = matmul_rate(args.batch_size, args.genes, 256)
-    square = matmul_rate(2048, 2048, 2048)
+    mm_after = matmul_rate(args.batch_size, args.genes, 256, dtype=dtype)
+    square = matmul_rate(2048, 2048, 2048, dtype=dtype)
     seconds = model.history_["seconds"].to_numpy()
     per_epoch = float(seconds[1:].min())
     flops_cell = linear_train_flops_per_cell(model.module_)
@@ -87,7 +92,7 @@ def main(argv=None) -> dict:
     mm = max(mm_before, mm_after)
     result = {
         "genes": args.genes, "cells": args.cells, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "device": args.device, "epoch_seconds": [round(float(s), 3) for s in seconds],
+        "device": args.device, "precision": "bf16-mixed" if model.amp_ else "fp32", "epoch_seconds": [round(float(s), 3) for s in seconds],
         "cells_per_s": round(args.cells / per_epoch, 1), "train_gflop_per_cell": flops_cell / 1e9,
         "achieved_gflops": round(achieved / 1e9, 2), "matmul_first_layer_gflops": round(mm / 1e9, 2),
         "matmul_2048_gflops": round(square / 1e9, 2), "fraction_of_matmul": round(achieved / mm, 3),

@@ -10,6 +10,7 @@ bench/requirements-scvi.txt with torch pinned); if that is missing, the reason i
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -23,6 +24,9 @@ REPO = BENCH.parent
 SCVI_PY = BENCH / ".venv-scvi" / "bin" / "python"
 #: (genes, cells, batch size) of the VAE comparison: the quick profile's shape and the paper's genes.
 VAE_SHAPES = [(2000, 10_240, 1024), (17_658, 8192, 4096)]
+# Each tool in float32 and in bf16 mixed precision (ours: autocast where the device has native bf16;
+# SCVI: Lightning's bf16-mixed): results keys ours_<genes>[_bf16], scvi_<genes>[_bf16], ratio_<genes>[_bf16].
+PRECISIONS = [("", []), ("_bf16", ["--amp"])]
 
 
 def run_json(cmd, timeout=900) -> dict:
@@ -85,13 +89,13 @@ def main() -> int:
         res["vae"] = {"repeats": args.repeat}
         # ours and SCVI alternate, so that load from other processes hits both alike; best of the repeats
         for rep in range(args.repeat):
-            for genes, cells, batch in VAE_SHAPES:
-                common = ["--genes", genes, "--cells", cells, "--batch-size", batch]
+            for (genes, cells, batch), (suffix, precision) in itertools.product(VAE_SHAPES, PRECISIONS):
+                common = ["--genes", genes, "--cells", cells, "--batch-size", batch, *precision]
                 runs = [("ours", [py, BENCH / "bench_vae_throughput.py", *common])]
                 if "scvi" not in args.skip:
                     runs.append(("scvi", [SCVI_PY, BENCH / "scvi_throughput.py", *common]))
                 for name, cmd in runs:
-                    key = f"{name}_{genes}"
+                    key = f"{name}_{genes}{suffix}"
                     if name == "scvi" and not (BENCH / ".venv-scvi" / ".installed").exists():
                         res["vae"][key] = {"error": "bench/.venv-scvi missing: scvi-tools could not be installed "
                                                     "(see bench/scvi_install.log)"}
@@ -104,10 +108,10 @@ def main() -> int:
                         best = got
                     best["cells_per_s_all"] = all_runs
                     res["vae"][key] = best
-        for genes, _, _ in VAE_SHAPES:
-            ours, scvi = res["vae"].get(f"ours_{genes}", {}), res["vae"].get(f"scvi_{genes}", {})
+        for (genes, _, _), (suffix, _) in itertools.product(VAE_SHAPES, PRECISIONS):
+            ours, scvi = res["vae"].get(f"ours_{genes}{suffix}", {}), res["vae"].get(f"scvi_{genes}{suffix}", {})
             if "cells_per_s" in ours and "cells_per_s" in scvi:
-                res["vae"][f"ratio_{genes}"] = round(ours["cells_per_s"] / scvi["cells_per_s"], 2)
+                res["vae"][f"ratio_{genes}{suffix}"] = round(ours["cells_per_s"] / scvi["cells_per_s"], 2)
 
     if "linalg" not in args.skip:
         res["linalg"] = run_json([py, BENCH / "bench_linalg.py"], timeout=1200)

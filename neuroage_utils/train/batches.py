@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import DataValidationError
+from ..models.blocks import sparse_rows
 from .device import resolve_device
 
 __all__ = ["DEFAULT_MAX_DENSE_BYTES", "CellBatches", "transformed_stats", "as_float32_matrix", "check_finite_matrix",
@@ -144,8 +145,12 @@ class CellBatches:
         device when the device is CUDA and it fits (:func:`device_csr_fits`), else on the host;
         ``True`` forces the device-resident path (on any device, e.g. to test it on the CPU);
         ``False`` forces the host path. The storage chosen is ``self.storage``.
+    sparse_batches
+        With host-resident CSR on a CPU (``storage == "host"``), yield ``x`` as a torch sparse CSR
+        tensor (default): the models' input transforms densify it once, and count likelihoods read
+        the stored values only. Elsewhere, and with ``False``, ``x`` is dense.
 
-    A batch is a dict: ``x`` (float32, batch x features), and when given ``y``, ``library`` and the
+    A batch is a dict: ``x`` (float32, batch x features; sparse CSR as above), and when given ``y``, ``library`` and the
     extras. Rows within a shuffled batch are sorted by index: row order within a batch does not
     change a mean loss, and sorted rows make CSR row gathers cache-friendly and both storage modes
     yield the same batches.
@@ -162,6 +167,7 @@ class CellBatches:
         device: str | torch.device = "cpu",
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
         device_csr: bool | None = None,
+        sparse_batches: bool = True,
     ):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -193,6 +199,10 @@ class CellBatches:
             self._X = None
         else:
             self._X = X  # host CSR (or dense ndarray); batches densified on demand
+        # Host CSR on a CPU: hand the model the batch's CSR itself (models densify what they need and
+        # read counts only where stored) instead of a dense copy made here.
+        self.sparse_batches = bool(sparse_batches) and self.storage == "host" and sp.issparse(X) \
+            and self.device.type == "cpu"
         self._cell = {}
         for name, values in (("y", targets), ("library", library_size), *((extras or {}).items())):
             if values is None:
@@ -266,11 +276,17 @@ class CellBatches:
         elif self.storage == "device_csr":
             x = self._densify(torch.arange(start, stop, device=self.device))
         else:
-            block = self._X[start:stop]
-            x = torch.from_numpy(block.toarray() if sp.issparse(block) else np.array(block)).to(self.device)
+            x = self._host_rows(self._X[start:stop])
         batch = {"x": x}
         batch.update({k: v[start:stop] for k, v in self._cell.items()})
         return batch
+
+    def _host_rows(self, rows) -> torch.Tensor:
+        """Rows taken from the host matrix as the batch tensor: sparse CSR or dense, on the device."""
+        if self.sparse_batches:
+            return sparse_rows(torch.from_numpy(rows.indptr.astype(np.int64)),
+                               torch.from_numpy(rows.indices.astype(np.int64)), torch.from_numpy(rows.data), rows.shape)
+        return torch.from_numpy(rows.toarray() if sp.issparse(rows) else np.array(rows)).to(self.device)
 
     def _densify(self, dev_idx: torch.Tensor) -> torch.Tensor:
         return densify_rows(self._crow, self._col, self._val, dev_idx, self.n_features, self._max_row_nnz)
@@ -279,8 +295,7 @@ class CellBatches:
         """The batch of rows ``idx`` (sorted; on the device unless the storage is ``host``)."""
         if self.storage == "host":
             dev_idx = idx.to(self.device)
-            rows = self._X[idx.numpy()]
-            x = torch.from_numpy(rows.toarray() if sp.issparse(rows) else rows).to(self.device)
+            x = self._host_rows(self._X[idx.numpy()])
         else:
             dev_idx = idx
             x = self._X.index_select(0, dev_idx) if self.storage == "dense" else self._densify(dev_idx)
@@ -310,7 +325,8 @@ def transformed_stats(batches: CellBatches, transform: Callable[[torch.Tensor], 
     source = batches.with_options(shuffle=False)
     count, mean, m2, lo, hi = 0, None, None, None, None
     for batch in source.iterate():
-        z = transform(batch["x"]).double()
+        z = transform(batch["x"])
+        z = (z.to_dense() if z.layout == torch.sparse_csr else z).double()
         nb = z.shape[0]
         bmean = z.mean(dim=0)
         bm2 = ((z - bmean) ** 2).sum(dim=0)
