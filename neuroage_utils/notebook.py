@@ -19,6 +19,7 @@ from . import evaluate, paper, profiles, results, tables
 from .data import Cohort, file_sha256, load_cohort
 from .simulate import ensure_simulated
 from .train.device import amp_active, device_label, resolve_device
+from .workers import run_tasks, worker_count
 
 __all__ = ["Chapter", "glue", "default_out_dir"]
 
@@ -56,6 +57,13 @@ PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", 
 OPTIONAL_PARAMETERS = ("amp",)
 
 
+def _fit_predict(model, args: dict):
+    """Fit ``model`` on ``args`` (see :meth:`Chapter._fit_args`) and predict its evaluation cells: one
+    task of :meth:`Chapter.fit_score_many` (module-level, so worker processes can run it)."""
+    model.fit(args["X"], args["ages"], donors=args["donors"], **args["options"])
+    return model, model.predict(args["X_eval"])
+
+
 class Chapter:
     """One executed chapter: its data, its parameters, the models it scored, and its results file."""
 
@@ -83,6 +91,7 @@ class Chapter:
         out_dir: str | None = None,
         allow_non_counts: bool = False,
         amp: bool | None = None,
+        workers: int | None = None,
     ):
         self.started = time.perf_counter()
         self.section = section
@@ -93,10 +102,13 @@ class Chapter:
         self.device_request = str(device)
         self.device = resolve_device(device)
         self.device_label = device_label(self.device)
+        # Independent fits (tuning grids, CV folds) run in this many single-threaded worker processes:
+        # one per core on a CPU, 1 on a GPU (see neuroage_utils.workers).
+        self.workers = worker_count(self.device, workers)
         self.out_dir = Path(out_dir) if out_dir else default_out_dir()
         self.params = profiles.section_params(profile, section)
         # bf16 autocast of this chapter's torch models: the profile's setting unless the run turns it
-        # off; it only ever runs on CUDA, and the results file records whether it ran.
+        # off; it runs only where the device has native bf16, and the results file records whether it ran.
         self.amp_requested = bool(self.params.get("amp", False)) if amp is None else bool(amp)
         self.amp = amp_active(self.amp_requested, self.device)
         if "amp" in self.params:  # what the chapter's recipes read (e.g. the summary's CV)
@@ -183,6 +195,43 @@ class Chapter:
         was trained on; the fitted model
         is kept in ``self.fitted[key]`` and the cell predictions in ``self.cell_predictions[key]``.
         """
+        model, pred = _fit_predict(model, self._fit_args(X, fit, on, watch, monitor, monitor_cells))
+        return self._record_fit(key, model, pred, fit, on, extra)
+
+    def fit_score_many(self, jobs: list[dict]) -> list[dict]:
+        """:meth:`fit_score` for several models at once: ``jobs`` holds its keyword arguments, one
+        dict per model (``"score": False``: fit only, kept in :attr:`fitted`, no entry). The fits (and
+        their predictions) run in :attr:`workers` single-threaded processes on a CPU, in order on a
+        GPU; entries come back in the order of ``jobs``. Per-epoch progress bars are off in workers;
+        one bar counts finished fits."""
+        from tqdm.auto import tqdm
+
+        tasks = []
+        for job in jobs:
+            job = dict(job)
+            model, X = job.pop("model"), job.pop("X")
+            fit, on = job.pop("fit", ("train",)), job.pop("on", "val")
+            args = self._fit_args(X, fit, on, job.pop("watch", None), job.pop("monitor", None),
+                                  job.pop("monitor_cells", None))
+            if self.workers > 1:
+                model.progress = False
+            tasks.append((job.pop("key"), model, args, fit, on, job, job.pop("score", True)))
+        bar = tqdm(total=len(tasks), desc=f"fits ({self.workers} worker{'s' if self.workers > 1 else ''})",
+                   disable=self.workers <= 1 or len(tasks) < 2)
+        done = run_tasks(_fit_predict, [task[1:3] for task in tasks], self.workers,
+                         progress=lambda i, n: bar.update(i - bar.n))
+        bar.close()
+        entries = []
+        for (key, _, _, fit, on, extra, score), (model, pred) in zip(tasks, done):
+            if score:
+                entries.append(self._record_fit(key, model, pred, fit, on, extra))
+            else:
+                self.fitted[key] = model
+                entries.append(None)
+        return entries
+
+    def _fit_args(self, X, fit, on, watch, monitor, monitor_cells) -> dict:
+        """What one fit reads: its training cells, options (validation, monitors) and evaluation cells."""
         c = self.cohort
         train, evaluate_on = c.mask(*fit), c.mask(on)
         options = {}
@@ -191,11 +240,13 @@ class Chapter:
             options["validation"] = (X[w], c.ages[w], c.donors[w])
         if monitor:
             options["monitors"] = {name: self._monitor_set(X, name, monitor_cells) for name in monitor}
-        model.fit(X[train], c.ages[train], donors=c.donors[train], **options)
-        pred = model.predict(X[evaluate_on])
+        return {"X": X[train], "ages": c.ages[train], "donors": c.donors[train], "options": options,
+                "X_eval": X[evaluate_on]}
+
+    def _record_fit(self, key, model, pred, fit, on, extra) -> dict:
         self.fitted[key] = model
         self.cell_predictions[key] = pred
-        return self.add_cells(key, pred, evaluate_on, on, trained_on=list(fit), **extra)
+        return self.add_cells(key, pred, self.cohort.mask(on), on, trained_on=list(fit), **extra)
 
     def _monitor_set(self, X, split: str, max_cells: int | None):
         """``(X, ages, donors)`` of the cells of ``split``, at most ``max_cells`` of them (uniform draw)."""
@@ -407,8 +458,9 @@ class Chapter:
             "seed": self.seed,
             "device": self.device_label,
             "device_requested": self.device_request,
-            "amp": self.amp,  # bf16 autocast ran (CUDA only); the profile's request is amp_requested
+            "amp": self.amp,  # bf16 autocast ran (native bf16 only); the profile's request is amp_requested
             "amp_requested": self.amp_requested,
+            "workers": self.workers,
             "donor_key": self.cohort.donor_key,
             "age_key": self.cohort.age_key,
             "split_source": self.cohort.split_source,

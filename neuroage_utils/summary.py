@@ -3,6 +3,8 @@ and the conclusion text, each computed from results files and the cross-validati
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 
@@ -288,14 +290,17 @@ def cv_settings(P: dict) -> pd.DataFrame:
 def repeated_cv(chapter, data) -> dict:
     """Every cross-validation recipe over all donors (:func:`crossval.run_cv`), summarised: per-model
     CV entries, paired comparisons against the null and the elastic net, the display table (with each
-    model's seconds), the out-of-fold predictions, skipped models and seconds."""
+    model's fitting seconds, summed over folds), the out-of-fold predictions, skipped models, seconds
+    and the wall time (``wall_s``; the folds run in ``chapter.workers`` processes side by side)."""
     from . import crossval
 
     P = chapter.params
-    pred, skipped, seconds = crossval.run_cv(data, list(crossval.RECIPES), P, seed=chapter.seed, device=chapter.device)
+    started = time.perf_counter()
+    pred, skipped, seconds = crossval.run_cv(data, list(crossval.RECIPES), P, seed=chapter.seed, device=chapter.device,
+                                             workers=chapter.workers)
     cv = crossval.cv_summary(pred, P, n_boot=P["boot"], seed=chapter.seed)
     comparisons = crossval.cv_comparisons(pred, n_boot=P["boot"], seed=chapter.seed)
     display = cv_table(cv, comparisons, P)
     display["seconds"] = display["key"].map(lambda k: round(seconds.get(k, 0.0), 1))
     return {"cv": cv, "comparisons": comparisons, "table": display, "predictions": pred, "skipped": skipped,
-            "seconds": seconds}
+            "seconds": seconds, "wall_s": time.perf_counter() - started}

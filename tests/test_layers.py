@@ -37,6 +37,8 @@ LAYERS = {
     # training: used by the estimators, never the reverse
     "train.device": 7, "train.batches": 7.1, "train.schedules": 7.1, "train.checkpoints": 7.2, "train.loop": 7.3,
     "train": 7.4,
+    # independent fits in single-threaded worker processes (grids, CV folds)
+    "workers": 7.5,
     "models.estimator": 8, "models.mlp": 9, "models.vae": 9,
     # analyses built from estimators: probes, the VAE clock, ground-truth recovery, repeated CV
     "probe": 9.5, "models.vae_clock": 9.6, "recovery": 9.7, "crossval": 9.8, "realdata": 3.5, "donor_clocks": 9.8,

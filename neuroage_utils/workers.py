@@ -1,0 +1,88 @@
+"""Independent fits in worker processes, one thread each, on a multi-core CPU.
+
+A grid of small torch models (or elastic nets, or cross-validation folds) does not keep two cores
+busy from one process: the element-wise work between the matrix products is short and each
+parallel region waits for the slowest thread. Two single-threaded processes do: on the 2-core
+development machine a quick-profile VAE epoch took 0.37 s with 2 threads and 0.43 s with 1, so two
+fits side by side train 1.7x as many epochs per second. On a GPU the fits run one after the other in
+the calling process (the device is the shared resource).
+
+Each task is seeded by its caller, so the models do not depend on the order the workers finish in;
+with one thread instead of two, floating-point sums may round differently in the last digits.
+Large numpy arrays reach the workers memory-mapped (joblib), not copied per task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from .train.device import resolve_device
+
+__all__ = ["worker_count", "run_tasks"]
+
+#: Environment override of the number of worker processes (e.g. ``NEUROAGE_WORKERS=1`` for one fit
+#: at a time in the calling process).
+WORKERS_ENV = "NEUROAGE_WORKERS"
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_count(device="cpu", requested: int | None = None) -> int:
+    """Worker processes for independent fits: ``requested`` (or ``$NEUROAGE_WORKERS``) if given, else
+    one per core on a CPU; always 1 on a GPU."""
+    if resolve_device(device if not isinstance(device, torch.device) else str(device)).type != "cpu":
+        return 1
+    if requested is None and os.environ.get(WORKERS_ENV, "").strip():
+        requested = int(os.environ[WORKERS_ENV])
+    n = _cores() if requested is None else int(requested)
+    return max(1, min(n, _cores()))
+
+
+def _single_threaded(fn: Callable, chunk: Sequence[Sequence]) -> list:
+    """Run ``fn(*task)`` for each task of ``chunk`` in a worker with one torch and one BLAS/OpenMP thread."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        return [fn(*task) for task in chunk]
+
+
+def run_tasks(fn: Callable, tasks: Iterable[Sequence], workers: int = 1,
+              progress: Callable[[int, int], None] | None = None, chunks_per_worker: int = 3) -> list:
+    """``[fn(*task) for task in tasks]``, in ``workers`` processes when ``workers > 1``.
+
+    Results come back in the order of ``tasks``. Tasks are dealt round-robin into at most
+    ``chunks_per_worker * workers`` chunks, one message each, so that data shared by many tasks
+    (e.g. the cohort matrix of every CV fold) is sent a few times, not once per task; round-robin
+    gives every chunk the same mix of cheap and expensive tasks when they come grouped.
+    ``progress(done, total)`` is called in the calling process as chunks finish. ``fn`` and the
+    tasks must be picklable when ``workers > 1`` (module-level functions, plain data, estimators).
+    """
+    tasks = [tuple(t) for t in tasks]
+    total = len(tasks)
+    out: list = [None] * total
+    if workers <= 1 or total <= 1:
+        for i, task in enumerate(tasks):
+            out[i] = fn(*task)
+            if progress is not None:
+                progress(i + 1, total)
+        return out
+    from joblib import Parallel, delayed
+
+    n_chunks = min(total, max(1, int(chunks_per_worker)) * workers)
+    index = [list(range(start, total, n_chunks)) for start in range(n_chunks)]
+    results = Parallel(n_jobs=min(workers, n_chunks), backend="loky", return_as="generator")(
+        delayed(_single_threaded)(fn, [tasks[i] for i in chunk]) for chunk in index)
+    done = 0
+    for chunk, values in zip(index, results):
+        for i, value in zip(chunk, values):
+            out[i] = value
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+    return out
