@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from neuroage_utils import device_linalg
-from neuroage_utils.models.blocks import InputTransform
+from neuroage_utils.models.blocks import InputTransform, sparse_rows
 from neuroage_utils.models.mlp import MLPRegressor
 from neuroage_utils.models.networks import AgeVAE
 from neuroage_utils.models.nmf import fit_nmf
@@ -237,9 +237,8 @@ def test_torch_nmf_transforms_on_its_device_as_well_as_sklearn():
 
 
 def _sparse_batch(X: sp.csr_matrix) -> torch.Tensor:
-    return torch.sparse_csr_tensor(torch.from_numpy(X.indptr.astype(np.int64)),
-                                   torch.from_numpy(X.indices.astype(np.int64)),
-                                   torch.from_numpy(X.data.astype(np.float32)), size=X.shape)
+    return sparse_rows(torch.from_numpy(X.indptr.astype(np.int64)), torch.from_numpy(X.indices.astype(np.int64)),
+                       torch.from_numpy(X.data.astype(np.float32)), X.shape)
 
 
 @pytest.mark.parametrize("likelihood", ["poisson", "nb", "gaussian"])

@@ -176,3 +176,18 @@ def test_leaderboard_reads_test_entries_once_per_null_with_paper_values():
     del doc["cv"]["null"]["repeats"]
     with pytest.raises(results.ResultsError, match="repeats"):
         results.validate_results(doc)
+
+
+def test_cv_folds_in_worker_processes_give_the_same_predictions_and_skips():
+    data = cv_data()
+    P = {**SMOKE, "folds": 4, "repeats": 2}
+    models = ["null", "pseudobulk_elastic_net", "elastic_net"]
+    runs = [crossval.run_cv(data, models, P, seed=0, progress=False, workers=w) for w in (1, 2)]
+    (a, skip_a, sec_a), (b, skip_b, sec_b) = runs
+    assert skip_a == skip_b == {} and set(sec_a) == set(sec_b) == set(models)
+    pd.testing.assert_frame_equal(a.drop(columns="predicted"), b.drop(columns="predicted"))
+    np.testing.assert_allclose(a["predicted"], b["predicted"], rtol=1e-4, atol=1e-3)  # 1 vs 2 threads: rounding
+    counts = crossval.CVData(data.X_norm, data.X_norm, data.donors, data.ages, False)
+    pred, skipped, _ = crossval.run_cv(counts, ["null", "pseudobulk_elastic_net"], {**SMOKE, "repeats": 1},
+                                       progress=False, workers=2)
+    assert "not raw counts" in skipped["pseudobulk_elastic_net"] and set(pred["model"]) == {"null"}

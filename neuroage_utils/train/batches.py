@@ -190,7 +190,10 @@ class CellBatches:
             self.storage = "host"
         if self.storage == "dense":
             array = X.toarray() if sp.issparse(X) else X
-            self._X = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            if not array.flags.writeable:  # e.g. memory-mapped by a worker process: torch wants its own
+                array = array.copy()
+            self._X = torch.from_numpy(array).to(self.device)
         elif self.storage == "device_csr":  # moved once; batches are densified on the device
             self._crow = torch.from_numpy(X.indptr.astype(np.int64)).to(self.device)
             self._col = torch.from_numpy(X.indices.astype(np.int32)).to(self.device)
@@ -207,7 +210,7 @@ class CellBatches:
         for name, values in (("y", targets), ("library", library_size), *((extras or {}).items())):
             if values is None:
                 continue
-            values = np.asarray(values, dtype=np.float32)
+            values = np.array(values, dtype=np.float32)  # a copy: torch wants writable memory
             if values.shape[0] != self.n_cells:
                 raise DataValidationError(
                     f"{name} has {values.shape[0]} values for {self.n_cells} cells: pass one value per cell"
