@@ -32,7 +32,7 @@ LAYERS = {
     # torch linear algebra on any device (NMF by HALS, randomised SVD, batched elastic net): numpy/torch only
     "device_linalg": 4.5,
     # models: torch modules, building blocks and likelihoods import no training code
-    "models": 5, "models.blocks": 4.9, "models.likelihoods": 5, "models.linear": 5, "models.svd": 5,
+    "models": 5, "models.blocks": 5, "models.likelihoods": 5, "models.linear": 5, "models.svd": 5,
     "models.nmf": 5.1, "models.networks": 6,
     # training: used by the estimators, never the reverse
     "train.device": 7, "train.batches": 7.1, "train.schedules": 7.1, "train.checkpoints": 7.2, "train.loop": 7.3,

@@ -3,56 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["InputTransform", "mlp_blocks", "is_sparse_rows", "csr_row_index", "row_sums", "sparse_rows",
-           "to_dense_rows"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Sparse batches: a batch of raw counts may arrive as a torch sparse CSR tensor (``CellBatches`` on a
-# CPU with host-resident CSR). Zeros are most of a count matrix (88% at the paper's scale), and the
-# steps that keep zeros at zero (library scaling, log1p, the Poisson fit term) then touch only the
-# stored values; the layers still see a dense matrix.
-# --------------------------------------------------------------------------------------------------
-
-
-def is_sparse_rows(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a sparse CSR batch (rows = cells)."""
-    return x.layout == torch.sparse_csr
-
-
-def csr_row_index(x: torch.Tensor) -> torch.Tensor:
-    """The row of every stored value of a sparse CSR ``x`` (int64, in storage order)."""
-    counts = x.crow_indices().diff()
-    return torch.repeat_interleave(torch.arange(x.shape[0], device=x.device), counts)
-
-
-def row_sums(x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row sums of a dense or sparse CSR ``x`` (``rows``: :func:`csr_row_index`, if already known)."""
-    if not is_sparse_rows(x):
-        return x.sum(dim=1)
-    rows = csr_row_index(x) if rows is None else rows
-    values = x.values()
-    return torch.zeros(x.shape[0], dtype=values.dtype, device=x.device).index_add(0, rows, values)
-
-
-def sparse_rows(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    """A sparse CSR batch from its parts (torch's "beta" notice silenced: only the basic CSR ops are
-    used here, and the parts come from a valid scipy CSR)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(crow, col, values, tuple(shape), check_invariants=False)
-
-
-def to_dense_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as a dense tensor (a no-op when it already is)."""
-    return x.to_dense() if is_sparse_rows(x) else x
+__all__ = ["InputTransform", "mlp_blocks"]
 
 
 class InputTransform(nn.Module):
@@ -68,8 +25,7 @@ class InputTransform(nn.Module):
        :math:`\varepsilon \sim N(0, I)` (``noise_std`` = :math:`\sigma`; see :meth:`add_noise`).
 
     Steps 1-2 equal ``features.log_normalize`` and step 3 ``features.SparseStandardScaler`` (population
-    standard deviation; constant features get scale 1). ``x`` may be dense or a sparse CSR batch; the
-    output is dense.
+    standard deviation; constant features get scale 1).
     """
 
     def __init__(self, n_features: int, target_sum: float | None = None, log1p: bool = False, noise_std: float = 0.0):
@@ -116,20 +72,10 @@ class InputTransform(nn.Module):
         self._noise_on = float(value) > 0
 
     def unscaled(self, x: torch.Tensor) -> torch.Tensor:
-        """Steps 1-2 only (what the z-scoring statistics are fitted on); always a dense result."""
-        if is_sparse_rows(x):
-            # Both steps map 0 to 0: apply them to the stored values, then densify once.
-            values = x.values()
-            if self.target_sum is not None:
-                rows = csr_row_index(x)
-                totals = row_sums(x, rows)
-                values = values * torch.where(totals > 0, self.target_sum / totals, torch.zeros_like(totals))[rows]
-            if self.log1p:
-                values = torch.log1p(values)
-            return sparse_rows(x.crow_indices(), x.col_indices(), values, x.shape).to_dense()
+        """Steps 1-2 only (what the z-scoring statistics are fitted on)."""
         if self.target_sum is not None:
             totals = x.sum(dim=1, keepdim=True)
-            # an empty cell stays 0 (target_sum / 0 would make it NaN)
+            # an empty cell stays 0 (target_sum / tiny overflows to inf, and 0 * inf is NaN)
             x = x * torch.where(totals > 0, self.target_sum / totals, torch.zeros_like(totals))
         if self.log1p:
             x = torch.log1p(x)

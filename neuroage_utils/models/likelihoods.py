@@ -8,8 +8,6 @@ import math
 import torch
 from torch import nn
 
-from .blocks import csr_row_index, is_sparse_rows, row_sums, to_dense_rows
-
 __all__ = ["GaussianLikelihood", "PoissonLikelihood", "NegativeBinomialLikelihood", "MSEReconstruction",
            "make_likelihood", "kl_standard_normal", "LIKELIHOODS"]
 
@@ -24,13 +22,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 def _per_cell_log_factorial(x: torch.Tensor, log_factorial: torch.Tensor | None) -> torch.Tensor:
     """:math:`\\sum_g \\log x_g!` per cell; precomputed from the sparse matrix when given (lgamma on a
-    dense batch costs more than a matmul on this CPU); from the stored values of a sparse batch."""
+    dense batch costs more than a matmul on this CPU)."""
     if log_factorial is not None:
         return log_factorial
-    if is_sparse_rows(x):
-        values = x.values()
-        return torch.zeros(x.shape[0], dtype=values.dtype, device=x.device).index_add(
-            0, csr_row_index(x), torch.lgamma(values + 1.0))
     return torch.lgamma(x + 1.0).sum(dim=1)
 
 
@@ -104,25 +98,13 @@ class PoissonLikelihood(nn.Module):
 
     def log_prob(self, x: torch.Tensor, output: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
         """Element-wise :math:`\\log p(x_{ig})` (cells x genes)."""
-        x = to_dense_rows(x)
         log_rate = self._log_library(library).unsqueeze(-1) + torch.log_softmax(output, dim=-1)
         return x * log_rate - torch.exp(log_rate) - torch.lgamma(x + 1.0)
 
     def nll(self, x, output, library, log_factorial=None) -> torch.Tensor:
-        """Per-cell :math:`-\\sum_g \\log p(x_{ig})` (see the class docstring); ``x`` dense or a sparse
-        CSR batch (then :math:`\\sum_g x_g \\log\\rho_g = \\sum_{x_g > 0} x_g o_g - (\\sum_g x_g)\\,
-        \\mathrm{logsumexp}(o)` reads the decoder output only where a count is stored: the same value,
-        without the dense log-softmax and product)."""
-        if is_sparse_rows(x):
-            rows, values = csr_row_index(x), x.values()
-            total = row_sums(x, rows)
-            flat = rows * output.shape[1] + x.col_indices().long()
-            picked = output.reshape(-1).gather(0, flat)  # backward: one scatter-add of the stored entries
-            stored = torch.zeros_like(total).index_add(0, rows, values * picked)
-            fit = stored - total * torch.logsumexp(output, dim=1)
-        else:
-            fit = (x * torch.log_softmax(output, dim=-1)).sum(dim=1)
-            total = x.sum(dim=1)
+        """Per-cell :math:`-\\sum_g \\log p(x_{ig})` (see the class docstring)."""
+        fit = (x * torch.log_softmax(output, dim=-1)).sum(dim=1)
+        total = x.sum(dim=1)
         return -fit - total * self._log_library(library) + library + _per_cell_log_factorial(x, log_factorial)
 
 
@@ -164,14 +146,11 @@ class NegativeBinomialLikelihood(nn.Module):
 
     def log_prob(self, x: torch.Tensor, output: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
         """Element-wise :math:`\\log p(x_{ig})` (cells x genes)."""
-        x = to_dense_rows(x)
         return self._log_prob_no_factorial(x, output, library) - torch.lgamma(x + 1.0)
 
     def nll(self, x, output, library, log_factorial=None) -> torch.Tensor:
-        """Per-cell :math:`-\\sum_g \\log p(x_{ig})` (a zero count has a non-zero term here: dense)."""
-        log_factorial = _per_cell_log_factorial(x, log_factorial)
-        x = to_dense_rows(x)
-        return -self._log_prob_no_factorial(x, output, library).sum(dim=1) + log_factorial
+        """Per-cell :math:`-\\sum_g \\log p(x_{ig})`."""
+        return -self._log_prob_no_factorial(x, output, library).sum(dim=1) + _per_cell_log_factorial(x, log_factorial)
 
     def extra_repr(self) -> str:
         return f"n_genes={self.n_genes}"

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import InputTransform, mlp_blocks, row_sums
+from .blocks import InputTransform, mlp_blocks
 from .likelihoods import LIKELIHOODS, kl_standard_normal, make_likelihood
 
 __all__ = ["AgeMLP", "AgeVAE", "layer_table"]
@@ -211,7 +211,7 @@ class AgeVAE(nn.Module):
             if self.likelihood.is_count:
                 library = batch.get("library")
                 if library is None:
-                    library = row_sums(x)
+                    library = x.sum(dim=1)
                 nll = self.likelihood.nll(x, output, library, batch.get("log_factorial"))
             else:
                 nll = self.likelihood.nll(clean, output)

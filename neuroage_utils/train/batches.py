@@ -25,7 +25,6 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import DataValidationError
-from ..models.blocks import sparse_rows
 from .device import resolve_device
 
 __all__ = ["DEFAULT_MAX_DENSE_BYTES", "CellBatches", "transformed_stats", "as_float32_matrix", "check_finite_matrix",
@@ -145,12 +144,8 @@ class CellBatches:
         device when the device is CUDA and it fits (:func:`device_csr_fits`), else on the host;
         ``True`` forces the device-resident path (on any device, e.g. to test it on the CPU);
         ``False`` forces the host path. The storage chosen is ``self.storage``.
-    sparse_batches
-        With host-resident CSR on a CPU (``storage == "host"``), yield ``x`` as a torch sparse CSR
-        tensor (default): the models' input transforms densify it once, and count likelihoods read
-        the stored values only. Elsewhere, and with ``False``, ``x`` is dense.
 
-    A batch is a dict: ``x`` (float32, batch x features; sparse CSR as above), and when given ``y``, ``library`` and the
+    A batch is a dict: ``x`` (float32, batch x features), and when given ``y``, ``library`` and the
     extras. Rows within a shuffled batch are sorted by index: row order within a batch does not
     change a mean loss, and sorted rows make CSR row gathers cache-friendly and both storage modes
     yield the same batches.
@@ -167,7 +162,6 @@ class CellBatches:
         device: str | torch.device = "cpu",
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
         device_csr: bool | None = None,
-        sparse_batches: bool = True,
     ):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -202,10 +196,6 @@ class CellBatches:
             self._X = None
         else:
             self._X = X  # host CSR (or dense ndarray); batches densified on demand
-        # Host CSR on a CPU: hand the model the batch's CSR itself (models densify what they need and
-        # read counts only where stored) instead of a dense copy made here.
-        self.sparse_batches = bool(sparse_batches) and self.storage == "host" and sp.issparse(X) \
-            and self.device.type == "cpu"
         self._cell = {}
         for name, values in (("y", targets), ("library", library_size), *((extras or {}).items())):
             if values is None:
@@ -285,10 +275,7 @@ class CellBatches:
         return batch
 
     def _host_rows(self, rows) -> torch.Tensor:
-        """Rows taken from the host matrix as the batch tensor: sparse CSR or dense, on the device."""
-        if self.sparse_batches:
-            return sparse_rows(torch.from_numpy(rows.indptr.astype(np.int64)),
-                               torch.from_numpy(rows.indices.astype(np.int64)), torch.from_numpy(rows.data), rows.shape)
+        """Rows taken from the host matrix, densified (scipy) and moved to the device."""
         return torch.from_numpy(rows.toarray() if sp.issparse(rows) else np.array(rows)).to(self.device)
 
     def _densify(self, dev_idx: torch.Tensor) -> torch.Tensor:
@@ -328,8 +315,7 @@ def transformed_stats(batches: CellBatches, transform: Callable[[torch.Tensor], 
     source = batches.with_options(shuffle=False)
     count, mean, m2, lo, hi = 0, None, None, None, None
     for batch in source.iterate():
-        z = transform(batch["x"])
-        z = (z.to_dense() if z.layout == torch.sparse_csr else z).double()
+        z = transform(batch["x"]).double()
         nb = z.shape[0]
         bmean = z.mean(dim=0)
         bm2 = ((z - bmean) ** 2).sum(dim=0)
