@@ -34,7 +34,7 @@ GPU_RUN = [
     "- **torch models** (MLPs, VAEs): the count matrix goes to the GPU once, as CSR when it does not fit dense",
     "  (checked against `torch.cuda.mem_get_info`, keeping half the free memory for the model), and each batch is",
     "  densified there; the shuffle is one permutation per epoch; no step waits for the host between batches;",
-    "  bf16 autocast (`amp`, on in the `paper` profile, off with `--no-amp`; never on a CPU) with the",
+    "  bf16 autocast (`amp`, on in the `paper` and `quick` profiles, off with `--no-amp`; on a CPU only with AMX) with the",
     "  likelihoods and KL in float32; fused Adam; deterministic kernels where torch has them.",
     "- **NMF and SVD** (their chapters, the summary's cross-validation, the real-donor models): the torch",
     "  versions above (`linalg_backend: \"auto\"`).",
@@ -129,7 +129,9 @@ def render(results_path: Path, page: Path) -> str:
     out += ["## Quick book from scratch", ""]
     if b and "wall_s" in b and "error" not in b:
         how = f" ({b['command']}, commit {b.get('commit', '?')})" if b.get("command") else ""
-        out += [f"{b['wall_s']:,.0f} s wall{how}, peak {b['peak_rss_gb']} GB; notebooks: "
+        total = (f"; all processes together (the notebook kernel and its {b['workers']} fitting workers) peaked "
+                 f"at {b['peak_pss_total_gb']} GB of proportional set size" if "peak_pss_total_gb" in b else "")
+        out += [f"{b['wall_s']:,.0f} s wall{how}, peak {b['peak_rss_gb']} GB in one process{total}; notebooks: "
                 + ", ".join(f"{k} {v} s" for k, v in b["notebook_runtime_s"].items()), ""]
     else:
         out += ["Not measured in this run (`make bench BENCH_BOOK=1` times it; about 10 minutes)."

@@ -259,8 +259,12 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
             f"{d['n_genes']:,} genes, {d['n_donors']} donors"
         )
         profiles_seen.add(doc["profile"])
-        device = str(doc.get("params", {}).get("device", "not recorded"))
+        run_params = doc.get("params", {})
+        device = str(run_params.get("device", "not recorded"))
         devices.add(device)
+        # how the torch fits ran: bf16 autocast, and independent fits side by side in worker processes
+        ran = device + (", bf16" if run_params.get("amp") else "") + (
+            f", {run_params['workers']} workers" if int(run_params.get("workers") or 1) > 1 else "")
         # non-breaking spaces keep a date on one line in a narrow column
         when = dt.datetime.fromtimestamp(nb_path.stat().st_mtime, dt.timezone.utc).strftime("%d %b %Y %H:%M")
         when = when.replace(" ", "\u00a0")
@@ -273,10 +277,10 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
             nb, took = {}, "?"
         hidden += [f"{SECTION_TITLES[section]}: {m}" for m in hidden_kernel_messages(nb, out)]
         how = "this build" if section in timings else "cached"
-        rows.append([f"[{SECTION_TITLES[section]}]({section}.ipynb)", device, _seconds(doc["runtime_s"]), took,
+        rows.append([f"[{SECTION_TITLES[section]}]({section}.ipynb)", ran, _seconds(doc["runtime_s"]), took,
                      f"{when} ({how})", f"`{short}`"])
     executed_now = [s for s in SECTIONS if s in timings]
-    header = ["page", "device", "analysis", "kernel wall time", "executed (UTC)", "data"]
+    header = ["page", "device (precision, workers)", "analysis", "kernel wall time", "executed (UTC)", "data"]
     align = [":---", ":---", "---:", "---:", ":---", ":---"]
     if len(datasets) <= 1:  # one data file: named once above, not repeated on every row
         header, align, rows = header[:-1], align[:-1], [row[:-1] for row in rows]
@@ -428,7 +432,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-non-counts", action="store_true",
                    help="accept values that are not raw counts; count models are then skipped")
     p.add_argument("--no-amp", action="store_true",
-                   help="turn off bf16 mixed precision (on by default on CUDA in the paper profile; never used on a CPU)")
+                   help="turn off bf16 mixed precision (on in the quick and paper profiles where the device multiplies bf16 in "
+                        "hardware: CUDA, or a CPU with AMX)")
     p.add_argument("--list", action="store_true", help="print the sections and exit")
     return p.parse_args(argv)
 

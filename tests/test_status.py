@@ -41,7 +41,7 @@ def _fake_build(out: Path, device: str):
     sha = "ab12cd34ef56" + "0" * 52
     for section in ("data", "vae"):
         doc = {"section": section, "profile": "smoke", "runtime_s": 12.34 if section == "data" else 4000.0,
-               "params": {"device": device},
+               "params": {"device": device, "amp": section == "vae", "workers": 2 if section == "vae" else 1},
                "data": {"path": "/some/build/dir/data/cohort.h5ad", "sha256": sha, "simulated": False,
                         "n_cells": 1175, "n_genes": 200, "n_donors": 69},
                "models": {}}
@@ -61,6 +61,7 @@ def test_status_page_shows_device_commit_time_and_data(tmp_path):
     _fake_build(tmp_path, "cuda:0 (NVIDIA H100)")
     text = run.write_status_page(tmp_path, {"vae": "executed in 4100 s"}, total_s=4130.0).read_text()
     assert "cuda:0 (NVIDIA H100)" in text and "| auto |" not in text
+    assert "cuda:0 (NVIDIA H100), bf16, 2 workers |" in text and "cuda:0 (NVIDIA H100) |" in text
     assert f"commit `{run.source_commit()}`" in text
     assert "Total kernel time** over the pages shown: 1 h 08 min" in text  # 20.5 s + 4100 s
     assert "this build executed 1 of them in 1 h 08 min" in text
