@@ -78,7 +78,10 @@ def main() -> int:
     res = {k: v for k, v in previous.items() if k in ("vae", "linalg", "data_path", "book") and
            {"vae": "vae", "linalg": "linalg", "data_path": "data", "book": "book"}[k] in args.skip + ["book"]}
     if previous:
-        res["previous_items_date_utc"] = previous.get("date_utc")
+        # every kept item carries the date it was measured (older results files: the run's date)
+        for key in ("vae", "linalg", "data_path", "book"):
+            if key in res and isinstance(res[key], dict):
+                res[key].setdefault("date_utc", previous.get("date_utc"))
     res |= {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, no GPU" if not _cuda() else "with CUDA",
            "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
@@ -113,13 +116,18 @@ def main() -> int:
             if "cells_per_s" in ours and "cells_per_s" in scvi:
                 res["vae"][f"ratio_{genes}{suffix}"] = round(ours["cells_per_s"] / scvi["cells_per_s"], 2)
 
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    if "vae" in res and "vae" not in args.skip:
+        res["vae"]["date_utc"] = now
     if "linalg" not in args.skip:
         res["linalg"] = run_json([py, BENCH / "bench_linalg.py"], timeout=1200)
+        res["linalg"]["date_utc"] = now
         print("linalg", res["linalg"], flush=True)
 
     if "data" not in args.skip:
         res["data_path"] = run_json([py, BENCH / "bench_data_path.py", "--cell-fraction", args.data_fraction])
         res["data_path"]["cell_fraction"] = args.data_fraction
+        res["data_path"]["date_utc"] = now
         print("data", res["data_path"], flush=True)
 
     if args.book:
