@@ -429,7 +429,7 @@ def run_all(rd: RealData, P: dict, seed: int = 0, device: str = "auto", progress
         return skipped_models(rd.reason)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text bar: tqdm.auto warns in a kernel without ipywidgets
 
         bar = tqdm(total=1, desc="real donors", unit="fit")
 

@@ -204,7 +204,7 @@ class Chapter:
         their predictions) run in :attr:`workers` single-threaded processes on a CPU, in order on a
         GPU; entries come back in the order of ``jobs``. Per-epoch progress bars are off in workers;
         one bar counts finished fits."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text bar: rendered statically in the book (no widget)
 
         tasks = []
         for job in jobs:

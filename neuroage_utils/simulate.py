@@ -696,7 +696,7 @@ def simulate_cohort(
     ``uns['oracle_donor_mae']`` / ``uns['oracle_definition']``.
     """
     import anndata as ad
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bar: tqdm.auto warns in a kernel without ipywidgets
 
     p = DEFAULT_PARAMETERS if params is None else params
     if not isinstance(p, SimulationParameters):

@@ -71,6 +71,12 @@ def test_book_pages_and_figures_exist(smoke_build):
         "This page ran on no data" in (html / "executed" / "realdata.html").read_text()
     status = (html / "executed" / "status.html").read_text()
     assert all(s in status for s in ("smoke", "kernel wall time", "executed"))
+    # progress bars are plain text: tqdm.auto would warn (no ipywidgets) into every chapter's output
+    assert "IProgress not found" not in status and "TqdmWarning" not in status
+    from neuroage_utils.workers import worker_count
+
+    assert "device (precision, workers)" in status
+    assert (f"{worker_count('cpu')} workers" in status) == (worker_count("cpu") > 1)
 
 
 def test_unchanged_inputs_are_not_reexecuted(smoke_build):
