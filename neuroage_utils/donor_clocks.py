@@ -23,6 +23,7 @@ import pandas as pd
 from . import evaluate
 from .errors import DataValidationError
 from .realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData, data_record
+from .workers import run_tasks
 
 __all__ = ["DECLINED", "MODEL_LABELS", "repeated_stratified_folds", "cohort_folds", "run_cell_type", "run_all",
            "published_clock", "cv_table", "cross_table", "findings", "skipped_models", "write_page_results"]
@@ -193,20 +194,11 @@ def score(donors, ages, predicted: np.ndarray, split: str, seed: int = 0, **extr
     return entry
 
 
-def _task(key, P, X, y, donors, train, test, seed, device, single_thread):
-    """One fit on the training donors and its predictions for the test donors, with its seconds.
-    ``single_thread``: one BLAS and one torch thread (parallel workers must not oversubscribe cores)."""
-    from threadpoolctl import threadpool_limits
-
+def _task(key, P, X, y, donors, train, test, seed, device):
+    """One fit on the training donors and its predictions for the test donors, with its seconds
+    (run by :func:`neuroage_utils.workers.run_tasks`, single-threaded in a worker)."""
     start = time.perf_counter()
-    if single_thread:
-        import torch
-
-        torch.set_num_threads(1)
-        with threadpool_limits(1):
-            pred = _fit_predict(key, P, X[train], y[train], donors[train], X[test], seed, device)
-    else:
-        pred = _fit_predict(key, P, X[train], y[train], donors[train], X[test], seed, device)
+    pred = _fit_predict(key, P, X[train], y[train], donors[train], X[test], seed, device)
     return pred, time.perf_counter() - start
 
 
@@ -240,26 +232,18 @@ def run_cell_type(ct: CellTypeData, P: dict, seed: int = 0, device: str = "cpu",
     # (what, repeat or held-out dataset, train, test, fit seed, model)
     tasks = [("cv", r, train, test, seed + 100 * r + f, k) for r, f, train, test in folds for k in keys]
     tasks += [("cross", name, train, test, seed, k) for name, train, test in cross for k in keys]
-    n_jobs = _n_jobs(P, device)
-    if n_jobs > 1:
-        from joblib import Parallel, delayed
-
-        outputs = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(
-            delayed(_task)(k, P, X, y, donors, train, test, s, device, True) for _, _, train, test, s, k in tasks)
-    else:
-        outputs = (_task(k, P, X, y, donors, train, test, s, device, False) for _, _, train, test, s, k in tasks)
+    outputs = run_tasks(_task, [(k, P, X, y, donors, train, test, s, device) for _, _, train, test, s, k in tasks],
+                        _n_jobs(P, device),
+                        progress=(lambda done, total: progress(done, total, ct.key)) if progress else None)
     cv_pred = {k: np.full((len(y), n_rep), np.nan) for k in keys}
     cross_pred = {k: np.full(len(y), np.nan) for k in keys}
     seconds = {k: 0.0 for k in keys}
-    for done, ((what, where, _, test, _, k), (pred, took)) in enumerate(zip(tasks, outputs), 1):
+    for (what, where, _, test, _, k), (pred, took) in zip(tasks, outputs):
         if what == "cv":
             cv_pred[k][test, where] = pred
             seconds[k] += took
         else:
             cross_pred[k][test] = pred
-        if progress:
-            label = f"CV repeat {where + 1}" if what == "cv" else f"cross-cohort, {where} held out"
-            progress(done, len(tasks), f"{ct.key} {label}: {k}")
     cv_models = {k: score(donors, y, cv_pred[k], "cv", seed=seed, n_splits=n_splits, n_repeats=n_rep,
                           stratified_by="age", fit_seconds=round(seconds[k], 2)) for k in keys}
     cross_models = {}
