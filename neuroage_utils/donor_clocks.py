@@ -12,7 +12,6 @@ The files themselves (fetch, checks, loading) are in :mod:`neuroage_utils.realda
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ import pandas as pd
 from . import evaluate
 from .errors import DataValidationError
 from .realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData, data_record
-from .workers import run_tasks
+from .workers import run_tasks, worker_count
 
 __all__ = ["DECLINED", "MODEL_LABELS", "repeated_stratified_folds", "cohort_folds", "run_cell_type", "run_all",
            "published_clock", "cv_table", "cross_table", "findings", "skipped_models", "write_page_results"]
@@ -202,17 +201,6 @@ def _task(key, P, X, y, donors, train, test, seed, device):
     return pred, time.perf_counter() - start
 
 
-def _n_jobs(P: dict, device: str) -> int:
-    """Worker processes for the fits: the profile's ``n_jobs``, capped by the cores; 1 on a GPU."""
-    n = min(int(P.get("n_jobs", 1)), os.cpu_count() or 1)
-    if n > 1 and device != "cpu":
-        from .train import resolve_device
-
-        if resolve_device(device).type != "cpu":
-            return 1
-    return max(n, 1)
-
-
 def run_cell_type(ct: CellTypeData, P: dict, seed: int = 0, device: str = "cpu", progress=None) -> tuple[dict, dict]:
     """Every model by repeated stratified CV and across cohorts on one cell type.
 
@@ -233,7 +221,7 @@ def run_cell_type(ct: CellTypeData, P: dict, seed: int = 0, device: str = "cpu",
     tasks = [("cv", r, train, test, seed + 100 * r + f, k) for r, f, train, test in folds for k in keys]
     tasks += [("cross", name, train, test, seed, k) for name, train, test in cross for k in keys]
     outputs = run_tasks(_task, [(k, P, X, y, donors, train, test, s, device) for _, _, train, test, s, k in tasks],
-                        _n_jobs(P, device),
+                        worker_count(device, int(P.get("n_jobs", 1))),
                         progress=(lambda done, total: progress(done, total, ct.key)) if progress else None)
     cv_pred = {k: np.full((len(y), n_rep), np.nan) for k in keys}
     cross_pred = {k: np.full(len(y), np.nan) for k in keys}

@@ -105,9 +105,12 @@ def run_experiments(chapter, X) -> dict:
              for w, key in zip(E["age_weights"], age_keys)]
     runs.append(("vae_exp_coded", "as coded by the authors (MSE reconstruction, SGD + Adam)", "coded", "exp_coded",
                  {"likelihood": "mse", "optimizer": "authors"}))
-    jobs = [{"key": key, "model": chapter.vae(options.pop("likelihood", "poisson"), cfg, checkpoint, **options),
-             "X": X, "fit": ("train",), "on": "val", "config": cfg, **monitor}
-            for key, _, _, checkpoint, options in ((*r[:4], dict(r[4])) for r in runs)]
+    jobs = []
+    for key, _, _, checkpoint, options in runs:
+        options = dict(options)
+        likelihood = options.pop("likelihood", "poisson")
+        jobs.append({"key": key, "model": chapter.vae(likelihood, cfg, checkpoint, **options), "X": X,
+                     "fit": ("train",), "on": "val", "config": cfg, **monitor})
     # the probe's unsupervised VAE (age weight 0) trains alongside; it is not scored as a clock
     jobs.append({"key": "vae_exp_unsupervised", "model": chapter.vae("poisson", cfg, "exp_unsupervised", age_weight=0.0),
                  "X": X, "fit": ("train",), "on": "val", "score": False})
