@@ -29,7 +29,7 @@ venv: $(VENV)/.installed
 # extract the real-donor files under data/. A no-op once there; offline it prints one line and goes on
 # (the real-data chapter then says the files are absent).
 realdata: venv
-	$(PY) -m neuroage_utils.realdata fetch
+	$(PY) -m neuroage_utils.data.realdata fetch
 
 book: venv realdata
 	$(PY) -m neuroage_utils.run --profile $(PROFILE) $(RUN_ARGS)

@@ -25,9 +25,9 @@ def main() -> None:
     p.add_argument("--n-genes", type=int, default=17658)
     p.add_argument("--h5ad", default=None)
     args = p.parse_args()
-    from neuroage_utils.data import load_cohort
-    from neuroage_utils.features import SparseStandardScaler, log_normalize
-    from neuroage_utils.simulate import simulate_cohort
+    from neuroage_utils.data.cohort import load_cohort
+    from neuroage_utils.data.features import SparseStandardScaler, log_normalize
+    from neuroage_utils.data.simulate import simulate_cohort
 
     steps = {}
     t = time.perf_counter()

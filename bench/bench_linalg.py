@@ -1,4 +1,4 @@
-"""NMF, truncated SVD and elastic-net CV: ours (torch, neuroage_utils.device_linalg) vs scikit-learn.
+"""NMF, truncated SVD and elastic-net CV: ours (torch, neuroage_utils.models.device_linalg) vs scikit-learn.
 
     .venv/bin/python bench/bench_linalg.py [--device cpu] [--cells 10000] [--genes 2000]
 
@@ -50,11 +50,11 @@ def main(argv=None) -> dict:
     from sklearn.linear_model import ElasticNetCV
     from threadpoolctl import threadpool_limits
 
-    from neuroage_utils import device_linalg as dl
-    from neuroage_utils.features import column_moments, log_normalize
+    from neuroage_utils.models import device_linalg as dl
+    from neuroage_utils.data.features import column_moments, log_normalize
     from neuroage_utils.models import svd
     from neuroage_utils.models.linear import column_scale, grouped_folds
-    from neuroage_utils.simulate import simulate_cohort
+    from neuroage_utils.data.simulate import simulate_cohort
 
     adata = simulate_cohort(cell_fraction=args.cells / 189_423 * 1.02, n_genes=args.genes, seed=0)
     keep = np.random.default_rng(0).permutation(adata.n_obs)[: args.cells]

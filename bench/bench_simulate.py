@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from neuroage_utils.simulate import N_GENES_FULL, simulate_cohort  # noqa: E402
+from neuroage_utils.data.simulate import N_GENES_FULL, simulate_cohort  # noqa: E402
 
 
 def peak_rss_gib() -> float:

@@ -34,8 +34,8 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from neuroage_utils.features import log_normalize  # noqa: E402
-from neuroage_utils.simulate import DEFAULT_PARAMETERS, simulate_cohort  # noqa: E402
+from neuroage_utils.data.features import log_normalize  # noqa: E402
+from neuroage_utils.data.simulate import DEFAULT_PARAMETERS, simulate_cohort  # noqa: E402
 
 
 def zscore(train: np.ndarray, *others: np.ndarray):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import paper
+from neuroage_utils import paper
 
 PROFILE_NAMES = ("smoke", "quick", "paper")
 SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae", "realdata", "summary")

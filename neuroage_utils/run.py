@@ -28,11 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import profiles
-from .data import file_sha256, load_cohort
-from .errors import DataValidationError
-from .simulate import ensure_simulated
-from .results import atomic_write_text
+from neuroage_utils import profiles
+from neuroage_utils.data.cohort import file_sha256, load_cohort
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.results import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -327,7 +327,8 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
 
 def write_paper_page(out: Path) -> Path:
     """``executed/paper.md``: the paper's reported numbers, in one table of their own."""
-    from . import paper, tables
+    from neuroage_utils import paper
+    from neuroage_utils.report import tables
 
     # Every number on this page is the paper's, so the headers need not say so.
     lines = [tables.markdown(paper.reported_table(), labels={"paper_mae": "MAE (years)", "paper_r": "r"},
@@ -454,7 +455,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     try:
         if args.device == "cuda":
-            from .train import resolve_device
+            from neuroage_utils.train import resolve_device
 
             resolve_device("cuda")
         if args.data:
@@ -492,7 +493,7 @@ def main(argv=None) -> int:
     for i, section in enumerate(sections, 1):
         inputs = notebook_inputs(section, parameters, data_sha, pkg_sha)
         if section == "realdata":  # its data are the real-donor files, not the book's cohort
-            from .realdata import fingerprint
+            from neuroage_utils.data.realdata import fingerprint
 
             inputs["realdata_files"] = fingerprint(out)
         label = f"[{i}/{len(sections)}] {section:10s}"

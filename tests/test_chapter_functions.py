@@ -13,12 +13,13 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from neuroage_utils import paper, plots, profiles
-from neuroage_utils.data import cells_per_donor_stats, split_table
-from neuroage_utils.evaluate import gene_recovery
+from neuroage_utils import paper, profiles
+from neuroage_utils.report import plots
+from neuroage_utils.data.cohort import cells_per_donor_stats, split_table
+from neuroage_utils.metrics import gene_recovery
 from neuroage_utils.models.svd import fit_component_ridge, top_components
 from neuroage_utils.models.vae import latent_pcs
-from neuroage_utils.notebook import PARAMETERS, Chapter
+from neuroage_utils.chapters.chapter import PARAMETERS, Chapter
 
 from .conftest import make_adata
 

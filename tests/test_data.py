@@ -1,14 +1,14 @@
-"""Validation errors, the donor split and the transforms of neuroage_utils.data."""
+"""Validation errors, the donor split and the transforms of neuroage_utils.data.cohort."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from neuroage_utils.checks import is_count_matrix, require_counts
-from neuroage_utils.data import donor_frame, load_cohort, split_donors
+from neuroage_utils.data.checks import is_count_matrix, require_counts
+from neuroage_utils.data.cohort import donor_frame, load_cohort, split_donors
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.features import SparseStandardScaler, log_normalize
+from neuroage_utils.data.features import SparseStandardScaler, log_normalize
 from neuroage_utils.paper import load_paper_cohort
 
 from .conftest import make_adata

@@ -6,8 +6,8 @@ import scipy.sparse as sp
 from sklearn.decomposition import NMF
 from sklearn.linear_model import ElasticNetCV, enet_path
 
-from neuroage_utils import device_linalg as dl
-from neuroage_utils.data import DataValidationError
+from neuroage_utils.models import device_linalg as dl
+from neuroage_utils.data.cohort import DataValidationError
 from neuroage_utils.models import nmf, svd
 from neuroage_utils.models.linear import grouped_folds
 

@@ -17,14 +17,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from neuroage_utils import device_linalg
-from neuroage_utils.models.blocks import InputTransform
+from neuroage_utils.models import device_linalg
+from neuroage_utils.nn.blocks import InputTransform
 from neuroage_utils.models.mlp import MLPRegressor
-from neuroage_utils.models.networks import AgeVAE
+from neuroage_utils.nn.networks import AgeVAE
 from neuroage_utils.models.nmf import fit_nmf
 from neuroage_utils.models.svd import fit_svd
 from neuroage_utils.models.vae import VAEAgeRegressor
-from neuroage_utils.notebook import Chapter
+from neuroage_utils.chapters.chapter import Chapter
 from neuroage_utils.train import CellBatches
 from neuroage_utils.train.batches import densify_rows, device_csr_fits
 from neuroage_utils.train.device import amp_active, autocast, native_bf16

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroage_utils.evaluate import bootstrap_mae_ci, donor_metrics, donor_table, model_entry, null_table
+from neuroage_utils.metrics import bootstrap_mae_ci, donor_metrics, donor_table, model_entry, null_table
 
 
 def test_donor_table_averages_cells():
@@ -53,7 +53,7 @@ def test_r_of_a_constant_prediction_is_undefined_despite_rounding():
 
 
 def test_paired_difference_detects_a_better_model_and_not_a_tie():
-    from neuroage_utils.evaluate import paired_difference
+    from neuroage_utils.metrics import paired_difference
 
     rng = np.random.default_rng(0)
     ages = rng.uniform(20, 90, 40)

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.features import log_normalize
+from neuroage_utils.data.features import log_normalize
 from neuroage_utils.models import nmf, svd
 
 from .conftest import age_counts

@@ -8,7 +8,7 @@ from scipy.stats import hypergeom
 from sklearn.linear_model import ElasticNetCV
 
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.features import log_normalize
+from neuroage_utils.data.features import log_normalize
 from neuroage_utils.models import linear
 
 from .conftest import age_counts

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.features import SparseStandardScaler
+from neuroage_utils.data.features import SparseStandardScaler
 from neuroage_utils.models.mlp import MLPRegressor
-from neuroage_utils.models.networks import AgeMLP
+from neuroage_utils.nn.networks import AgeMLP
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from neuroage_utils.models.mlp import MLPRegressor
-from neuroage_utils.notebook import Chapter
+from neuroage_utils.chapters.chapter import Chapter
 
 from .conftest import make_adata
 

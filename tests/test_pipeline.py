@@ -73,7 +73,7 @@ def test_book_pages_and_figures_exist(smoke_build):
     assert all(s in status for s in ("smoke", "kernel wall time", "executed"))
     # progress bars are plain text: tqdm.auto would warn (no ipywidgets) into every chapter's output
     assert "IProgress not found" not in status and "TqdmWarning" not in status
-    from neuroage_utils.workers import worker_count
+    from neuroage_utils.train.workers import worker_count
 
     assert "device (precision, workers)" in status
     assert (f"{worker_count('cpu')} workers" in status) == (worker_count("cpu") > 1)

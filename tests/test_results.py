@@ -5,7 +5,7 @@ import json
 import pytest
 
 from neuroage_utils import results
-from neuroage_utils.evaluate import donor_table, model_entry
+from neuroage_utils.metrics import donor_table, model_entry
 
 
 def _doc_args():

@@ -1,4 +1,4 @@
-"""Tests of the simulated cohort (neuroage_utils.simulate): tiny sizes, seconds in total."""
+"""Tests of the simulated cohort (neuroage_utils.data.simulate): tiny sizes, seconds in total."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
-from neuroage_utils import simulate as sim
+from neuroage_utils.data import simulate as sim
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.simulate import N_GENES_FULL, age_shape, load_paper_cohort, simulate_cohort
+from neuroage_utils.data.simulate import N_GENES_FULL, age_shape, load_paper_cohort, simulate_cohort
 
 TINY = dict(cell_fraction=0.01, n_genes=300, min_cells_per_donor=10)
 

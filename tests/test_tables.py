@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from neuroage_utils import plots, tables
+from neuroage_utils.report import plots, tables
 
 
 def scores():

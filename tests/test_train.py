@@ -11,9 +11,9 @@ import scipy.sparse as sp
 import torch
 
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.features import SparseStandardScaler, log_normalize
-from neuroage_utils.models.blocks import InputTransform
-from neuroage_utils.models.networks import AgeMLP
+from neuroage_utils.data.features import SparseStandardScaler, log_normalize
+from neuroage_utils.nn.blocks import InputTransform
+from neuroage_utils.nn.networks import AgeMLP
 from neuroage_utils.train import (
     CellBatches,
     Validation,

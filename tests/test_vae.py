@@ -10,13 +10,13 @@ import torch.distributions as D
 from torch import nn
 
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.models.likelihoods import (
+from neuroage_utils.nn.likelihoods import (
     GaussianLikelihood,
     NegativeBinomialLikelihood,
     PoissonLikelihood,
     kl_standard_normal,
 )
-from neuroage_utils.models.networks import AgeVAE, layer_table
+from neuroage_utils.nn.networks import AgeVAE, layer_table
 from neuroage_utils.models.vae import VAEAgeRegressor
 
 

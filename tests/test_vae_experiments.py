@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from neuroage_utils import evaluate, vae_experiments
-from neuroage_utils.models.likelihoods import MSEReconstruction, make_likelihood
-from neuroage_utils.models.networks import AgeVAE
+from neuroage_utils import metrics
+from neuroage_utils.chapters import vae_experiments
+from neuroage_utils.nn.likelihoods import MSEReconstruction, make_likelihood
+from neuroage_utils.nn.networks import AgeVAE
 from neuroage_utils.train.loop import _optimizers
 
 from .test_vae import _counts, _fast
@@ -36,8 +37,8 @@ def test_monitors_record_training_and_validation_donor_mae_without_changing_the_
     assert {"train_mae", "val_mae", "monitor_seconds"} <= set(h.columns) and len(h) == 4
     # one value per epoch, and the last one is the donor-level MAE of the fitted model on those donors
     for name, (Xs, a, d) in {"train": (Xt, at, dt), "val": (Xv, av, dv)}.items():
-        table = evaluate.donor_table(watched.predict(Xs), d, a)
-        assert h[f"{name}_mae"].iloc[-1] == pytest.approx(evaluate.donor_metrics(table)["mae"], rel=1e-6)
+        table = metrics.donor_table(watched.predict(Xs), d, a)
+        assert h[f"{name}_mae"].iloc[-1] == pytest.approx(metrics.donor_metrics(table)["mae"], rel=1e-6)
     assert h["train_mae"].nunique() > 1  # it moves with training: recorded every epoch, not copied
     # monitoring only reads the model: the same losses and the same predictions
     np.testing.assert_allclose(plain.history_["loss"], h["loss"], rtol=0, atol=0)
@@ -119,8 +120,8 @@ _AGES = np.linspace(25, 90, 10)
 
 def _entry(errors, seed=0):
     """A validation entry whose donors are missed by ``errors`` years (signed)."""
-    table = evaluate.donor_table(_AGES + np.asarray(errors, float), _DONORS, _AGES)
-    return evaluate.model_entry(table, "val", seed=seed)
+    table = metrics.donor_table(_AGES + np.asarray(errors, float), _DONORS, _AGES)
+    return metrics.model_entry(table, "val", seed=seed)
 
 
 def _evidence(memorise: bool, train_null_mae: float | None = None):

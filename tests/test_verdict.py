@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroage_utils import crossval, probe, profiles, recovery, results, summary
-from neuroage_utils.data import DataValidationError
+from neuroage_utils.evaluation import crossval, recovery
+from neuroage_utils.models import probe
+from neuroage_utils import profiles, results
+from neuroage_utils.chapters import summary
+from neuroage_utils.data.cohort import DataValidationError
 from neuroage_utils.models.vae_clock import VAELatentClock
 
 from .conftest import age_counts
@@ -24,7 +27,7 @@ def cv_data(shuffle: bool = False, seed: int = 0, **kw) -> crossval.CVData:
         donor_age = pd.Series(ages, index=donors).groupby(level=0).first()
         permuted = dict(zip(ids, np.random.default_rng(seed + 1).permutation(donor_age.loc[ids].to_numpy())))
         ages = np.array([permuted[d] for d in donors])
-    from neuroage_utils.data import log_normalize
+    from neuroage_utils.data.cohort import log_normalize
 
     return crossval.CVData(X, log_normalize(X), donors.astype(str), ages.astype(float), True)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuroage_utils import workers
-from neuroage_utils.workers import run_tasks, worker_count
+from neuroage_utils.train import workers
+from neuroage_utils.train.workers import run_tasks, worker_count
 
 
 def _square_and_threads(x: int) -> tuple[int, int, int]:
@@ -50,7 +50,7 @@ def test_worker_count_is_one_on_a_gpu():
 
 def test_fit_score_many_scores_as_fit_score_does(tmp_path, h5ad_path):
     from neuroage_utils.models.mlp import MLPRegressor
-    from neuroage_utils.notebook import Chapter
+    from neuroage_utils.chapters.chapter import Chapter
 
     from .conftest import make_adata
 

@@ -6,11 +6,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import cell_ages, donor_ages, donor_ids
-from ..errors import DataValidationError
-from ..train import DEFAULT_MAX_DENSE_BYTES, CellBatches, Validation, fit, predict_batches, resolve_device
-from ..train.batches import as_float32_matrix, check_finite_matrix
-from ..train.device import amp_active
+from neuroage_utils.data.checks import cell_ages, donor_ages, donor_ids
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.train import (
+    DEFAULT_MAX_DENSE_BYTES,
+    CellBatches,
+    Validation,
+    fit,
+    predict_batches,
+    resolve_device,
+)
+from neuroage_utils.train.batches import as_float32_matrix, check_finite_matrix
+from neuroage_utils.train.device import amp_active
 
 __all__ = ["TorchAgeRegressor"]
 

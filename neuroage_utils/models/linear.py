@@ -46,9 +46,9 @@ from sklearn.linear_model import ElasticNetCV, enet_path
 from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
-from ..checks import as_matrix, cell_ages, donor_ages, donor_ids
-from ..errors import DataValidationError
-from ..features import column_scale, pseudobulk, pseudocells
+from neuroage_utils.data.checks import as_matrix, cell_ages, donor_ages, donor_ids
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.data.features import column_scale, pseudobulk, pseudocells
 
 __all__ = [
     "column_scale",
@@ -359,7 +359,7 @@ def fit_elastic_net(
     ----------
     X
         Cells x genes, CSR or dense; the features as the clock should see them (the book passes
-        log-normalised counts, :func:`neuroage_utils.features.log_normalize`). A sparse matrix is
+        log-normalised counts, :func:`neuroage_utils.data.features.log_normalize`). A sparse matrix is
         densified for the fit only when small (``dense_limit_gb``).
     ages, donors
         One age (years) and one donor id per cell.

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import DataValidationError
-from ..features import SparseStandardScaler
-from ..train import DEFAULT_MAX_DENSE_BYTES, CellBatches
-from .estimator import TorchAgeRegressor
-from .networks import AgeMLP
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.data.features import SparseStandardScaler
+from neuroage_utils.train import DEFAULT_MAX_DENSE_BYTES, CellBatches
+from neuroage_utils.models.estimator import TorchAgeRegressor
+from neuroage_utils.nn.networks import AgeMLP
 
 __all__ = ["MLPRegressor"]
 

@@ -29,9 +29,9 @@ import scipy.sparse as sp
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
-from ..checks import as_matrix, require_non_negative
-from ..errors import DataValidationError
-from .svd import component_age_correlations, top_loadings
+from neuroage_utils.data.checks import as_matrix, require_non_negative
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.models.svd import component_age_correlations, top_loadings
 
 __all__ = ["NMFModel", "fit_nmf", "factor_age_correlations", "top_loadings", "INPUT_TRANSFORMS"]
 
@@ -111,7 +111,7 @@ class NMFModel:
                 "pass the same genes, in the same order"
             )
         if self.backend == "torch":  # usages by HALS with H fixed, on the fit's device
-            from neuroage_utils.device_linalg import nmf_transform
+            from neuroage_utils.models.device_linalg import nmf_transform
 
             return nmf_transform(X, self.components_, max_iter=self.nmf.max_iter, tol=self.nmf.tol,
                                  device=self.device)
@@ -155,9 +155,9 @@ def fit_nmf(
         Densify a sparse input for speed when it fits in this many GB.
     backend, device
         ``"sklearn"`` (default: coordinate descent) or ``"torch"``: the same objective minimised by
-        accelerated HALS on ``device`` (:func:`neuroage_utils.device_linalg.nmf_hals`; NNDSVDa
+        accelerated HALS on ``device`` (:func:`neuroage_utils.models.device_linalg.nmf_hals`; NNDSVDa
         start, ``init`` must be None); ``"auto"``: torch, which is the faster one on a CPU too
-        (:func:`~neuroage_utils.device_linalg.choose_backend`). The model's ``transform`` solves the
+        (:func:`~neuroage_utils.models.device_linalg.choose_backend`). The model's ``transform`` solves the
         usages with the same backend (HALS with the programmes fixed, or scikit-learn's).
     """
     X = _prepare(X_train, transform, dense_limit_gb, "fit_nmf")
@@ -171,12 +171,12 @@ def fit_nmf(
     if backend not in ("auto", "sklearn", "torch"):
         raise DataValidationError(f"fit_nmf: unknown backend={backend!r}: use 'auto', 'sklearn' or 'torch'")
     if backend == "auto":
-        from neuroage_utils.device_linalg import choose_backend
+        from neuroage_utils.models.device_linalg import choose_backend
 
         backend = choose_backend(backend, device, step="nmf")
     nmf = NMF(n_components=n_components, init=init, max_iter=max_iter, tol=tol, random_state=seed)
     if backend == "torch":
-        from neuroage_utils.device_linalg import nmf_hals
+        from neuroage_utils.models.device_linalg import nmf_hals
 
         if init is not None:
             raise DataValidationError("fit_nmf: backend='torch' starts from NNDSVDa: leave init=None")

@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 from scipy.sparse.linalg import LinearOperator, svds
 
-from ..checks import as_matrix, donor_ages
-from ..errors import DataValidationError
-from ..features import column_moments
+from neuroage_utils.data.checks import as_matrix, donor_ages
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.data.features import column_moments
 
 __all__ = ["SVDModel", "fit_svd", "component_age_correlations", "top_loadings"]
 
@@ -114,7 +114,7 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True,
     ----------
     X_train
         Training cells x genes, CSR or dense: log-normalised counts in the book
-        (:func:`neuroage_utils.features.log_normalize`), or any continuous expression values.
+        (:func:`neuroage_utils.data.features.log_normalize`), or any continuous expression values.
     n_components
         Number of components; ARPACK needs it below ``min(cells, genes)``.
     seed
@@ -124,10 +124,10 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True,
         PCA of the centred values, dominated by the most variable genes.
     backend, device
         ``"arpack"`` (default, exact) or ``"torch"``: randomised SVD with power iterations on
-        ``device`` (:func:`neuroage_utils.device_linalg.zscore_svd`; the leading components agree
+        ``device`` (:func:`neuroage_utils.models.device_linalg.zscore_svd`; the leading components agree
         with ARPACK, trailing ones of a flat spectrum less so); ``"sklearn"`` is ARPACK (the reference
         a profile's ``linalg_backend`` names), ``"auto"`` is torch when ``device`` is CUDA, else ARPACK
-        (:func:`~neuroage_utils.device_linalg.choose_backend`).
+        (:func:`~neuroage_utils.models.device_linalg.choose_backend`).
     """
     X = as_matrix(X_train, "fit_svd")
     limit = min(X.shape) - 1
@@ -145,12 +145,12 @@ def fit_svd(X_train, n_components: int = 100, seed: int = 0, scale: bool = True,
     if backend not in ("auto", "arpack", "sklearn", "torch"):
         raise DataValidationError(f"fit_svd: unknown backend={backend!r}: use 'auto', 'arpack' or 'torch'")
     if backend == "auto":
-        from neuroage_utils.device_linalg import choose_backend
+        from neuroage_utils.models.device_linalg import choose_backend
 
         backend = choose_backend(backend, device, step="svd")
     backend = "arpack" if backend == "sklearn" else backend
     if backend == "torch":
-        from neuroage_utils.device_linalg import zscore_svd
+        from neuroage_utils.models.device_linalg import zscore_svd
 
         s, vt = zscore_svd(X, mean, scale_, n_components, seed=seed, device=device)
     else:

@@ -1,6 +1,6 @@
 """The sklearn-like VAE age regressor (the paper's standard, Poisson and denoising VAEs; an NB VAE).
 
-The network (:class:`~neuroage_utils.models.networks.AgeVAE`) and its loss are documented in
+The network (:class:`~neuroage_utils.nn.networks.AgeVAE`) and its loss are documented in
 ``models.networks``; the likelihoods in ``models.likelihoods``. This module adds fitting on a cells x
 genes matrix, ages in years and the latent space.
 """
@@ -13,12 +13,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..checks import is_count_matrix
-from ..errors import DataValidationError
-from ..train import DEFAULT_MAX_DENSE_BYTES, CellBatches, cyclical_kl_schedule, predict_batches, transformed_stats
-from .estimator import TorchAgeRegressor
-from .likelihoods import LIKELIHOODS
-from .networks import AgeVAE, layer_table
+from neuroage_utils.data.checks import is_count_matrix
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.train import (
+    DEFAULT_MAX_DENSE_BYTES,
+    CellBatches,
+    cyclical_kl_schedule,
+    predict_batches,
+    transformed_stats,
+)
+from neuroage_utils.models.estimator import TorchAgeRegressor
+from neuroage_utils.nn.likelihoods import LIKELIHOODS
+from neuroage_utils.nn.networks import AgeVAE, layer_table
 
 __all__ = ["VAEAgeRegressor", "latent_pcs"]
 

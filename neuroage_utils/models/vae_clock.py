@@ -8,7 +8,7 @@ applies what the clock literature settled on instead:
 1. the VAE is trained **without** the age head's loss (``age_weight=0``): an unsupervised model of
    expression, so its latent space cannot encode donor identity in order to fit ages;
 2. each donor's cells are **aggregated**: the mean of their posterior means, one vector per donor;
-3. a **donor-level elastic net** (:class:`neuroage_utils.probe.LinearProbe`) maps that vector to
+3. a **donor-level elastic net** (:class:`neuroage_utils.models.probe.LinearProbe`) maps that vector to
    age, its penalty chosen by cross-validation over the training donors.
 
 The likelihood follows the data: Poisson on raw counts, Gaussian (on z-scored values as given)
@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..checks import is_count_matrix
-from ..errors import DataValidationError
-from ..probe import LinearProbe, donor_means
-from .vae import VAEAgeRegressor
+from neuroage_utils.data.checks import is_count_matrix
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.models.probe import LinearProbe, donor_means
+from neuroage_utils.models.vae import VAEAgeRegressor
 
 __all__ = ["VAELatentClock"]
 

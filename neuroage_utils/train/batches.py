@@ -24,8 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..errors import DataValidationError
-from .device import resolve_device
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.train.device import resolve_device
 
 __all__ = ["DEFAULT_MAX_DENSE_BYTES", "CellBatches", "transformed_stats", "as_float32_matrix", "check_finite_matrix",
            "densify_rows", "device_csr_fits"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..results import atomic_write
-from .batches import CellBatches
+from neuroage_utils.results import atomic_write
+from neuroage_utils.train.batches import CellBatches
 
 __all__ = ["CHECKPOINT_FORMAT", "config_hash", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ..errors import DataValidationError
+from neuroage_utils.errors import DataValidationError
 
 __all__ = ["resolve_device", "device_label", "make_deterministic", "autocast", "amp_active", "native_bf16"]
 

@@ -25,12 +25,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import DataValidationError
-from ..evaluate import donor_metrics, donor_table
-from .batches import CellBatches
-from .checkpoints import CHECKPOINT_FORMAT, config_hash, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .device import amp_active, autocast, make_deterministic
-from .schedules import kl_schedule_fn
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.metrics import donor_metrics, donor_table
+from neuroage_utils.train.batches import CellBatches
+from neuroage_utils.train.checkpoints import (
+    CHECKPOINT_FORMAT,
+    config_hash,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from neuroage_utils.train.device import amp_active, autocast, make_deterministic
+from neuroage_utils.train.schedules import kl_schedule_fn
 
 __all__ = ["Validation", "fit", "predict_batches", "OPTIMIZERS"]
 

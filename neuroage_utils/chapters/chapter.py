@@ -15,18 +15,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evaluate, paper, profiles, results, tables
-from .data import Cohort, file_sha256, load_cohort
-from .simulate import ensure_simulated
-from .train.device import amp_active, device_label, resolve_device
-from .workers import run_tasks, worker_count
+from neuroage_utils import metrics, paper, profiles, results
+from neuroage_utils.report import tables
+from neuroage_utils.data.cohort import Cohort, file_sha256, load_cohort
+from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.train.device import amp_active, device_label, resolve_device
+from neuroage_utils.train.workers import run_tasks, worker_count
 
 __all__ = ["Chapter", "glue", "default_out_dir"]
 
 
 def default_out_dir() -> Path:
     """The repository root when run from a checkout, else the working directory."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # neuroage_utils/chapters/chapter.py -> the checkout
     return here if (here / "_toc.yml").exists() else Path.cwd()
 
 
@@ -71,7 +72,7 @@ class Chapter:
     def start(cls, section: str, namespace: dict) -> "Chapter":
         """What a notebook's first line after its parameters does: the book's figure style, then the
         chapter built from the papermill parameters found in ``namespace`` (the notebook's ``globals()``)."""
-        from . import plots
+        from neuroage_utils.report import plots
 
         plots.set_style()
         glue_paper()
@@ -103,7 +104,7 @@ class Chapter:
         self.device = resolve_device(device)
         self.device_label = device_label(self.device)
         # Independent fits (tuning grids, CV folds) run in this many single-threaded worker processes:
-        # one per core on a CPU, 1 on a GPU (see neuroage_utils.workers).
+        # one per core on a CPU, 1 on a GPU (see neuroage_utils.train.workers).
         self.workers = worker_count(self.device, workers)
         self.out_dir = Path(out_dir) if out_dir else default_out_dir()
         self.params = profiles.section_params(profile, section)
@@ -166,15 +167,15 @@ class Chapter:
 
     # -- scored models -------------------------------------------------------------------------
     def add(self, key: str, table: pd.DataFrame, split: str, **extra) -> dict:
-        """Score a donor table (see :func:`evaluate.donor_table`) and record it under ``key``."""
-        entry = evaluate.model_entry(table, split, seed=self.seed, **extra)
+        """Score a donor table (see :func:`metrics.donor_table`) and record it under ``key``."""
+        entry = metrics.model_entry(table, split, seed=self.seed, **extra)
         self.models[key] = entry
         return entry
 
     def add_cells(self, key: str, cell_pred, mask, split: str, **extra) -> dict:
         """Average cell predictions of the cells in ``mask`` per donor, then :meth:`add`."""
         c = self.cohort
-        table = evaluate.donor_table(cell_pred, c.donors[mask], c.ages[mask])
+        table = metrics.donor_table(cell_pred, c.donors[mask], c.ages[mask])
         return self.add(key, table, split, **extra)
 
     def add_null(self, split: str, train_splits=("train",), key: str = "null") -> dict:
@@ -182,7 +183,7 @@ class Chapter:
         c = self.cohort
         train = c.donor_table[c.donor_table["split"].isin(train_splits)]
         evald = c.donor_table[c.donor_table["split"] == split]
-        table = evaluate.null_table(train["age"], evald["donor_id"], evald["age"])
+        table = metrics.null_table(train["age"], evald["donor_id"], evald["age"])
         return self.add(key, table, split, trained_on=list(train_splits))
 
     def fit_score(self, key: str, model, X, fit=("train",), on: str = "val", watch: str | None = None,
@@ -264,7 +265,7 @@ class Chapter:
         chapter's profile (``mlp_epochs``, ``batch_size``, ``dropout`` when the profile sets one);
         ``overrides`` replace any of them.
         """
-        from .models.mlp import MLPRegressor
+        from neuroage_utils.models.mlp import MLPRegressor
 
         P = self.params
         options = {"hidden": config["hidden"], "lr": config["lr"], "epochs": P["mlp_epochs"],
@@ -279,9 +280,9 @@ class Chapter:
     def linalg(self, step: str | None = None) -> dict:
         """Keyword arguments of ``fit_nmf`` / ``fit_svd`` for this chapter: the profile's
         ``linalg_backend`` resolved on the chapter's device for ``step`` (default: the chapter's own
-        section, ``"nmf"`` or ``"svd"``; see :func:`~neuroage_utils.device_linalg.choose_backend`),
+        section, ``"nmf"`` or ``"svd"``; see :func:`~neuroage_utils.models.device_linalg.choose_backend`),
         recorded in the results file as ``linalg_backend_used``."""
-        from .device_linalg import choose_backend
+        from neuroage_utils.models.device_linalg import choose_backend
 
         step = step or self.section
         backend = choose_backend(self.params.get("linalg_backend", "auto"), self.device, step)
@@ -293,9 +294,9 @@ class Chapter:
         standard deviation of their ages (what a model that learnt nothing would miss by)."""
         c = self.cohort
         seen = c.mask(*splits)
-        table = evaluate.donor_table(self.fitted[key].predict(X[seen]), c.donors[seen], c.ages[seen])
+        table = metrics.donor_table(self.fitted[key].predict(X[seen]), c.donors[seen], c.ages[seen])
         ages = c.donor_table.loc[c.donor_table["split"].isin(splits), "age"]
-        return pd.Series({"donor MAE on its training donors": evaluate.donor_metrics(table)["mae"],
+        return pd.Series({"donor MAE on its training donors": metrics.donor_metrics(table)["mae"],
                           "SD of their ages": float(ages.std()), "training donors": int(len(ages))}, name=key)
 
     def vae(self, likelihood: str, config: dict, key: str, **extra):
@@ -305,7 +306,7 @@ class Chapter:
         the optimiser and schedules come from the chapter's profile (Adam, batch size, cyclical KL,
         cosine warm restarts), and the model checkpoints under ``key``; ``extra`` replaces any option.
         """
-        from .models.vae import VAEAgeRegressor
+        from neuroage_utils.models.vae import VAEAgeRegressor
 
         P = self.params
         options = dict(
@@ -378,7 +379,7 @@ class Chapter:
         self.extra_params.update(params)
 
     def skip(self, key: str, reason: str) -> dict:
-        self.models[key] = evaluate.skipped_entry(reason)
+        self.models[key] = metrics.skipped_entry(reason)
         return self.models[key]
 
     def scores(self, keys=None, others: dict | None = None, paper: dict | None = None) -> pd.DataFrame:
@@ -436,7 +437,7 @@ class Chapter:
             if ea is None or eb is None:
                 lines.append(f"- {na} vs {nb}: not compared ({a if ea is None else b} was not run on this data).")
                 continue
-            lines.append("- " + evaluate.describe_difference(na, nb, evaluate.paired_difference(ea, eb, seed=self.seed)))
+            lines.append("- " + metrics.describe_difference(na, nb, metrics.paired_difference(ea, eb, seed=self.seed)))
         return "\n".join(lines)
 
     # -- the end -------------------------------------------------------------------------------
@@ -448,7 +449,7 @@ class Chapter:
         """Write ``results/<section>.json`` (atomically) and return its path; ``extra`` holds
         top-level keys beyond the usual ones (the summary's ``cv`` and ``leaderboard``)."""
         if "linalg_backend" in self.params and "linalg_backend_used" not in self.extra_params:
-            from .device_linalg import backends_used  # what NMF / SVD fits of this chapter would run on
+            from neuroage_utils.models.device_linalg import backends_used  # what NMF / SVD fits of this chapter would run on
 
             self.record(linalg_backend_used=backends_used(self.params["linalg_backend"], self.device))
         params = {

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import InputTransform, mlp_blocks
-from .likelihoods import LIKELIHOODS, kl_standard_normal, make_likelihood
+from neuroage_utils.nn.blocks import InputTransform, mlp_blocks
+from neuroage_utils.nn.likelihoods import LIKELIHOODS, kl_standard_normal, make_likelihood
 
 __all__ = ["AgeMLP", "AgeVAE", "layer_table"]
 

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import tables
+from neuroage_utils.report import tables
 
 AGE_CMAP = "viridis"
 # The book's content column is about 690 CSS px wide (a 1280 px window): a figure drawn 7 in wide is
@@ -86,7 +86,7 @@ def loss_curves(history: pd.DataFrame, columns, ax=None, title: str = "", logy: 
 def scores_table(rows: pd.DataFrame, paper_col: str | None = None, names: dict | None = None, decimals=None):
     """A scores table for people (:func:`tables.styled`): model keys as names, splits spelled out,
     headers with units, no index or key column, the best MAE of ours in bold, the paper's column grey."""
-    from .crossval import MODEL_NAMES
+    from neuroage_utils.report.labels import MODEL_NAMES
 
     shown = rows.drop(columns=[c for c in ("key",) if c in rows]).copy()
     if "model" in shown:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from .train.device import resolve_device
+from neuroage_utils.train.device import resolve_device
 
 __all__ = ["worker_count", "run_tasks"]
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import evaluate
-from .data import subsample_cells
-from .errors import DataValidationError
-from .features import log_normalize
-from .workers import run_tasks
+from neuroage_utils import metrics
+from neuroage_utils.data.cohort import subsample_cells
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.data.features import log_normalize
+from neuroage_utils.train.workers import run_tasks
 
-__all__ = ["CVData", "age_stratified_folds", "repeated_folds", "RECIPES", "MODEL_NAMES", "run_cv",
+__all__ = ["CVData", "age_stratified_folds", "repeated_folds", "RECIPES", "run_cv",
            "cv_summary", "paired_cv_difference", "cv_comparisons", "NeedsCounts"]
 
 
@@ -129,7 +129,7 @@ def recipe_null(data, train, test, P, seed, device):
 
 
 def recipe_elastic_net(data, train, test, P, seed, device):
-    from .models.linear import fit_elastic_net
+    from neuroage_utils.models.linear import fit_elastic_net
 
     cells, held = _fit_cells(data, train, P, seed, "en_max_cells"), data.cells(test)
     clock = fit_elastic_net(data.X_norm[cells], data.ages[cells], data.donors[cells], l1_ratios=P["en_l1"],
@@ -147,21 +147,21 @@ def _aggregated_clock(fit, what: str, data, train, test, P, seed, **options):
 
 
 def recipe_pseudobulk(data, train, test, P, seed, device):
-    from .models.linear import fit_pseudobulk_elastic_net
+    from neuroage_utils.models.linear import fit_pseudobulk_elastic_net
 
     return _aggregated_clock(fit_pseudobulk_elastic_net, "the pseudobulk elastic net", data, train, test, P, seed)
 
 
 def recipe_pseudocell(data, train, test, P, seed, device):
-    from .models.linear import fit_pseudocell_elastic_net
+    from neuroage_utils.models.linear import fit_pseudocell_elastic_net
 
     return _aggregated_clock(fit_pseudocell_elastic_net, "the pseudocell elastic net", data, train, test, P, seed,
                              **P["pseudocells"])
 
 
 def recipe_svd_ridge(data, train, test, P, seed, device):
-    from .models.svd import fit_svd
-    from .probe import probe_scores
+    from neuroage_utils.models.svd import fit_svd
+    from neuroage_utils.models.probe import probe_scores
 
     cells = _fit_cells(data, train, P, seed)
     k = int(min(P["svd_k"], min(int(cells.sum()), data.X_norm.shape[1]) - 2))
@@ -178,7 +178,7 @@ def _linalg(P, device) -> dict:
 
 
 def _mlp(P, seed, device):
-    from .models.mlp import MLPRegressor
+    from neuroage_utils.models.mlp import MLPRegressor
 
     return MLPRegressor(hidden=P["mlp_hidden"], epochs=P["mlp_epochs"], batch_size=P["batch_size"], dropout=0.4,
                         device=device, seed=seed, progress=False, amp=P.get("amp", False))
@@ -191,7 +191,7 @@ def recipe_mlp(data, train, test, P, seed, device):
 
 
 def recipe_nmf_mlp(data, train, test, P, seed, device):
-    from .models.nmf import fit_nmf
+    from neuroage_utils.models.nmf import fit_nmf
 
     cells, held = _fit_cells(data, train, P, seed), data.cells(test)
     k = int(min(P["nmf_k"], data.X.shape[1] - 1, int(cells.sum()) - 1))
@@ -202,7 +202,7 @@ def recipe_nmf_mlp(data, train, test, P, seed, device):
 
 
 def vae_clock_from_params(P, seed, device):
-    from .models.vae_clock import VAELatentClock
+    from neuroage_utils.models.vae_clock import VAELatentClock
 
     V = P["vae"]
     return VAELatentClock(likelihood=V["likelihood"], hidden=V["hidden"], latent=V["latent"], epochs=V["epochs"],
@@ -229,21 +229,6 @@ RECIPES = {
     "vae_latent_pseudobulk": recipe_vae_clock,
 }
 
-MODEL_NAMES = {
-    "null": "null (training mean)",
-    "elastic_net": "elastic net (cells)",
-    "pseudobulk_elastic_net": "pseudobulk elastic net",
-    "pseudocell_elastic_net": "pseudocell elastic net",
-    "svd_ridge": "SVD + ridge (donor means)",
-    "mlp": "MLP (cells)",
-    "nmf_mlp": "NMF + MLP",
-    "vae_latent_pseudobulk": "VAE clock (latent means + elastic net)",
-    "vae_poisson": "Poisson VAE (paper's model)",
-    "vae_gaussian": "Gaussian VAE",
-    "vae_nb": "negative-binomial VAE",
-    "dae": "denoising VAE",
-    "dae_poisson": "denoising Poisson VAE",
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,7 +308,7 @@ def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed
             r = float(np.corrcoef(mean_pred["age"], mean_pred["predicted"])[0, 1])
         out[model] = {
             "mae": float(errors.mean()),
-            "mae_ci95": evaluate.bootstrap_mean_ci(errors.to_numpy(), n_boot=n_boot, seed=seed),
+            "mae_ci95": metrics.bootstrap_mean_ci(errors.to_numpy(), n_boot=n_boot, seed=seed),
             "folds": int(params["folds"]),
             "repeats": int(params["repeats"]),
             "n_donors": int(len(errors)),
@@ -343,7 +328,7 @@ def paired_cv_difference(predictions: pd.DataFrame, model_a: str, model_b: str, 
     if not len(ea.index.intersection(eb.index)):
         raise ValueError(f"{model_a} and {model_b} share no donor")
     return {"a": model_a, "b": model_b,
-            **evaluate.paired_error_difference(ea.to_dict(), eb.to_dict(), n_boot=n_boot, seed=seed)}
+            **metrics.paired_error_difference(ea.to_dict(), eb.to_dict(), n_boot=n_boot, seed=seed)}
 
 
 def cv_comparisons(predictions: pd.DataFrame, references=("null", "elastic_net"), n_boot: int = 2000,

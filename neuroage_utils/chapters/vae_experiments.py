@@ -24,9 +24,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import paper
-from .evaluate import paired_difference, table_from_donor_predictions
-from .probe import probe_scores
+from neuroage_utils import paper
+from neuroage_utils.metrics import paired_difference, table_from_donor_predictions
+from neuroage_utils.models.probe import probe_scores
 
 __all__ = ["step_budget", "paper_step_budget", "learning_curves", "run_experiments", "experiment_table",
            "display_table", "paired_comparisons", "findings", "EXPERIMENT_KEYS"]
@@ -66,16 +66,16 @@ def _last(history, column):
 def run_experiments(chapter, X) -> dict:
     """Run the chapter's experiments (see the module docstring) and record their entries.
 
-    ``chapter`` is the VAE chapter (:class:`neuroage_utils.notebook.Chapter`) after its Table 3 runs,
+    ``chapter`` is the VAE chapter (:class:`neuroage_utils.chapters.chapter.Chapter`) after its Table 3 runs,
     which were fitted with ``monitor=("train", "val")``. Settings come from
     ``chapter.params["experiments"]``: ``row`` (the Table 3 row whose length the extra runs share and
     whose scored run is their baseline), ``batch_size`` (the step run), ``age_weights``,
     ``monitor_cells``, ``nmf_iter``. Returns ``meta`` (key -> what ran), the baseline key, the
     learning curves and the step budgets; entries go to ``chapter.models``.
     """
-    from .features import log_normalize
-    from .models.nmf import fit_nmf
-    from .models.svd import fit_svd
+    from neuroage_utils.data.features import log_normalize
+    from neuroage_utils.models.nmf import fit_nmf
+    from neuroage_utils.models.svd import fit_svd
 
     c, P = chapter.cohort, chapter.params
     E = P["experiments"]
@@ -191,7 +191,7 @@ def experiment_table(models: dict, meta: dict, null_key: str = "null_val", seed:
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`experiment_table` for people (pass it to :func:`neuroage_utils.tables.styled`)."""
+    """:func:`experiment_table` for people (pass it to :func:`neuroage_utils.report.tables.styled`)."""
     def pair(lo, hi):
         return [lo, hi] if pd.notna(lo) else np.nan
 

@@ -4,14 +4,14 @@ The data are the two held-out sets shipped in the MIT-licensed package ``grnimmu
 (only that release ships them): pseudobulk CD4 and CD8 T-cell profiles of healthy donors, one row
 per donor, values ``log1p(CPM)``, ``obs['age']`` in years and ``obs['dataset']`` (three cohorts).
 
-They are fetched **at install time** (``python -m neuroage_utils.realdata fetch``, run by ``make``):
+They are fetched **at install time** (``python -m neuroage_utils.data.realdata fetch``, run by ``make``):
 the exact wheel is downloaded without its dependencies, its SHA-256 checked, and only the data
 files and the package's published clocks extracted under ``data/grnimmuneclock-1.2.0/`` with a
 manifest of their hashes. Nothing is downloaded at run time; when the files are absent the chapter
 says so in one line.
 
 This module holds the files: their install-time fetch, and finding, checking and loading them.
-The clocks fitted on them, and how they are scored, are in :mod:`neuroage_utils.donor_clocks`.
+The clocks fitted on them, and how they are scored, are in :mod:`neuroage_utils.chapters.donor_clocks`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataValidationError
+from neuroage_utils.errors import DataValidationError
 
 __all__ = [
     "WHEEL_NAME", "WHEEL_SHA256", "CELL_TYPES", "fetch", "install_from_wheel", "locate", "load_realdata",
@@ -147,7 +147,7 @@ def fetch(dest=None, wheel=None, python: str = sys.executable, timeout: int = 30
 
 
 def _repo() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]  # neuroage_utils/data/realdata.py -> the checkout
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,14 +287,14 @@ def data_record(rd: RealData) -> dict:
 
 
 def main(argv=None) -> int:
-    """``python -m neuroage_utils.realdata fetch [--dest DIR] [--wheel PATH]`` (run by ``make``).
+    """``python -m neuroage_utils.data.realdata fetch [--dest DIR] [--wheel PATH]`` (run by ``make``).
 
     Exits 0 even when the files cannot be had (offline), printing one line: the book then builds and
     the real-data chapter says the files are absent. ``--strict`` exits 1 instead.
     """
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m neuroage_utils.realdata")
+    p = argparse.ArgumentParser(prog="python -m neuroage_utils.data.realdata")
     p.add_argument("command", choices=["fetch"])
     p.add_argument("--dest", default=None, help=f"target folder (default: {DATA_SUBDIR} in the repository)")
     p.add_argument("--wheel", default=None, help="a local copy of the wheel instead of downloading it")

@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from .errors import DataValidationError
+from neuroage_utils.errors import DataValidationError
 
 __all__ = ["donor_means", "LinearProbe", "fit_probe", "probe_scores", "PROBE_KINDS"]
 
@@ -113,7 +113,7 @@ def probe_scores(features, donors, ages, train_donors, test_donors, kind: str = 
     """Predicted age of every donor in ``test_donors`` from a probe fitted on ``train_donors`` only.
 
     Works on any cells x features matrix (VAE latent means, SVD scores, NMF usages, genes). Returns a
-    Series indexed by donor id; score it with :func:`neuroage_utils.evaluate.table_from_donor_predictions`.
+    Series indexed by donor id; score it with :func:`neuroage_utils.metrics.table_from_donor_predictions`.
     """
     donors = np.asarray(donors).astype(str)
     overlap = set(map(str, train_donors)) & set(map(str, test_donors))

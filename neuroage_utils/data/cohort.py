@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .checks import donor_ages, is_count_matrix, require_counts
-from .errors import DataValidationError
-from .features import log_normalize
-from .paper import load_paper_cohort
-from .results import atomic_write_text
+from neuroage_utils.data.checks import donor_ages, is_count_matrix, require_counts
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.data.features import log_normalize
+from neuroage_utils.paper import load_paper_cohort
+from neuroage_utils.results import atomic_write_text
 
 __all__ = [
     "DataValidationError",

@@ -1,4 +1,4 @@
-"""Figures of the real-donor chapter (:mod:`neuroage_utils.realdata`)."""
+"""Figures of the real-donor chapter (:mod:`neuroage_utils.data.realdata`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .donor_clocks import MODEL_LABELS
-from .realdata import CELL_TYPES
+from neuroage_utils.report import plots
+from neuroage_utils.report.labels import MODEL_LABELS
+from neuroage_utils.data.realdata import CELL_TYPES
 
 __all__ = ["mae_overview", "predicted_vs_true_panels", "cross_cohort_heatmap"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .checks import as_matrix, donor_ids
-from .errors import DataValidationError
+from neuroage_utils.data.checks import as_matrix, donor_ids
+from neuroage_utils.errors import DataValidationError
 
 __all__ = ["log_normalize", "column_moments", "column_scale", "SparseStandardScaler", "NORMALISATIONS", "pseudobulk",
            "pseudocells", "sum_rows"]

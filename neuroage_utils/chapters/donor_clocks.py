@@ -6,7 +6,7 @@ donor-level values, evaluated where every split is a split of donors.
 * cross-cohort: train on two datasets, test on the third, each in turn (:func:`cohort_folds`);
 * the published clock shipped with the data, applied to the same donors (:func:`published_clock`).
 
-The files themselves (fetch, checks, loading) are in :mod:`neuroage_utils.realdata`.
+The files themselves (fetch, checks, loading) are in :mod:`neuroage_utils.data.realdata`.
 """
 
 from __future__ import annotations
@@ -19,23 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evaluate
-from .errors import DataValidationError
-from .realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData, data_record
-from .workers import run_tasks, worker_count
+from neuroage_utils import metrics
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.data.realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData, data_record
+from neuroage_utils.report.labels import MODEL_LABELS
+from neuroage_utils.train.workers import run_tasks, worker_count
 
 __all__ = ["DECLINED", "MODEL_LABELS", "repeated_stratified_folds", "cohort_folds", "run_cell_type", "run_all",
            "published_clock", "cv_table", "cross_table", "findings", "skipped_models", "write_page_results"]
 
-MODEL_LABELS = {
-    "null": "null (training mean)",
-    "elastic_net": "elastic net",
-    "mlp": "MLP",
-    "svd_ridge": "SVD + ridge",
-    "nmf_mlp": "NMF + MLP",
-    "vae_gaussian": "Gaussian VAE (age head)",
-    "published_clock": "published clock (grnimmuneclock)",
-}
 
 #: Chapter models that cannot run on these files, and why.
 DECLINED = {
@@ -116,7 +108,7 @@ def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) 
         from sklearn.linear_model import ElasticNetCV
         from sklearn.model_selection import KFold
 
-        from .models.linear import ElasticNetClock, column_scale
+        from neuroage_utils.models.linear import ElasticNetClock, column_scale
 
         EN = P["elastic_net"]
         scale = column_scale(Xtr)
@@ -128,11 +120,11 @@ def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) 
             model.fit(Xtr / scale.astype(Xtr.dtype), ytr)
         return ElasticNetClock(model=model, scale_=scale).predict(Xte)
     if key in ("mlp", "nmf_mlp"):
-        from .models.mlp import MLPRegressor
+        from neuroage_utils.models.mlp import MLPRegressor
 
         M = P[key]
         if key == "nmf_mlp":
-            from .models.nmf import fit_nmf
+            from neuroage_utils.models.nmf import fit_nmf
 
             nmf = fit_nmf(Xtr, n_components=M["n_components"], max_iter=M["max_iter"], seed=seed,
                           backend=P.get("linalg_backend", "auto"), device=device)
@@ -143,14 +135,14 @@ def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) 
         model.fit(Xtr, ytr, donors=dtr)
         return model.predict(Xte)
     if key == "svd_ridge":
-        from .models.svd import fit_svd
+        from neuroage_utils.models.svd import fit_svd
 
         k = min(P["svd_ridge"]["n_components"], min(Xtr.shape) - 1)
         svd = fit_svd(Xtr, n_components=k, seed=seed, backend=P.get("linalg_backend", "auto"), device=device)
         ridge = _ridge(svd.transform(Xtr), ytr, seed)
         return ridge.predict(svd.transform(Xte))
     if key == "vae_gaussian":
-        from .models.vae import VAEAgeRegressor
+        from neuroage_utils.models.vae import VAEAgeRegressor
 
         V = P["vae_gaussian"]
         model = VAEAgeRegressor(
@@ -182,8 +174,8 @@ def score(donors, ages, predicted: np.ndarray, split: str, seed: int = 0, **extr
     errors = np.abs(predicted - ages[:, None]).mean(axis=1)
     mean_pred = predicted.mean(axis=1)
     entry = {
-        "split": split, "mae": float(errors.mean()), "r": evaluate.pearson_or_none(mean_pred, ages),
-        "mae_ci95": evaluate.bootstrap_mean_ci(errors, seed=seed), "n_donors": int(len(ages)),
+        "split": split, "mae": float(errors.mean()), "r": metrics.pearson_or_none(mean_pred, ages),
+        "mae_ci95": metrics.bootstrap_mean_ci(errors, seed=seed), "n_donors": int(len(ages)),
         "predictions": [{"donor_id": str(d), "age": float(a), "predicted": float(p), "abs_error": float(e)}
                         for d, a, p, e in zip(donors, ages, mean_pred, errors)],
     }
@@ -195,7 +187,7 @@ def score(donors, ages, predicted: np.ndarray, split: str, seed: int = 0, **extr
 
 def _task(key, P, X, y, donors, train, test, seed, device):
     """One fit on the training donors and its predictions for the test donors, with its seconds
-    (run by :func:`neuroage_utils.workers.run_tasks`, single-threaded in a worker)."""
+    (run by :func:`neuroage_utils.train.workers.run_tasks`, single-threaded in a worker)."""
     start = time.perf_counter()
     pred = _fit_predict(key, P, X[train], y[train], donors[train], X[test], seed, device)
     return pred, time.perf_counter() - start
@@ -371,7 +363,7 @@ def findings(models: dict, seed: int = 0) -> str:
             if not ours or "null" not in group:
                 continue
             best = min(ours, key=lambda k: ours[k]["mae"])
-            cmp = evaluate.paired_difference(ours[best], group["null"], seed=seed)
+            cmp = metrics.paired_difference(ours[best], group["null"], seed=seed)
             verdict = ("the interval excludes zero" if cmp["excludes_zero"]
                        else "the interval includes zero: not distinguishable from the null")
             lines.append(
@@ -381,7 +373,7 @@ def findings(models: dict, seed: int = 0) -> str:
                 f"paired difference {cmp['difference']:+.2f} years ({cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}), {verdict}.")
             if "published_clock" in group:
                 pc = group["published_clock"]
-                c2 = evaluate.paired_difference(ours[best], pc, seed=seed)
+                c2 = metrics.paired_difference(ours[best], pc, seed=seed)
                 side = "lower" if c2["difference"] < 0 else "higher"
                 lines.append(
                     f"  The published clock on the same donors: {pc['mae']:.2f} years ({_ci(pc)}); our best is "
@@ -467,9 +459,9 @@ def settings_table(P: dict) -> pd.DataFrame:
 def write_page_results(out_dir, rd: RealData, profile: str, P: dict, seed: int, device, device_request: str,
                        runtime_s: float, models: dict) -> Path:
     """Write ``results/realdata.json`` atomically, recording the device that ran (not the request)."""
-    from .device_linalg import backends_used
-    from .results import write_results
-    from .train import device_label
+    from neuroage_utils.models.device_linalg import backends_used
+    from neuroage_utils.results import write_results
+    from neuroage_utils.train import device_label
 
     params = {**P, "seed": int(seed), "device": device_label(device), "device_requested": str(device_request),
               "amp": False,  # models of a few hundred donor rows: no mixed precision

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .crossval import MODEL_NAMES
-from .plots import SMALL, WIDTH, predicted_vs_true
+from neuroage_utils.report.labels import MODEL_NAMES
+from neuroage_utils.report.plots import SMALL, WIDTH, predicted_vs_true
 
 __all__ = ["predicted_grid", "residual_vs_age", "cv_forest"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import hypergeom
 
-from .errors import DataValidationError
+from neuroage_utils.errors import DataValidationError
 
 __all__ = ["truth_mask", "rank_genes", "recovery_at_k", "nmf_gene_scores", "NO_GROUND_TRUTH"]
 
@@ -64,7 +64,7 @@ def nmf_gene_scores(components, usages, ages, donors, n_programmes: int = 3):
     scaled loading over the ``n_programmes`` programmes with the highest |r| with age over donors.
     Returns ``(scores, programme table)``.
     """
-    from .models.svd import component_age_correlations
+    from neuroage_utils.models.svd import component_age_correlations
 
     corr = component_age_correlations(usages, ages, donors)
     corr = corr.assign(abs_r=corr["r_donor"].abs()).sort_values("abs_r", ascending=False, na_position="last")
@@ -76,14 +76,14 @@ def nmf_gene_scores(components, usages, ages, donors, n_programmes: int = 3):
 
 
 def gene_rankings(data, train_donors, params: dict, seed: int = 0, vae_clock=None) -> tuple[dict, dict]:
-    """Gene rankings of three models fitted on ``train_donors`` only (a :class:`~neuroage_utils.crossval.CVData`):
+    """Gene rankings of three models fitted on ``train_donors`` only (a :class:`~neuroage_utils.evaluation.crossval.CVData`):
     the cell elastic net's |coefficient|, the NMF programmes most correlated with age over donors
     (:func:`nmf_gene_scores`) and, when given, a fitted VAE clock's decoder response along its latent
     age direction. Returns ``(rankings, notes)``; a model that cannot run on the data is left out,
     with its reason in ``notes``."""
-    from .data import subsample_cells
-    from .models.linear import fit_elastic_net
-    from .models.nmf import fit_nmf
+    from neuroage_utils.data.cohort import subsample_cells
+    from neuroage_utils.models.linear import fit_elastic_net
+    from neuroage_utils.models.nmf import fit_nmf
 
     P = params
     rankings, notes = {}, {}

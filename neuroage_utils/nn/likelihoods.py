@@ -163,7 +163,7 @@ class MSEReconstruction(nn.Module):
 
     .. math:: \ell(x) = \sum_g (t_g - o_g)^2
 
-    What it reconstructs is whatever the encoder reads: in :class:`~neuroage_utils.models.networks.AgeVAE`
+    What it reconstructs is whatever the encoder reads: in :class:`~neuroage_utils.nn.networks.AgeVAE`
     with ``likelihood="mse"`` that is :math:`t = \log(1 + x)` of the counts (the same input as the
     Poisson model, so the Poisson and the coded variant differ only in this term and the optimiser).
     It is not a normalised likelihood: it equals a unit-variance Gaussian NLL times 2 without its

@@ -69,7 +69,7 @@ def choose_backend(choice: str, device=None, step: str | None = None) -> str:
     ``"sklearn"`` and ``"torch"`` force one.
     """
     if choice not in LINALG_BACKENDS:
-        from .errors import DataValidationError
+        from neuroage_utils.errors import DataValidationError
 
         raise DataValidationError(f"unknown linalg_backend {choice!r}: use one of {', '.join(LINALG_BACKENDS)}")
     if choice != "auto":

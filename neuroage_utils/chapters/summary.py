@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import paper, profiles, results, tables
-from .crossval import MODEL_NAMES
+from neuroage_utils import paper, profiles, results
+from neuroage_utils.report import tables
+from neuroage_utils.report.labels import MODEL_NAMES
 
 __all__ = ["PAPER_TEST_MAE", "leaderboard", "paper_caveat", "ground_truth", "conclusion", "cv_table",
            "skipped_models"]
@@ -126,7 +127,7 @@ def cv_table(summary: dict, comparisons: pd.DataFrame, params: dict) -> pd.DataF
 
 def ground_truth(truth, rankings: dict, ks) -> pd.DataFrame:
     """Recovery at k of the planted age genes for each ``{method: gene ranking}``."""
-    from .recovery import recovery_at_k
+    from neuroage_utils.evaluation.recovery import recovery_at_k
 
     frames = [recovery_at_k(r, truth, ks).assign(method=m) for m, r in rankings.items()]
     table = pd.concat(frames, ignore_index=True)
@@ -164,7 +165,7 @@ def conclusion(summary: dict, comparisons: pd.DataFrame, board: list[dict], pred
                seed: int = 0) -> str:
     """Markdown bullets: what the cross-validation and the test split show, and what that says about
     the paper's claims. Every clause is derived from the numbers passed in."""
-    from .crossval import paired_cv_difference
+    from neuroage_utils.evaluation.crossval import paired_cv_difference
 
     lines = []
     if not summary:
@@ -247,8 +248,8 @@ def fit_vae_clock(chapter):
     """Fit the VAE clock on the training + validation donors' cells and score it on the test donors
     (entry ``vae_latent_pseudobulk`` of ``chapter.models``, beside the null on the same donors).
     Returns the fitted clock and a table of its settings as run."""
-    from . import crossval
-    from .evaluate import table_from_donor_predictions
+    from neuroage_utils.evaluation import crossval
+    from neuroage_utils.metrics import table_from_donor_predictions
 
     cohort, P = chapter.cohort, chapter.params
     donors = cohort.donor_table
@@ -292,7 +293,7 @@ def repeated_cv(chapter, data) -> dict:
     CV entries, paired comparisons against the null and the elastic net, the display table (with each
     model's fitting seconds, summed over folds), the out-of-fold predictions, skipped models, seconds
     and the wall time (``wall_s``; the folds run in ``chapter.workers`` processes side by side)."""
-    from . import crossval
+    from neuroage_utils.evaluation import crossval
 
     P = chapter.params
     started = time.perf_counter()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import DataValidationError
+from neuroage_utils.errors import DataValidationError
 
 __all__ = ["as_matrix", "per_cell", "donor_ids", "cell_ages", "donor_ages", "is_count_matrix", "require_counts",
            "require_non_negative"]

@@ -135,10 +135,10 @@ import scipy.sparse as sp
 from scipy import stats
 from scipy.special import logsumexp
 
-from .errors import DataValidationError
-from .paper import load_paper_cohort
-from . import profiles
-from .results import atomic_path
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.paper import load_paper_cohort
+from neuroage_utils import profiles
+from neuroage_utils.results import atomic_path
 
 __all__ = [
     "N_GENES_FULL",
@@ -829,7 +829,7 @@ def _fill_uns(adata, cohort, truth, cells, p, seed, cell_fraction, n_genes, min_
     value, by_split, definition = _oracle(cohort, truth["biological_age"])
     type_names = [n for n, *_ in CELL_TYPES]
     adata.uns["simulation"] = {
-        "generator": "neuroage_utils.simulate.simulate_cohort",
+        "generator": "neuroage_utils.data.simulate.simulate_cohort",
         "seed": int(seed),
         "cell_fraction": float(cell_fraction),
         "n_genes": int(n_genes),
