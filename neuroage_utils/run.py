@@ -2,7 +2,7 @@
 
     python -m neuroage_utils.run [--data PATH] [--profile smoke|quick|paper] [--only SECTION ...]
         [--device auto|cpu|cuda] [--seed N] [--donor-key K] [--age-key K] [--out DIR]
-        [--force] [--no-book] [--allow-non-counts] [--no-amp] [--list]
+        [--max-cells N] [--force] [--no-book] [--allow-non-counts] [--no-amp] [--list]
 
 A notebook is re-executed only when one of its inputs changed: its source, the package source,
 its parameters or the data file (Jupyter Book's own cache hashes code cells only and would miss a
@@ -11,7 +11,10 @@ place only when it succeeded; a failed one is kept as ``executed/<section>.faile
 reading, and the good copy it would have replaced stays.
 
 Bad input exits with status 2 and a one-line reason as the last line of stderr, before any
-notebook runs.
+notebook runs; so does a run whose estimated memory need exceeds the memory available (pre-flight,
+``chapters/preflight.py``; ``--force`` runs it anyway). A kernel that dies (killed by the
+out-of-memory killer, crashed) is reported as such in one line, and its worker processes and
+memory-mapped files are removed (``chapters/kernels.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import time
 from pathlib import Path
 
 from neuroage_utils import profiles
+from neuroage_utils.chapters import preflight
+from neuroage_utils.chapters.kernels import KernelWatch
 from neuroage_utils.data.cohort import file_sha256, load_cohort
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.simulate import ensure_simulated
@@ -97,7 +102,11 @@ def is_up_to_date(out: Path, section: str, inputs: dict) -> bool:
 
 
 class NotebookFailed(RuntimeError):
-    pass
+    """A notebook that did not finish; ``watch`` holds its kernel's :class:`KernelWatch` when known."""
+
+    def __init__(self, message: str, watch: KernelWatch | None = None):
+        super().__init__(message)
+        self.watch = watch
 
 
 PARAMETER_TAGS = ("parameters", "injected-parameters")
@@ -134,36 +143,73 @@ def _failure_summary(path: Path) -> str:
     return "(no error output recorded)"
 
 
-def execute_section(section: str, parameters: dict, out: Path, kernel: str | None = None) -> float:
-    """Run ``notebooks/<section>.ipynb`` into ``out/executed/<section>.ipynb``; return seconds."""
+def execute_section(section: str, parameters: dict, out: Path, kernel: str | None = None,
+                    source: Path | None = None, available: int | None = None) -> tuple[float, KernelWatch]:
+    """Run ``notebooks/<section>.ipynb`` (or ``source``) into ``out/executed/<section>.ipynb``;
+    return the seconds it took and the :class:`KernelWatch` of its kernel (memory peak, exit)."""
+    import nbformat
     import papermill as pm
+    from jupyter_client.manager import AsyncKernelManager
 
-    source = NOTEBOOKS / f"{section}.ipynb"
+    source = source or NOTEBOOKS / f"{section}.ipynb"
     executed = out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     target = executed / f"{section}.ipynb"
     tmp = executed / f".{section}.{os.getpid()}.running.ipynb"
     failed = executed / f"{section}.failed.ipynb"
+    kernel = kernel or nbformat.read(source, as_version=4).metadata.get("kernelspec", {}).get("name", "python3")
+    # our own kernel manager (asynchronous, as nbclient's default) so the watch sees the kernel's process
+    km = AsyncKernelManager(kernel_name=kernel)
+    watch = KernelWatch(km, section)
     start = time.perf_counter()
     try:
-        pm.execute_notebook(
-            str(source),
-            str(tmp),
-            parameters=parameters,
-            kernel_name=kernel,
-            cwd=str(REPO),
-            progress_bar=False,
-            report_mode=False,
-        )
+        with watch:
+            pm.execute_notebook(
+                str(source),
+                str(tmp),
+                parameters=parameters,
+                kernel_name=kernel,
+                km=km,
+                cwd=str(REPO),
+                progress_bar=False,
+                report_mode=False,
+            )
     except Exception as exc:  # papermill raises PapermillExecutionError, kernel deaths, ...
         if tmp.exists():
             os.replace(tmp, failed)
+        from nbclient.exceptions import DeadKernelError
+
+        # a notebook that raised ends with its kernel shut down normally (or killed when slow to
+        # exit): only a kernel that died during the run is reported as dead
+        died = watch.cause(available) if isinstance(exc, DeadKernelError) else None
+        if died:  # the kernel died: the notebook holds no error to quote
+            raise NotebookFailed(f"chapter '{section}': {died} (partial notebook: {failed})", watch) from None
         reason = _failure_summary(failed) if failed.exists() else f"{type(exc).__name__}: {exc}"
-        raise NotebookFailed(f"notebook '{section}' failed at {reason} (full trace: {failed})") from None
+        raise NotebookFailed(f"notebook '{section}' failed at {reason} (full trace: {failed})",
+                             watch) from None
     _prepare_for_book(tmp)
     os.replace(tmp, target)
     failed.unlink(missing_ok=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, watch
+
+
+def record_memory(out: Path, section: str, est: preflight.Estimate | None, watch: KernelWatch,
+                  available: tuple | None, started: float) -> dict | None:
+    """Add ``memory`` (the pre-flight estimate beside the measured peak) to the results file the
+    chapter just wrote, so that the estimate can be checked against reality."""
+    path = out / "results" / f"{section}.json"
+    if not path.exists() or path.stat().st_mtime < started:
+        return None
+    doc = json.loads(path.read_text())
+    doc["memory"] = {
+        **(est.record() if est is not None else {"estimate_gb": None}),
+        "peak_gb": None if watch.peak is None else round(watch.peak / 1e9, 3),
+        "peak_measure": "PSS summed over the kernel and its workers, sampled every 0.5 s",
+        "available_gb": None if available is None else round(available[0] / 1e9, 3),
+        "available_source": None if available is None else available[1],
+    }
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return doc["memory"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,6 +287,14 @@ def _markdown_table(header: list, rows: list, align: list) -> list:
             *["| " + " | ".join(str(v) for v in row) + " |" for row in rows]]
 
 
+def _memory_cell(memory: dict | None) -> str:
+    """``estimate / peak`` in GB for the status page (``-`` for what was not recorded)."""
+    if not memory:
+        return "-"
+    show = lambda v: "-" if v is None else (f"{v:.1f} GB" if v >= 0.95 else f"{v:.2f} GB")  # noqa: E731
+    return f"{show(memory.get('estimate_gb'))} / {show(memory.get('peak_gb'))}"
+
+
 def write_status_page(out: Path, timings: dict, total_s: float | None = None) -> Path:
     """``executed/status.md``: which data, code and device each page executed on, and how long."""
     rows, datasets, devices, profiles_seen, hidden = [], {}, set(), set(), []
@@ -278,10 +332,11 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
         hidden += [f"{SECTION_TITLES[section]}: {m}" for m in hidden_kernel_messages(nb, out)]
         how = "this build" if section in timings else "cached"
         rows.append([f"[{SECTION_TITLES[section]}]({section}.ipynb)", ran, _seconds(doc["runtime_s"]), took,
-                     f"{when} ({how})", f"`{short}`"])
+                     _memory_cell(doc.get("memory")), f"{when} ({how})", f"`{short}`"])
     executed_now = [s for s in SECTIONS if s in timings]
-    header = ["page", "device (precision, workers)", "analysis", "kernel wall time", "executed (UTC)", "data"]
-    align = [":---", ":---", "---:", "---:", ":---", ":---"]
+    header = ["page", "device (precision, workers)", "analysis", "kernel wall time", "memory: estimated / peak",
+              "executed (UTC)", "data"]
+    align = [":---", ":---", "---:", "---:", "---:", ":---", ":---"]
     if len(datasets) <= 1:  # one data file: named once above, not repeated on every row
         header, align, rows = header[:-1], align[:-1], [row[:-1] for row in rows]
     summary = [
@@ -313,7 +368,9 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
             "`python -m neuroage_utils.run` with papermill, then rendered with execution off; a page is "
             "re-executed only when its notebook, the `neuroage_utils` package, its parameters or its data "
             "changed (*cached* below). *Analysis* is what the notebook measured from loading the data to "
-            "writing its results; *kernel wall time* is papermill's, kernel start-up included.",
+            "writing its results; *kernel wall time* is papermill's, kernel start-up included. *Memory* is the "
+            "runner's pre-flight estimate beside the peak it measured (proportional set size summed over the "
+            "kernel and its worker processes, sampled every 0.5 s).",
             "",
             *summary,
             "",
@@ -428,7 +485,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--donor-key", default="donor_id", help="obs column with the donor (study file: ID)")
     p.add_argument("--age-key", default="age", help="obs column with the age in years (study file: Age)")
     p.add_argument("--out", default=str(REPO), help="where executed/, results/ and _build/ go (default: the repo)")
-    p.add_argument("--force", action="store_true", help="re-execute even notebooks whose inputs did not change")
+    p.add_argument("--max-cells", type=int, metavar="N",
+                   help="use at most N cells per donor (drawn at random with the seed; recorded in the results)")
+    p.add_argument("--force", action="store_true", help="re-execute even notebooks whose inputs did not change, and "
+                   "run chapters whose estimated memory need exceeds the memory available")
     p.add_argument("--no-book", action="store_true", help="execute notebooks only; do not render the book")
     p.add_argument("--allow-non-counts", action="store_true",
                    help="accept values that are not raw counts; count models are then skipped")
@@ -437,6 +497,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "hardware: CUDA, or a CPU with AMX)")
     p.add_argument("--list", action="store_true", help="print the sections and exit")
     return p.parse_args(argv)
+
+
+def _workers(section: str, args) -> int:
+    """Worker processes a chapter will fit in (the real-donor chapter's come from its profile)."""
+    from neuroage_utils.train.workers import worker_count
+
+    requested = profiles.section_params(args.profile, "realdata")["n_jobs"] if section == "realdata" else None
+    return worker_count(args.device, requested)
 
 
 def main(argv=None) -> int:
@@ -452,6 +520,9 @@ def main(argv=None) -> int:
             print(f"error: unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}", file=sys.stderr)
             return 2
         sections = [s for s in SECTIONS if s in args.only]
+    if args.max_cells is not None and args.max_cells < 1:
+        print("error: --max-cells must be a positive number of cells per donor", file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
     try:
         if args.device == "cuda":
@@ -460,9 +531,6 @@ def main(argv=None) -> int:
             resolve_device("cuda")
         if args.data:
             data_path = Path(args.data).resolve()
-            print(f"data: checking {data_path}", flush=True)
-            load_cohort(data_path, args.donor_key, args.age_key, seed=args.seed,
-                        allow_non_counts=args.allow_non_counts)
             donor_key, age_key = args.donor_key, args.age_key
         else:
             start = time.perf_counter()
@@ -470,6 +538,8 @@ def main(argv=None) -> int:
             data_path = ensure_simulated(args.profile, args.seed, out, progress=sys.stderr.isatty())
             print(f"data: {data_path} ready in {time.perf_counter() - start:.1f} s", flush=True)
             donor_key, age_key = "donor_id", "age"
+        # the shape from the file's metadata: the pre-flight estimate comes before anything is loaded
+        shape = preflight.read_shape(data_path, donor_key, args.max_cells)
         data_sha = file_sha256(data_path, cache_dir=out / ".cache" / "sha256")
     except DataValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -487,29 +557,57 @@ def main(argv=None) -> int:
     }
     if args.no_amp:  # passed only when set: a notebook need not declare it (Chapter reads it if present)
         parameters["amp"] = False
+    if args.max_cells is not None:  # likewise
+        parameters["max_cells"] = int(args.max_cells)
     pkg_sha = package_fingerprint()
-    timings = {}
-    total = time.perf_counter()
-    for i, section in enumerate(sections, 1):
+    plan = []
+    for section in sections:
         inputs = notebook_inputs(section, parameters, data_sha, pkg_sha)
         if section == "realdata":  # its data are the real-donor files, not the book's cohort
             from neuroage_utils.data.realdata import fingerprint
 
             inputs["realdata_files"] = fingerprint(out)
+        plan.append((section, inputs, not args.force and is_up_to_date(out, section, inputs)))
+    try:
+        available = preflight.available_memory()
+        estimates = {section: preflight.estimate(section, shape, args.profile, _workers(section, args))
+                     for section, _, current in plan if not current}
+    except DataValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    too_big = sorted((e for e in estimates.values() if e.bytes > available[0]), key=lambda e: -e.bytes)
+    if too_big and not args.force:
+        print(f"error: {preflight.refusal(too_big[0], shape, args.profile, available[0], available[1], len(too_big) - 1)}",
+              file=sys.stderr)
+        return 2
+    if args.data:
+        try:
+            print(f"data: checking {data_path}", flush=True)
+            load_cohort(data_path, args.donor_key, args.age_key, seed=args.seed, allow_non_counts=args.allow_non_counts)
+        except DataValidationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    timings = {}
+    total = time.perf_counter()
+    for i, (section, inputs, current) in enumerate(plan, 1):
         label = f"[{i}/{len(sections)}] {section:10s}"
-        if not args.force and is_up_to_date(out, section, inputs):
+        if current:
             print(f"{label} up to date (inputs unchanged; --force re-runs it)", flush=True)
             continue
-        print(f"{label} executing ...", flush=True)
+        est = estimates[section]
+        print(f"{label} executing (memory estimate {preflight.gb(est.bytes)}) ...", flush=True)
+        started = time.time()
         try:
-            seconds = execute_section(section, parameters, out)
+            seconds, watch = execute_section(section, parameters, out, available=available[0])
         except NotebookFailed as exc:
             print(f"{label} FAILED", flush=True)
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        memory = record_memory(out, section, est, watch, available, started)
         atomic_write_text(_stamp_path(out, section), json.dumps(inputs, indent=1))
         timings[section] = f"executed in {seconds:.1f} s"
-        print(f"{label} done in {seconds:.1f} s", flush=True)
+        peak = f", peak {memory['peak_gb']:.2f} GB" if memory and memory["peak_gb"] is not None else ""
+        print(f"{label} done in {seconds:.1f} s{peak}", flush=True)
     print(f"notebooks: {time.perf_counter() - total:.1f} s", flush=True)
     write_status_page(out, timings, total_s=time.perf_counter() - total)
     write_paper_page(out)

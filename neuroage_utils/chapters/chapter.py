@@ -17,7 +17,7 @@ import pandas as pd
 
 from neuroage_utils import metrics, paper, profiles, results
 from neuroage_utils.report import tables
-from neuroage_utils.data.cohort import Cohort, file_sha256, load_cohort
+from neuroage_utils.data.cohort import Cohort, cap_cells_per_donor, file_sha256, load_cohort, load_h5ad
 from neuroage_utils.data.simulate import ensure_simulated
 from neuroage_utils.train.device import amp_active, device_label, resolve_device
 from neuroage_utils.train.workers import run_tasks, worker_count
@@ -54,8 +54,9 @@ def glue_paper() -> None:
 #: The papermill parameters every chapter notebook declares (its first code cell).
 PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", "out_dir", "allow_non_counts")
 #: Optional papermill parameters a notebook need not declare (the runner passes them only when set):
-#: ``amp`` (None: the profile's setting; False turns bf16 autocast off).
-OPTIONAL_PARAMETERS = ("amp",)
+#: ``amp`` (None: the profile's setting; False turns bf16 autocast off), ``max_cells`` (at most this
+#: many cells per donor, drawn with the seed; None: all).
+OPTIONAL_PARAMETERS = ("amp", "max_cells")
 
 
 def _fit_predict(model, args: dict):
@@ -93,6 +94,7 @@ class Chapter:
         allow_non_counts: bool = False,
         amp: bool | None = None,
         workers: int | None = None,
+        max_cells: int | None = None,
     ):
         self.started = time.perf_counter()
         self.section = section
@@ -120,8 +122,14 @@ class Chapter:
             path = ensure_simulated(profile, self.seed, self.out_dir)
             donor_key, age_key = "donor_id", "age"  # the simulator's own column names
         self.data_path = path
+        self.max_cells = None if max_cells is None else int(max_cells)
+        source, n_in_file = path, None
+        if self.max_cells is not None:  # a per-donor cap: the kept cells are copied out, the file's freed
+            source = load_h5ad(path, donor_key, age_key)
+            n_in_file = source.n_obs
+            source = cap_cells_per_donor(source, donor_key, self.max_cells, seed=self.seed)
         self.cohort: Cohort = load_cohort(
-            path, donor_key=donor_key, age_key=age_key, seed=self.seed, allow_non_counts=allow_non_counts
+            source, donor_key=donor_key, age_key=age_key, seed=self.seed, allow_non_counts=allow_non_counts
         )
         uns = self.cohort.adata.uns
         self.simulated = "simulation" in uns
@@ -133,6 +141,8 @@ class Chapter:
             "n_genes": self.cohort.n_genes,
             "n_donors": self.cohort.n_donors,
         }
+        if self.max_cells is not None:  # other chapters' results compare only under the same cap
+            self.data.update(max_cells_per_donor=self.max_cells, n_cells_in_file=int(n_in_file))
         self.models: dict = {}
         self.fitted: dict = {}
         self.cell_predictions: dict = {}
@@ -338,7 +348,8 @@ class Chapter:
     def checkpoint(self, key: str) -> Path:
         """Where model ``key`` of this chapter checkpoints; tied to the data so a checkpoint
         trained on other data is never resumed."""
-        return self.out_dir / "checkpoints" / self.data["sha256"][:16] / self.section / f"{key}.pt"
+        data = self.data["sha256"][:16] + (f"-max{self.max_cells}" if self.max_cells is not None else "")
+        return self.out_dir / "checkpoints" / data / self.section / f"{key}.pt"
 
     def tuning_table(self, runs, paper_mae=None) -> tuple[pd.DataFrame, int]:
         """A tuning table (the paper's Tables 1-4) from ``(config, entry)`` pairs scored on validation
@@ -423,7 +434,8 @@ class Chapter:
                 doc = results.read_results(self.out_dir, section)
             except FileNotFoundError:
                 return None
-            e = doc["models"].get(key) if doc["data"]["sha256"] == self.data["sha256"] else None
+            same = all(doc["data"].get(k) == self.data.get(k) for k in ("sha256", "max_cells_per_donor"))
+            e = doc["models"].get(key) if same else None
         return e if e and "mae" in e else None
 
     def verdicts(self, pairs, names: dict | None = None) -> str:
@@ -462,6 +474,7 @@ class Chapter:
             "amp": self.amp,  # bf16 autocast ran (native bf16 only); the profile's request is amp_requested
             "amp_requested": self.amp_requested,
             "workers": self.workers,
+            "max_cells_per_donor": self.max_cells,
             "donor_key": self.cohort.donor_key,
             "age_key": self.cohort.age_key,
             "split_source": self.cohort.split_source,

@@ -29,8 +29,11 @@ def _name(key: str) -> str:
     return MODEL_NAMES.get(key, key)
 
 
-def other_results(out_dir, sha256: str, exclude=("summary",)) -> dict:
-    """``{section: results document}`` for every other chapter that ran on the same data file."""
+def other_results(out_dir, sha256, exclude=("summary",)) -> dict:
+    """``{section: results document}`` for every other chapter that ran on the same data: ``sha256``
+    is the file's digest, or a chapter's ``data`` record (then the cap on cells per donor must match too)."""
+    data = sha256 if isinstance(sha256, dict) else {"sha256": sha256}
+    keys = ("sha256", "max_cells_per_donor") if isinstance(sha256, dict) else ("sha256",)
     docs = {}
     for section in profiles.SECTIONS:
         if section in exclude:
@@ -39,7 +42,7 @@ def other_results(out_dir, sha256: str, exclude=("summary",)) -> dict:
             doc = results.read_results(out_dir, section)
         except FileNotFoundError:
             continue
-        if doc["data"]["sha256"] == sha256:
+        if all(doc["data"].get(k) == data.get(k) for k in keys):
             docs[section] = doc
     return docs
 

@@ -38,6 +38,7 @@ __all__ = [
     "STUDY_SPLIT_FRACTIONS",
     "file_sha256",
     "subsample_cells",
+    "cap_cells_per_donor",
     "split_table",
     "library_stats",
     "cells_per_donor_stats",
@@ -310,6 +311,22 @@ def subsample_cells(mask: np.ndarray, max_cells: int | None, seed: int = 0) -> n
     out = np.zeros_like(mask)
     out[keep] = True
     return out
+
+
+def cap_cells_per_donor(adata, donor_key: str, max_cells: int, seed: int = 0):
+    """The AnnData with at most ``max_cells`` cells of each donor (drawn without replacement with
+    ``seed``, file order kept), as a new object: the full one can then be freed. A donor with fewer
+    cells keeps them all; the same file, cap and seed always keep the same cells."""
+    if max_cells is None or int(max_cells) < 1:
+        raise DataValidationError("the cap on cells per donor must be a positive number (--max-cells N)")
+    donors = adata.obs[donor_key].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(donors), dtype=bool)
+    for rows in pd.Series(np.arange(len(donors))).groupby(donors, sort=True).indices.values():
+        keep[rows if len(rows) <= max_cells else rng.choice(rows, int(max_cells), replace=False)] = True
+    if keep.all():
+        return adata
+    return adata[keep].copy()
 
 
 def file_sha256(path, cache_dir=None) -> str:

@@ -10,11 +10,17 @@ the calling process (the device is the shared resource).
 Each task is seeded by its caller, so the models do not depend on the order the workers finish in;
 with one thread instead of two, floating-point sums may round differently in the last digits.
 Large numpy arrays reach the workers memory-mapped (joblib), not copied per task.
+
+A worker ends with the process that started it, however that one ends: each worker watches its
+parent's pid and exits within a second of it changing (the parent died: killed, out of memory,
+crashed), so no orphan keeps computing or holding memory-mapped arrays; the runner also kills what
+is left of a dead kernel's process group and removes its temporary folder (``chapters/kernels.py``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -43,10 +49,35 @@ def worker_count(device="cpu", requested: int | None = None) -> int:
     return max(1, min(n, _cores()))
 
 
-def _single_threaded(fn: Callable, chunk: Sequence[Sequence]) -> list:
-    """Run ``fn(*task)`` for each task of ``chunk`` in a worker with one torch and one BLAS/OpenMP thread."""
+#: Seconds between a worker's looks at its parent.
+PARENT_POLL_S = 0.5
+_watching: list = []
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        threading.Event().wait(PARENT_POLL_S)
+    os._exit(1)  # the parent is gone: end now, from any thread, without waiting for the task
+
+
+def watch_parent(parent: int | None) -> None:
+    """Exit this process when ``parent`` (the process that started it) is no longer its parent; one
+    daemon thread per process, started once."""
+    if parent is None or _watching or parent == os.getpid():
+        return
+    if os.getppid() != parent:  # already orphaned before the first task
+        os._exit(1)
+    thread = threading.Thread(target=_exit_with, args=(parent,), name="watch-parent", daemon=True)
+    thread.start()
+    _watching.append(thread)
+
+
+def _single_threaded(fn: Callable, chunk: Sequence[Sequence], parent: int | None = None) -> list:
+    """Run ``fn(*task)`` for each task of ``chunk`` in a worker with one torch and one BLAS/OpenMP
+    thread; the worker exits if ``parent`` dies."""
     from threadpoolctl import threadpool_limits
 
+    watch_parent(parent)
     torch.set_num_threads(1)
     with threadpool_limits(1):
         return [fn(*task) for task in chunk]
@@ -77,7 +108,7 @@ def run_tasks(fn: Callable, tasks: Iterable[Sequence], workers: int = 1,
     n_chunks = min(total, max(1, int(chunks_per_worker)) * workers)
     index = [list(range(start, total, n_chunks)) for start in range(n_chunks)]
     results = Parallel(n_jobs=min(workers, n_chunks), backend="loky", return_as="generator")(
-        delayed(_single_threaded)(fn, [tasks[i] for i in chunk]) for chunk in index)
+        delayed(_single_threaded)(fn, [tasks[i] for i in chunk], os.getpid()) for chunk in index)
     done = 0
     for chunk, values in zip(index, results):
         for i, value in zip(chunk, values):

@@ -1,0 +1,350 @@
+"""Before a chapter runs: will it fit in memory?
+
+The runner asks three things of a data file and the machine, none of which loads the matrix:
+
+- :func:`read_shape`: the stored matrices' shapes, non-zeros and types, read with h5py from the
+  .h5ad's metadata (and the donor column of ``obs``, for a per-donor cap on cells);
+- :func:`available_memory`: what this process may still use, the smaller of the cgroup's limit minus
+  its usage and the kernel's ``MemAvailable`` (``NEUROAGE_MEMORY_AVAILABLE`` overrides both, e.g.
+  ``2G``: for tests, or to keep room for other work);
+- :func:`estimate`: a chapter's peak memory, summed over the notebook kernel and its worker
+  processes, from the shape and the profile's settings.
+
+The estimate is one small formula per data path, looked up in :data:`FORMULAS` by name: the
+in-memory path below (the whole matrix in the kernel, as today); a streamed path registers its own
+function under another name and the runner asks for it. The runner records the estimate beside the
+measured peak of each chapter (``memory`` in ``results/<section>.json``, and the status page), so the
+formula can be checked against reality and recalibrated.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from neuroage_utils import profiles
+from neuroage_utils.errors import DataValidationError
+
+__all__ = ["DataShape", "Estimate", "read_shape", "available_memory", "estimate", "FORMULAS", "refusal",
+           "cells_cap_that_fits", "gb", "MEMORY_ENV"]
+
+#: Environment override of the memory available (bytes, or a number with K/M/G/T, e.g. ``2G``).
+MEMORY_ENV = "NEUROAGE_MEMORY_AVAILABLE"
+GB = 1e9
+
+
+def gb(n_bytes: float) -> str:
+    return f"{n_bytes / GB:.1f} GB" if n_bytes >= 0.95 * GB else f"{n_bytes / GB:.2f} GB"
+
+
+# --------------------------------------------------------------------------------------------------
+# The file: shapes and stored values, no load
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a chapter's memory depends on, read from the file's metadata.
+
+    ``nnz`` and ``csr_bytes`` describe the matrix the models use (``layers['counts']`` if present,
+    else ``X``) as the chapters hold it: CSR, float32 values, int32 column indices. ``stored_bytes``
+    is what reading the file puts in memory (anndata reads ``X`` and every layer), ``converted``
+    whether the matrix must be copied to become CSR float32. ``cells_per_donor``: when the donor
+    column was read, for a per-donor cap (``max_cells``) the cap applies before anything is fitted.
+    """
+
+    n_cells: int
+    n_genes: int
+    nnz: int
+    stored_bytes: int
+    converted: bool
+    cells_per_donor: tuple = field(default=(), repr=False)
+    max_cells: int | None = None  # cells per donor kept (None: all)
+
+    @property
+    def kept_cells(self) -> int:
+        if self.max_cells is None or not self.cells_per_donor:
+            return self.n_cells
+        return int(np.minimum(np.asarray(self.cells_per_donor), self.max_cells).sum())
+
+    @property
+    def kept_share(self) -> float:
+        return self.kept_cells / max(1, self.n_cells)
+
+    @property
+    def csr_bytes(self) -> int:
+        """One CSR float32 copy of the (kept) matrix: values and indices 4 bytes each, int64 row pointers."""
+        return int(8 * self.nnz * self.kept_share + 8 * (self.kept_cells + 1))
+
+    def describe(self) -> str:
+        cells = (f"{self.kept_cells:,} of {self.n_cells:,} cells (at most {self.max_cells} per donor)"
+                 if self.max_cells is not None else f"{self.n_cells:,} cells")
+        return f"{cells} x {self.n_genes:,} genes, {self.nnz * self.kept_share / 1e6:,.0f} M non-zeros"
+
+
+def _matrix_info(node) -> tuple[int, int, int, int, bool]:
+    """``(rows, cols, nnz, bytes in memory, is CSR float32)`` of a stored matrix, from metadata (a
+    dense one: its non-zeros counted on at most 2,000 rows)."""
+    import h5py
+
+    if isinstance(node, h5py.Group):  # anndata's sparse encoding: data, indices, indptr
+        rows, cols = (int(v) for v in node.attrs["shape"])
+        data, indices, indptr = node["data"], node["indices"], node["indptr"]
+        nnz = int(data.shape[0])
+        size = nnz * (data.dtype.itemsize + indices.dtype.itemsize) + int(indptr.shape[0]) * indptr.dtype.itemsize
+        encoding = node.attrs.get("encoding-type", "")
+        encoding = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+        return rows, cols, nnz, size, encoding.startswith("csr") and data.dtype == np.float32
+    rows, cols = (int(v) for v in node.shape)
+    sample = node[: min(rows, 2000)]
+    nnz = int(round(np.count_nonzero(sample) * rows / max(1, sample.shape[0])))
+    return rows, cols, nnz, rows * cols * node.dtype.itemsize, False
+
+
+def read_shape(path, donor_key: str | None = None, max_cells: int | None = None) -> DataShape:
+    """The shape of an .h5ad's matrices and stored values, read without loading them.
+
+    Raises :class:`DataValidationError` for a file h5py cannot open or that holds no matrix (the
+    same problems the full validation would report later, said earlier).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"data file {path} does not exist: pass the path of an .h5ad file")
+    try:
+        with h5py.File(path, "r") as f:
+            nodes = {"X": f["X"]} if "X" in f else {}
+            if "layers" in f:
+                nodes.update({f"layers/{k}": f["layers"][k] for k in f["layers"]})
+            if not nodes:
+                raise DataValidationError(f"{path} holds no matrix in X or layers: store the counts in X")
+            info = {name: _matrix_info(node) for name, node in nodes.items()}
+            counts = []
+            if donor_key and "obs" in f and donor_key in f["obs"]:
+                from anndata.io import read_elem
+
+                donors = np.asarray(read_elem(f["obs"][donor_key])).astype(str)
+                counts = np.unique(donors, return_counts=True)[1].tolist()
+    except (OSError, KeyError) as exc:
+        raise DataValidationError(
+            f"cannot read {path} as AnnData ({type(exc).__name__}: {exc}): pass an .h5ad written by anndata or scanpy"
+        ) from None
+    used = info["layers/counts"] if "layers/counts" in info else info.get("X", next(iter(info.values())))
+    rows, cols, nnz, _, is_csr32 = used
+    return DataShape(n_cells=rows, n_genes=cols, nnz=nnz, stored_bytes=sum(v[3] for v in info.values()),
+                     converted=not is_csr32, cells_per_donor=tuple(counts), max_cells=max_cells)
+
+
+# --------------------------------------------------------------------------------------------------
+# The machine: memory available
+# --------------------------------------------------------------------------------------------------
+
+
+def _parse_bytes(text: str) -> int:
+    text = text.strip().upper().removesuffix("B")
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale != 1 else text) * scale)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return None if text in ("", "max") else int(text.split()[0])
+
+
+def _cgroup_room() -> int | None:
+    """The cgroup's memory limit minus its usage (v2 ``memory.max``, v1 ``memory.limit_in_bytes``),
+    None when there is no limit or no cgroup to read."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # v2 unified hierarchy
+            folder = root / rel.lstrip("/")
+            limit, used = _read_int(folder / "memory.max"), _read_int(folder / "memory.current")
+        elif "memory" in controllers.split(","):
+            base = root / "memory"
+            folder = base / rel.lstrip("/") if (base / rel.lstrip("/")).exists() else base  # inside a container
+            limit, used = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
+        else:
+            continue
+        if limit is not None and used is not None and limit < 1 << 60:  # v1 says "no limit" with a huge number
+            return max(0, limit - used)
+    return None
+
+
+def available_memory() -> tuple[int, str]:
+    """Bytes this run may still use, and where the number came from."""
+    override = os.environ.get(MEMORY_ENV, "").strip()
+    if override:
+        try:
+            return _parse_bytes(override), f"${MEMORY_ENV}"
+        except ValueError:
+            raise DataValidationError(f"{MEMORY_ENV}={override!r} is not a size: use bytes or e.g. 8G") from None
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append((int(line.split()[1]) * 1024, "MemAvailable"))
+    except OSError:
+        pass
+    room = _cgroup_room()
+    if room is not None:
+        found.append((room, "the cgroup's limit"))
+    if not found:  # not Linux: no number to compare with, so never refuse
+        return 1 << 62, "unknown (no /proc/meminfo)"
+    return min(found)
+
+
+# --------------------------------------------------------------------------------------------------
+# The estimate
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A chapter's estimated peak (bytes, over the kernel and its workers) and its parts."""
+
+    section: str
+    bytes: int
+    parts: dict
+    formula: str
+    workers: int
+
+    def record(self) -> dict:
+        return {"estimate_gb": round(self.bytes / GB, 3), "formula": self.formula,
+                "parts_gb": {k: round(v / GB, 3) for k, v in self.parts.items()}}
+
+
+# Calibration of the in-memory formula (peaks summed as proportional set size over the kernel and its
+# workers, sampled every 0.5 s by the runner; `bench/bench_preflight.py`, 2 CPU cores): see
+# CALIBRATION below for the measured points the coefficients were fitted to.
+#: Memory of an idle notebook kernel with the package imported, and of one fitting worker process.
+KERNEL_BYTES = 0.45 * GB
+WORKER_BYTES = 0.25 * GB
+#: Extra CSR float32 copies of the matrix a chapter holds at its peak, beyond the file as read:
+#: normalised copies, per-split slices, the slices each parallel fit receives and their memory-mapped
+#: copy shared with the workers. Fitted on measured peaks (CALIBRATION).
+COPIES = {"data": 0.5, "svd": 2.0, "baselines": 6.0, "nmf": 1.5, "vae": 6.0, "dae": 5.0, "summary": 3.0,
+          "realdata": 0.0}
+#: Sections that fit in worker processes (one per core on a CPU).
+PARALLEL = {"baselines", "vae", "dae", "summary", "realdata"}
+#: What the real-donor chapter needs beyond the kernel (its data are the small real-donor files).
+REALDATA_BYTES = 0.35 * GB
+CALIBRATION = "not calibrated yet"
+
+
+def _torch_model_bytes(n_in: int, hidden, batch: int, out: int = 1) -> int:
+    """Training memory of one dense network: weights, gradients and Adam's two moments (4 x float32),
+    and the densified batch with its activations forward and back."""
+    sizes = [n_in, *[int(h) for h in hidden], out]
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    return int(16 * params + 4 * batch * (n_in * 2 + 3 * sum(sizes[1:])))
+
+
+def _model_bytes(section: str, params: dict, n_genes: int) -> int:
+    """The largest torch model a chapter trains (per concurrent fit), from the profile's grids."""
+    if section == "baselines":
+        return max(_torch_model_bytes(n_genes, c["hidden"], params["batch_size"]) for c in params["mlp_grid"])
+    if section in ("vae", "dae"):
+        grid = params.get("grid") or [*params.get("gaussian_grid", []), *params.get("poisson_grid", [])]
+        # encoder and decoder (mirror) of the widest row
+        return max(2 * _torch_model_bytes(n_genes, c["hidden"], params["batch_size"], out=c["latent"]) for c in grid)
+    if section == "nmf":
+        return _torch_model_bytes(params["n_components"], params["mlp"]["hidden"], params["batch_size"])
+    return 0
+
+
+def _in_memory(section: str, shape: DataShape, params: dict, workers: int) -> dict:
+    """The in-memory path: the file read whole into the kernel, chapters slicing it in memory."""
+    parts = {"kernel": KERNEL_BYTES}
+    if section == "realdata":
+        parts["real-donor data and fits"] = REALDATA_BYTES
+        parts["workers"] = workers * WORKER_BYTES
+        return parts
+    share = shape.kept_share
+    # the file as read (every stored matrix), its CSR float32 copy when it is stored otherwise; with a
+    # per-donor cap the kept rows are copied out and the full read is freed
+    held = shape.stored_bytes * share + (shape.csr_bytes if shape.converted else 0)
+    parts["matrix as read"] = held
+    parts["copies of the matrix"] = COPIES.get(section, 3.0) * shape.csr_bytes
+    if workers > 1 and section in PARALLEL:
+        parts["workers"] = workers * WORKER_BYTES
+    n = shape.kept_cells
+    if section in ("svd", "nmf"):  # dense factor scores of every cell, float64
+        k = params["n_components"]
+        parts["factor scores"] = 2 * 8 * n * min(k, shape.n_genes)
+    if section == "baselines":  # the elastic net densifies its (scaled) training cells up to 2 GB
+        en = params["elastic_net"]
+        cells = n if en.get("max_cells") is None else min(n, en["max_cells"])
+        parts["elastic net design"] = 2 * min(8 * cells * shape.n_genes, 2 * GB)
+    model = _model_bytes(section, params, shape.n_genes)
+    if model:
+        parts["torch models"] = model * (workers if section in PARALLEL else 1)
+    return parts
+
+
+#: Estimate formulas by data path: ``f(section, shape, params, workers) -> {part: bytes}``.
+FORMULAS = {"in-memory": _in_memory}
+
+
+def estimate(section: str, shape: DataShape, profile: str, workers: int = 1, formula: str = "in-memory") -> Estimate:
+    """A chapter's peak memory over its kernel and workers, from the data's shape and the profile."""
+    params = profiles.section_params(profile, section)
+    parts = {k: int(v) for k, v in FORMULAS[formula](section, shape, params, workers).items() if v}
+    return Estimate(section, int(sum(parts.values())), parts, formula, workers)
+
+
+def cells_cap_that_fits(section: str, shape: DataShape, profile: str, workers: int, available: int,
+                        formula: str = "in-memory") -> int | None:
+    """The largest per-donor cap on cells under which ``section`` fits ``available`` (None: none does,
+    or the donors' cell counts are unknown)."""
+    if not shape.cells_per_donor:
+        return None
+    lo, hi = 1, max(shape.cells_per_donor)
+    if estimate(section, replace(shape, max_cells=lo), profile, workers, formula).bytes > available:
+        return None
+    while lo < hi:  # the estimate grows with the cap
+        mid = (lo + hi + 1) // 2
+        if estimate(section, replace(shape, max_cells=mid), profile, workers, formula).bytes <= available:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def refusal(est: Estimate, shape: DataShape, profile: str, available: int, source: str, others: int = 0) -> str:
+    """The one line that says a chapter will not fit, and the ways out."""
+    ways = []
+    if est.formula == "in-memory":
+        pass  # a streamed data path adds itself here when it exists
+    cap = cells_cap_that_fits(est.section, shape, profile, est.workers, available, est.formula)
+    if cap is not None and cap < max(shape.cells_per_donor or (0,)):
+        ways.append(f"fewer cells per donor (--max-cells {cap} would fit)")
+    if profile != "smoke":
+        smaller = profiles.PROFILE_NAMES[profiles.PROFILE_NAMES.index(profile) - 1]
+        if estimate(est.section, shape, smaller, est.workers, est.formula).bytes < est.bytes:
+            ways.append(f"a smaller profile (--profile {smaller})")
+    if est.workers > 1 and est.section in PARALLEL:
+        one = estimate(est.section, shape, profile, 1, est.formula).bytes
+        ways.append(f"fewer workers (NEUROAGE_WORKERS=1: about {gb(one)})")
+    ways += ["a machine with more memory or a GPU (--device cuda)", "--force to try anyway"]
+    also = f" (and {others} more chapter{'s' if others > 1 else ''})" if others else ""
+    return (f"chapter '{est.section}'{also} needs about {gb(est.bytes)} ({shape.describe()}, profile {profile}, "
+            f"{est.workers} worker{'s' if est.workers > 1 else ''}) but {gb(available)} is available ({source}): "
+            f"run it with {'; '.join(ways)}")
+
+
+def as_dict(shape: DataShape) -> dict:
+    d = asdict(shape)
+    d.pop("cells_per_donor")
+    return d
