@@ -73,7 +73,8 @@ def test_status_page_shows_device_commit_time_and_data(tmp_path):
     assert "fit:" not in text  # progress bars are not warnings
     assert "(this build)" in text and "(cached)" in text
     header = next(line for line in text.splitlines() if line.startswith("| page"))
-    assert header.count("|") == 6  # one data file: no data column repeated on each row
+    assert header.count("|") == 7  # one data file: no data column repeated on each row
+    assert "memory: estimated / peak" in header and "| - |" in text  # no memory recorded in these results
 
 
 def test_parameter_cells_are_removed_from_the_page_and_kept_in_the_notebook(tmp_path):

@@ -161,8 +161,10 @@ class Chapter:
         else:
             origin = f"**`{Path(d['path']).name}`** (user data)"
         kind = "raw UMI counts" if self.cohort.is_counts else "values that are not counts (count models skipped)"
+        cap = (f" (at most {self.max_cells} per donor, of {d['n_cells_in_file']:,} in the file)"
+               if self.max_cells is not None else "")
         return (
-            f"This page ran on {origin}: {d['n_cells']:,} cells x {d['n_genes']:,} genes from "
+            f"This page ran on {origin}: {d['n_cells']:,} cells{cap} x {d['n_genes']:,} genes from "
             f"{d['n_donors']} donors, {kind}; donor split: {self.cohort.split_source}; "
             f"file SHA-256 `{d['sha256'][:12]}`."
         )

@@ -82,7 +82,8 @@ class DataShape:
     def describe(self) -> str:
         cells = (f"{self.kept_cells:,} of {self.n_cells:,} cells (at most {self.max_cells} per donor)"
                  if self.max_cells is not None else f"{self.n_cells:,} cells")
-        return f"{cells} x {self.n_genes:,} genes, {self.nnz * self.kept_share / 1e6:,.0f} M non-zeros"
+        nnz = self.nnz * self.kept_share
+        return f"{cells} x {self.n_genes:,} genes, " + (f"{nnz / 1e6:,.0f} M non-zeros" if nnz >= 1e6 else f"{nnz:,.0f} non-zeros")
 
 
 def _matrix_info(node) -> tuple[int, int, int, int, bool]:
