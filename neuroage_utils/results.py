@@ -12,8 +12,9 @@
                       "predictions": [{"donor_id", "age", "predicted"}, ...], ...extra},
      "<model key>": {"skipped": "reason"},
      "<group>": {"<model key>": {...entry...}}   # one level of nesting (e.g. realdata's cell types)
-  }
-}
+  },
+  "memory": {"estimate_gb", "formula", "parts_gb", "peak_gb", "available_gb", ...}  # optional: added by the
+}                                  # runner after the chapter ran (pre-flight estimate beside the measured peak)
 ```
 Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a failed
 or interrupted run leaves the previous good file in place, never a half-written one.

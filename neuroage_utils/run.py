@@ -575,10 +575,9 @@ def main(argv=None) -> int:
     except DataValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    too_big = sorted((e for e in estimates.values() if e.bytes > available[0]), key=lambda e: -e.bytes)
+    too_big = [e for e in estimates.values() if e.bytes > available[0]]
     if too_big and not args.force:
-        print(f"error: {preflight.refusal(too_big[0], shape, args.profile, available[0], available[1], len(too_big) - 1)}",
-              file=sys.stderr)
+        print(f"error: {preflight.refusal(too_big, shape, args.profile, available[0], available[1])}", file=sys.stderr)
         return 2
     if args.data:
         try:

@@ -82,7 +82,6 @@ def test_a_run_that_does_not_fit_stops_before_writing_with_one_line(tmp_path, h5
     line = err[-1]
     assert line.startswith("error: chapter 'baselines' (and 1 more chapter) needs about ")
     assert "0.05 GB is available ($NEUROAGE_MEMORY_AVAILABLE)" in line and "--force" in line
-    assert "NEUROAGE_WORKERS=1" in line or "worker" not in line
     assert "180 cells x 30 genes" in line
     assert not (out / "results").exists() and not (out / "executed").exists()
     # --force runs it anyway
@@ -98,9 +97,13 @@ def test_the_refusal_names_a_cap_that_fits(h5ad_path):
     big = replace(shape, n_cells=shape.n_cells * 20_000, nnz=shape.nnz * 20_000, stored_bytes=shape.stored_bytes * 20_000,
                   cells_per_donor=tuple(c * 20_000 for c in shape.cells_per_donor))
     est = preflight.estimate("baselines", big, "quick", workers=2)
-    line = preflight.refusal(est, big, "quick", est.bytes // 2, "MemAvailable")
+    data = preflight.estimate("data", big, "quick", workers=2)
+    line = preflight.refusal([data, est], big, "quick", est.bytes // 2, "MemAvailable")
+    assert line.startswith("chapter 'baselines' (and 1 more chapter) needs about") and "\n" not in line
     cap = int(line.split("--max-cells ")[1].split()[0])
-    assert 0 < cap < 300_000 and "--profile smoke" in line and "\n" not in line
+    assert 0 < cap < 300_000 and "--profile smoke" not in line  # the smoke profile would not fit either
+    for e in (data, est):
+        assert preflight.estimate(e.section, replace(big, max_cells=cap), "quick", 2).bytes <= est.bytes // 2
 
 
 def test_status_page_shows_estimate_beside_peak():

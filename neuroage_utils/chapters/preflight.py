@@ -226,22 +226,39 @@ class Estimate:
                 "parts_gb": {k: round(v / GB, 3) for k, v in self.parts.items()}}
 
 
-# Calibration of the in-memory formula (peaks summed as proportional set size over the kernel and its
-# workers, sampled every 0.5 s by the runner; `bench/bench_preflight.py`, 2 CPU cores): see
-# CALIBRATION below for the measured points the coefficients were fitted to.
-#: Memory of an idle notebook kernel with the package imported, and of one fitting worker process.
-KERNEL_BYTES = 0.45 * GB
-WORKER_BYTES = 0.25 * GB
-#: Extra CSR float32 copies of the matrix a chapter holds at its peak, beyond the file as read:
-#: normalised copies, per-split slices, the slices each parallel fit receives and their memory-mapped
-#: copy shared with the workers. Fitted on measured peaks (CALIBRATION).
-COPIES = {"data": 0.5, "svd": 2.0, "baselines": 6.0, "nmf": 1.5, "vae": 6.0, "dae": 5.0, "summary": 3.0,
+# Calibration of the in-memory formula: `bench/bench_preflight.py --cells 40000 200000 --genes 2000`
+# (Poisson counts, 10% non-zero, 30 donors; profile smoke, so the models are small and the matrix
+# terms dominate; 2 CPU cores, 2 workers), 2026-12-06. Peaks are PSS summed over the kernel and its
+# workers, sampled every 0.5 s by the runner. One CSR copy (``csr_bytes``) is 0.064 GB at 40,000
+# cells and 0.321 GB at 200,000. Measured peak -> this formula's estimate (GB):
+#   data       0.41 -> 0.45   | 0.76 -> 0.79
+#   svd        0.52 -> 0.53   | 1.13 -> 1.17
+#   baselines  2.06 -> 2.07   | 5.42 -> 5.68    (3,000 cells x 500 genes: 1.10 -> 1.09)
+#   nmf        1.69 -> 1.70   | 3.32 -> 3.33    (40,000 cells: densified for the factorisation)
+#   summary    2.01 -> 2.03   | SUMMARY_200K
+#   vae        2.32 -> 2.32 (40,000 cells only: the chapter took 13 min there)
+#   (vae and dae: one size each, so their slope assumes the kernel and workers of the other chapters)
+#   dae        1.95 -> 1.95 (40,000 cells only; 3.6 min)
+# The copies are many because each parallel fit receives its own slices of the matrix (training and
+# evaluation cells, per job) besides the normalised copy, the pseudobulk / pseudocell slices and the
+# memory-mapped copy the workers read; the streamed data path is meant to remove most of them.
+#: Memory of a notebook kernel with the package imported (intercept of the data and svd points), and
+#: of one fitting worker process (the 3,000-cell baselines point, less the kernel).
+KERNEL_BYTES = 0.37 * GB
+WORKER_BYTES = 0.35 * GB
+#: Extra CSR float32 copies of the matrix a chapter holds at its peak, beyond the file as read (slopes
+#: of the measured peaks against ``csr_bytes``).
+COPIES = {"data": 0.3, "svd": 1.4, "baselines": 13.0, "nmf": 8.2, "vae": 18.0, "dae": 12.0, "summary": 13.6,
           "realdata": 0.0}
+#: NMF densifies its input when it fits in 1 GiB as float32 (``models/nmf.py``), for the fit and the
+#: transform: this many dense copies at the 40,000-cell point.
+NMF_DENSE_COPIES = 2.3
+NMF_DENSE_LIMIT = 2**30
 #: Sections that fit in worker processes (one per core on a CPU).
 PARALLEL = {"baselines", "vae", "dae", "summary", "realdata"}
-#: What the real-donor chapter needs beyond the kernel (its data are the small real-donor files).
+#: What the real-donor chapter needs beyond the kernel (its data are the small real-donor files; quick
+#: profile: 0.58 GB per process, bench/README.md).
 REALDATA_BYTES = 0.35 * GB
-CALIBRATION = "not calibrated yet"
 
 
 def _torch_model_bytes(n_in: int, hidden, batch: int, out: int = 1) -> int:
@@ -284,6 +301,8 @@ def _in_memory(section: str, shape: DataShape, params: dict, workers: int) -> di
     if section in ("svd", "nmf"):  # dense factor scores of every cell, float64
         k = params["n_components"]
         parts["factor scores"] = 2 * 8 * n * min(k, shape.n_genes)
+    if section == "nmf" and 4 * n * shape.n_genes <= NMF_DENSE_LIMIT:
+        parts["dense input"] = NMF_DENSE_COPIES * 4 * n * shape.n_genes
     if section == "baselines":  # the elastic net densifies its (scaled) training cells up to 2 GB
         en = params["elastic_net"]
         cells = n if en.get("max_cells") is None else min(n, en["max_cells"])
@@ -323,22 +342,26 @@ def cells_cap_that_fits(section: str, shape: DataShape, profile: str, workers: i
     return lo
 
 
-def refusal(est: Estimate, shape: DataShape, profile: str, available: int, source: str, others: int = 0) -> str:
-    """The one line that says a chapter will not fit, and the ways out."""
-    ways = []
-    if est.formula == "in-memory":
-        pass  # a streamed data path adds itself here when it exists
-    cap = cells_cap_that_fits(est.section, shape, profile, est.workers, available, est.formula)
-    if cap is not None and cap < max(shape.cells_per_donor or (0,)):
-        ways.append(f"fewer cells per donor (--max-cells {cap} would fit)")
-    if profile != "smoke":
-        smaller = profiles.PROFILE_NAMES[profiles.PROFILE_NAMES.index(profile) - 1]
-        if estimate(est.section, shape, smaller, est.workers, est.formula).bytes < est.bytes:
-            ways.append(f"a smaller profile (--profile {smaller})")
-    if est.workers > 1 and est.section in PARALLEL:
-        one = estimate(est.section, shape, profile, 1, est.formula).bytes
-        ways.append(f"fewer workers (NEUROAGE_WORKERS=1: about {gb(one)})")
-    ways += ["a machine with more memory or a GPU (--device cuda)", "--force to try anyway"]
+def refusal(ests: list[Estimate], shape: DataShape, profile: str, available: int, source: str) -> str:
+    """The one line that says chapters will not fit (the largest first), and the ways out that would
+    make all of them fit."""
+    est = max(ests, key=lambda e: e.bytes)
+    ways = []  # a streamed data path adds itself here when it exists
+
+    def fits(**change) -> bool:
+        return all(estimate(e.section, change.get("shape", shape), change.get("profile", profile),
+                            change.get("workers", e.workers), e.formula).bytes <= available for e in ests)
+
+    caps = [cells_cap_that_fits(e.section, shape, profile, e.workers, available, e.formula) for e in ests]
+    if all(c is not None for c in caps) and min(caps) < max(shape.cells_per_donor or (0,)):
+        ways.append(f"fewer cells per donor (--max-cells {min(caps)} would fit)")
+    smaller = [p for p in profiles.PROFILE_NAMES[: profiles.PROFILE_NAMES.index(profile)] if fits(profile=p)]
+    if smaller:
+        ways.append(f"a smaller profile (--profile {smaller[-1]})")
+    if any(e.workers > 1 and e.section in PARALLEL for e in ests) and fits(workers=1):
+        ways.append("fewer workers (NEUROAGE_WORKERS=1)")
+    ways += ["a machine with more memory (e.g. a GPU machine, --device cuda)", "--force to try anyway"]
+    others = len(ests) - 1
     also = f" (and {others} more chapter{'s' if others > 1 else ''})" if others else ""
     return (f"chapter '{est.section}'{also} needs about {gb(est.bytes)} ({shape.describe()}, profile {profile}, "
             f"{est.workers} worker{'s' if est.workers > 1 else ''}) but {gb(available)} is available ({source}): "
