@@ -135,17 +135,30 @@ def test_a_killed_kernel_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
     assert (out / "executed" / "data.failed.ipynb").exists()
 
 
-def test_a_notebook_error_is_not_called_a_dead_kernel(tmp_path, monkeypatch):
+def test_a_notebook_error_is_not_called_a_dead_kernel_and_its_workers_end(tmp_path, monkeypatch):
+    """A notebook that raises while its workers fit: the error is quoted (not a dead kernel), and the
+    workers end with the kernel when papermill shuts it down."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     folder = tmp_path / "pids"
     folder.mkdir()
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("raise ValueError('bad value')")]
+                nbformat.v4.new_code_cell(
+                    "import threading, time\nimport numpy as np\nfrom pathlib import Path\n"
+                    "from neuroage_utils.train.workers import run_tasks\nfrom tests.test_kernels import _spin\n"
+                    f"folder = Path({str(folder)!r})\n"
+                    "threading.Thread(target=run_tasks, args=(_spin, [(np.ones(500_000), str(folder))] * 4, 2),\n"
+                    "                 daemon=True).start()\n"
+                    "while len(list(folder.glob('worker-*'))) < 2:\n"
+                    "    time.sleep(0.1)\n"
+                    "raise ValueError('bad value')")]
     nbformat.write(nb, tmp_path / "raises.ipynb")
-    with pytest.raises(run.NotebookFailed, match=r"notebook 'data' failed at cell \d+: ValueError: bad value"):
+    with pytest.raises(run.NotebookFailed, match=r"notebook 'data' failed at cell \d+: ValueError: bad value") as failed:
         run.execute_section("data", {"x": 1}, tmp_path / "out", source=tmp_path / "raises.ipynb")
+    pids = [int(p.name.split("-")[1]) for p in folder.glob("worker-*")]
+    assert len(pids) >= 2 and _wait_gone(pids, 5.0) == [], "a worker outlived its kernel"
+    assert not failed.value.watch.folder.exists()
 
 
 def test_parent_watch_is_started_once_and_not_in_the_parent_itself(monkeypatch):

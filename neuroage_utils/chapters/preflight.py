@@ -235,10 +235,10 @@ class Estimate:
 #   svd        0.52 -> 0.53   | 1.13 -> 1.17
 #   baselines  2.06 -> 2.07   | 5.42 -> 5.68    (3,000 cells x 500 genes: 1.10 -> 1.09)
 #   nmf        1.69 -> 1.70   | 3.32 -> 3.33    (40,000 cells: densified for the factorisation)
-#   summary    2.01 -> 2.03   | SUMMARY_200K
+#   summary    2.01 -> 2.03   | 4.82 -> 4.86
 #   vae        2.32 -> 2.32 (40,000 cells only: the chapter took 13 min there)
 #   (vae and dae: one size each, so their slope assumes the kernel and workers of the other chapters)
-#   dae        1.95 -> 1.95 (40,000 cells only; 3.6 min)
+#   dae        1.95 -> 1.93 (40,000 cells only; 3.6 min)
 # The copies are many because each parallel fit receives its own slices of the matrix (training and
 # evaluation cells, per job) besides the normalised copy, the pseudobulk / pseudocell slices and the
 # memory-mapped copy the workers read; the streamed data path is meant to remove most of them.
@@ -248,12 +248,14 @@ KERNEL_BYTES = 0.37 * GB
 WORKER_BYTES = 0.35 * GB
 #: Extra CSR float32 copies of the matrix a chapter holds at its peak, beyond the file as read (slopes
 #: of the measured peaks against ``csr_bytes``).
-COPIES = {"data": 0.3, "svd": 1.4, "baselines": 13.0, "nmf": 8.2, "vae": 18.0, "dae": 12.0, "summary": 13.6,
+COPIES = {"data": 0.3, "svd": 1.4, "baselines": 13.0, "nmf": 8.2, "vae": 18.0, "dae": 12.0, "summary": 10.0,
           "realdata": 0.0}
 #: NMF densifies its input when it fits in 1 GiB as float32 (``models/nmf.py``), for the fit and the
 #: transform: this many dense copies at the 40,000-cell point.
 NMF_DENSE_COPIES = 2.3
 NMF_DENSE_LIMIT = 2**30
+#: Fixed needs beyond the kernel and workers (intercepts): the summary's per-fold models and CV tables.
+FIXED = {"summary": 0.25 * GB}
 #: Sections that fit in worker processes (one per core on a CPU).
 PARALLEL = {"baselines", "vae", "dae", "summary", "realdata"}
 #: What the real-donor chapter needs beyond the kernel (its data are the small real-donor files; quick
@@ -295,6 +297,8 @@ def _in_memory(section: str, shape: DataShape, params: dict, workers: int) -> di
     held = shape.stored_bytes * share + (shape.csr_bytes if shape.converted else 0)
     parts["matrix as read"] = held
     parts["copies of the matrix"] = COPIES.get(section, 3.0) * shape.csr_bytes
+    if section in FIXED:
+        parts["fits and tables"] = FIXED[section]
     if workers > 1 and section in PARALLEL:
         parts["workers"] = workers * WORKER_BYTES
     n = shape.kept_cells
