@@ -124,3 +124,21 @@ def test_record_memory_adds_estimate_and_peak_to_the_results(tmp_path):
     assert doc["memory"] == memory and memory["estimate_gb"] == 2.0 and memory["peak_gb"] == 1.5
     assert memory["available_gb"] == 8.0 and memory["formula"] == "in-memory"
     assert run.record_memory(tmp_path, "data", est, Watch(), None, started=2e10) is None  # not written by this run
+
+
+def test_a_chapter_under_max_cells_records_the_cap_and_keeps_it_apart(tmp_path, h5ad_path):
+    from neuroage_utils.chapters.chapter import Chapter
+
+    path = h5ad_path(make_adata(n_donors=12, cells_per_donor=15))
+    full = Chapter("data", data_path=str(path), profile="smoke", out_dir=str(tmp_path), workers=1)
+    capped = Chapter("data", data_path=str(path), profile="smoke", out_dir=str(tmp_path), workers=1, max_cells=5)
+    assert capped.cohort.n_cells == 60 and capped.cohort.n_donors == 12
+    assert capped.data["max_cells_per_donor"] == 5 and capped.data["n_cells_in_file"] == 180
+    assert "at most 5 per donor, of 180 in the file" in capped.data_summary()
+    assert capped.checkpoint("m") != full.checkpoint("m")
+    full.add_null("test", key="null")
+    full.finish()
+    assert capped.entry("data::null") is None and full.entry("data::null") is not None  # not the same data
+    capped.add_null("test", key="null")
+    doc = json.loads(capped.finish().read_text())
+    assert doc["params"]["max_cells_per_donor"] == 5 and doc["data"]["n_cells"] == 60

@@ -20,7 +20,7 @@ formula can be checked against reality and recalibrated.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +314,9 @@ def _in_memory(section: str, shape: DataShape, params: dict, workers: int) -> di
     model = _model_bytes(section, params, shape.n_genes)
     if model:
         parts["torch models"] = model * (workers if section in PARALLEL else 1)
+    if share < 1:  # the whole file is read before the cap applies (and by the runner's input check)
+        rest = sum(v for k, v in parts.items() if k != "kernel")
+        parts["whole file, read before the cap"] = max(0, shape.stored_bytes + held - rest)
     return parts
 
 
@@ -350,7 +353,7 @@ def refusal(ests: list[Estimate], shape: DataShape, profile: str, available: int
     """The one line that says chapters will not fit (the largest first), and the ways out that would
     make all of them fit."""
     est = max(ests, key=lambda e: e.bytes)
-    ways = []  # a streamed data path adds itself here when it exists
+    ways = []  # a streamed data path adds itself here when it exists (FORMULAS holds its estimate)
 
     def fits(**change) -> bool:
         return all(estimate(e.section, change.get("shape", shape), change.get("profile", profile),
@@ -370,9 +373,3 @@ def refusal(ests: list[Estimate], shape: DataShape, profile: str, available: int
     return (f"chapter '{est.section}'{also} needs about {gb(est.bytes)} ({shape.describe()}, profile {profile}, "
             f"{est.workers} worker{'s' if est.workers > 1 else ''}) but {gb(available)} is available ({source}): "
             f"run it with {'; '.join(ways)}")
-
-
-def as_dict(shape: DataShape) -> dict:
-    d = asdict(shape)
-    d.pop("cells_per_donor")
-    return d
