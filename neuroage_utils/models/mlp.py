@@ -39,7 +39,7 @@ class MLPRegressor(TorchAgeRegressor):
     device, seed, checkpoint_path, checkpoint_every, progress
         See :func:`neuroage_utils.train.loop.fit`.
     amp
-        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
+        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX or a measured-fast AVX512-BF16); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
 
     Attributes after ``fit``: ``module_`` (the AgeMLP), ``history_`` (per-epoch losses),
     ``age_mean_``, ``age_std_``.

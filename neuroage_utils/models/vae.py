@@ -58,7 +58,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         See :func:`neuroage_utils.train.loop.fit`. With a ``checkpoint_path`` a re-run resumes, and a
         run can be extended by raising ``epochs``.
     amp
-        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX; likelihood and KL in float32); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
+        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX or a measured-fast AVX512-BF16; likelihood and KL in float32); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
 
     The count likelihoods need raw UMI counts; ``fit`` raises ``DataValidationError`` otherwise.
     """
