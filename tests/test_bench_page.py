@@ -70,5 +70,5 @@ def test_page_shows_the_data_parallel_runs(tmp_path):
     path.write_text(json.dumps(results))
     text = render(path, tmp_path / "page.md")
     assert "## Data-parallel training (torch.distributed)" in text
-    assert "| DDP, 2 rank(s) | 2 x 1 | fp32 | 0.80 | 6,400 | 12,800 | 1.60 |" in text
+    assert "| DDP, 2 rank(s) | 2 x 1 | fp32 | 0.80 | 6,400 | 12,800 | 1.60 | - | - |" in text
     assert "not a speed-up" in text

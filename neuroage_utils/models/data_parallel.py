@@ -40,6 +40,7 @@ from neuroage_utils.models.mlp import MLPRegressor
 from neuroage_utils.models.vae import VAEAgeRegressor
 from neuroage_utils.results import atomic_write
 from neuroage_utils.train import distributed as ddp
+from neuroage_utils.train.device import native_bf16
 
 __all__ = ["ESTIMATORS", "fit_distributed", "fit_from_cli", "write_h5ad", "rank_fit", "read_rows", "main"]
 
@@ -137,6 +138,7 @@ def fit_distributed(estimator, data, nproc: int = 2, *, donor_key: str = "donor_
     over ranks, in ``estimator.history_``.
 
     ``run`` holds ``world_size``, ``backend``, ``fit_seconds`` (training, slowest rank),
+    ``fit_cpu_seconds_per_rank`` (processor time of each rank's training: what a busy machine inflates least),
     ``cells_per_second_per_rank`` (training cells x epochs / fit_seconds / world_size),
     ``cells_per_rank``, ``launch_seconds`` and the ``history`` records; ``estimator.distributed_`` is
     ``run`` without the history.
@@ -147,6 +149,10 @@ def fit_distributed(estimator, data, nproc: int = 2, *, donor_key: str = "donor_
     ``(None, {"node_rank": k})``).
     """
     name = _name_of(estimator)
+    if estimator.amp and not torch.cuda.is_available():
+        # decide bf16 here, once: the ranks inherit the decision (train.device.BF16_ENV) instead of
+        # each timing its own product on a busy machine and possibly deciding otherwise
+        native_bf16(torch.device("cpu"))
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="neuroage-ddp-"))
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(data, (str, Path)):
@@ -222,9 +228,10 @@ def rank_fit(spec: dict, context: dict) -> dict | None:
     monitors = {key.split(":", 1)[1]: value for key, value in held.items()}
     fit_kwargs = {"monitors": monitors} if monitors else {}
     ddp.all_reduce_sum(0.0)  # start the clock together
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     estimator.fit(X, ages[local], donors=donors[local], validation=validation, shard=shard, **fit_kwargs)
     fit_seconds = float(max(ddp.all_gather_objects(time.perf_counter() - tic)))
+    cpu_seconds = [float(c) for c in ddp.all_gather_objects(time.process_time() - cpu)]
     cells = [int(n) for n in ddp.all_gather_objects(int(X.shape[0]))]
     if context["rank"] != 0:
         return None
@@ -235,6 +242,7 @@ def rank_fit(spec: dict, context: dict) -> dict | None:
         "estimator": spec["estimator"], "n_cells": int(len(train_rows)), "cells_per_rank": cells,
         "n_features": int(X.shape[1]), "epochs": epochs, "batch_size": int(estimator.batch_size),
         "blocks": int(spec["blocks"]), "read_seconds": read_seconds, "fit_seconds": fit_seconds,
+        "fit_cpu_seconds_per_rank": cpu_seconds,
         "cells_per_second_per_rank": len(train_rows) * epochs / fit_seconds / context["world_size"],
         "threads_per_rank": int(spec.get("threads_per_rank") or 0), "device": context["device"],
         "age_mean": estimator.age_mean_, "age_std": estimator.age_std_, "amp": bool(estimator.amp_),
