@@ -205,7 +205,8 @@ def fit(
     config
         Extra JSON-able settings that identify the run (e.g. a regressor's hyper-parameters).
     amp
-        Mixed precision where the device multiplies bf16 in hardware (a CUDA GPU, or a CPU with AMX or with AVX512-BF16 where a measured bf16 product beats float32;
+        Mixed precision where the device multiplies bf16 in hardware (a CUDA GPU, or a CPU with AMX or
+        with AVX512-BF16 where a measured bf16 product beats float32;
         :func:`~neuroage_utils.train.device.native_bf16`): the forward pass and loss under bf16
         autocast (the models compute their likelihoods and KL in float32); parameters, gradients and
         Adam's state stay float32. Off, or on a device without native bf16, nothing changes.
@@ -254,7 +255,7 @@ def fit(
     sharded = bool(getattr(batches, "sharded", False))
     if sharded and not ddp.is_distributed():
         raise RuntimeError("sharded batches need a torch.distributed process group: start the run with launch()")
-    lead = ddp.rank() == 0
+    lead = not sharded or ddp.rank() == 0
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
