@@ -132,7 +132,7 @@ def test_the_named_rules_of_the_layout_hold():
 def test_the_import_parser_sees_relative_and_function_level_imports():
     mods = _modules()
     assert {"models.estimator", "nn.networks", "train", "data.features"} <= _imports("models.mlp", mods["models.mlp"])
-    assert "models.vae" in _imports("chapters.chapter", mods["chapters.chapter"])  # imported inside a method
+    assert "models.vae" in _imports("evaluation.recipes", mods["evaluation.recipes"])  # imported inside a function
 
 
 # -- the device ---------------------------------------------------------------------------------

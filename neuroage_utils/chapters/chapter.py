@@ -19,6 +19,7 @@ from neuroage_utils import metrics, paper, profiles, results
 from neuroage_utils.report import tables
 from neuroage_utils.data.cohort import Cohort, file_sha256, load_cohort
 from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.evaluation import recipes
 from neuroage_utils.train.device import amp_active, device_label, resolve_device
 from neuroage_utils.train.workers import run_tasks, worker_count
 
@@ -259,23 +260,18 @@ class Chapter:
         return X[rows], c.ages[rows], c.donors[rows]
 
     def mlp(self, config: dict, **overrides):
-        """A :class:`~neuroage_utils.models.mlp.MLPRegressor` for one row of a tuning grid.
+        """The registry's ``"mlp"`` (:mod:`~neuroage_utils.evaluation.recipes`) for one row of a tuning grid.
 
         ``config`` holds the row (``hidden``, ``lr``); epochs, batch size and dropout come from the
         chapter's profile (``mlp_epochs``, ``batch_size``, ``dropout`` when the profile sets one);
-        ``overrides`` replace any of them.
+        ``overrides`` replace any option of the underlying ``MLPRegressor``.
         """
-        from neuroage_utils.models.mlp import MLPRegressor
-
         P = self.params
-        options = {"hidden": config["hidden"], "lr": config["lr"], "epochs": P["mlp_epochs"],
-                   "batch_size": P["batch_size"], "device": self.device, "seed": self.seed}
+        settings = {"hidden": config["hidden"], "lr": config["lr"], "epochs": P["mlp_epochs"],
+                    "batch_size": P["batch_size"], "amp": self.amp}
         if "dropout" in P:
-            options["dropout"] = P["dropout"]
-        if self.amp:
-            options["amp"] = True
-        options.update(overrides)
-        return MLPRegressor(**options)
+            settings["dropout"] = P["dropout"]
+        return recipes.build("mlp", settings, device=self.device, seed=self.seed, **overrides)
 
     def linalg(self, step: str | None = None) -> dict:
         """Keyword arguments of ``fit_nmf`` / ``fit_svd`` for this chapter: the profile's
@@ -300,25 +296,23 @@ class Chapter:
                           "SD of their ages": float(ages.std()), "training donors": int(len(ages))}, name=key)
 
     def vae(self, likelihood: str, config: dict, key: str, **extra):
-        """A :class:`~neuroage_utils.models.vae.VAEAgeRegressor` for one row of a tuning table.
+        """The registry's VAE of ``likelihood`` (``"vae_<likelihood>"``) for one row of a tuning table.
 
         ``config`` holds the row (``hidden``, ``latent``, ``age_hidden``, ``dropout``, ``epochs``);
         the optimiser and schedules come from the chapter's profile (Adam, batch size, cyclical KL,
-        cosine warm restarts), and the model checkpoints under ``key``; ``extra`` replaces any option.
+        cosine warm restarts), and the model checkpoints under ``key``; ``extra`` replaces any option
+        of the underlying ``VAEAgeRegressor`` (another batch size or age weight for an experiment;
+        ``likelihood="mse"`` for the authors' coded reconstruction).
         """
-        from neuroage_utils.models.vae import VAEAgeRegressor
-
         P = self.params
-        options = dict(
-            likelihood=likelihood, hidden=config["hidden"], latent=config["latent"],
-            age_hidden=config["age_hidden"], dropout=config["dropout"], epochs=config["epochs"],
-            lr=P["lr"], batch_size=P["batch_size"], kl_schedule="cyclical", kl_cycle=P["kl_cycle"],
-            lr_schedule="cosine_warm_restarts", T_0=P["t0"], log_normalize=self.cohort.is_counts,
-            device=self.device, seed=self.seed, checkpoint_path=self.checkpoint(key),
-            checkpoint_every=P["checkpoint_every"], **({"amp": True} if self.amp else {}),
-        )
-        options.update(extra)  # e.g. another batch size or age weight for an experiment
-        return VAEAgeRegressor(**options)
+        settings = {name: config[name] for name in ("hidden", "latent", "age_hidden", "dropout", "epochs")}
+        settings.update(lr=P["lr"], batch_size=P["batch_size"], kl_cycle=P["kl_cycle"], t0=P["t0"],
+                        log_normalize=self.cohort.is_counts, checkpoint_path=self.checkpoint(key),
+                        checkpoint_every=P["checkpoint_every"], amp=self.amp)
+        base = likelihood if likelihood in ("gaussian", "poisson", "nb") else "poisson"
+        if likelihood != base:
+            extra = {"likelihood": likelihood, **extra}
+        return recipes.build(f"vae_{base}", settings, device=self.device, seed=self.seed, **extra)
 
     def training_settings(self) -> pd.DataFrame:
         """The VAE training settings as run under this profile, beside the paper's."""
