@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from neuroage_utils import metrics
-from neuroage_utils.errors import DataValidationError
-from neuroage_utils.data.realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData, data_record
+from neuroage_utils.data.realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData
 from neuroage_utils.evaluation import recipes
 from neuroage_utils.evaluation.crossval import repeated_folds
 from neuroage_utils.train.workers import run_tasks, worker_count
@@ -32,7 +30,7 @@ from neuroage_utils.train.workers import run_tasks, worker_count
 MODEL_LABELS = recipes.names("donors")
 
 __all__ = ["DECLINED", "MODEL_LABELS", "repeated_stratified_folds", "cohort_folds", "run_cell_type", "run_all",
-           "published_clock", "cv_table", "cross_table", "findings", "skipped_models", "write_page_results"]
+           "published_clock", "cv_table", "cross_table", "findings", "skipped_models"]
 
 
 #: Chapter models that cannot run on these files, and why.
@@ -391,16 +389,3 @@ def settings_table(P: dict) -> pd.DataFrame:
                         f"batch {V['batch_size']}, cyclical KL",
     }
     return pd.DataFrame({"setting": rows}).rename_axis("model")
-
-
-def write_page_results(out_dir, rd: RealData, profile: str, P: dict, seed: int, device, device_request: str,
-                       runtime_s: float, models: dict) -> Path:
-    """Write ``results/realdata.json`` atomically, recording the device that ran (not the request)."""
-    from neuroage_utils.models.device_linalg import backends_used
-    from neuroage_utils.results import write_results
-    from neuroage_utils.train import device_label
-
-    params = {**P, "seed": int(seed), "device": device_label(device), "device_requested": str(device_request),
-              "amp": False,  # models of a few hundred donor rows: no mixed precision
-              "linalg_backend_used": backends_used(P.get("linalg_backend", "auto"), device)}
-    return write_results(out_dir, "realdata", data_record(rd), profile, params, runtime_s, models)
