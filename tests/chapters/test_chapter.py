@@ -6,7 +6,7 @@ import pytest
 from neuroage_utils.models.mlp import MLPRegressor
 from neuroage_utils.chapters.chapter import Chapter
 
-from .conftest import make_adata
+from tests.conftest import make_adata
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
