@@ -54,3 +54,40 @@ def test_verdicts_compare_present_models_and_name_missing_ones(chapter):
     assert first.startswith("- The MLP misses the") and "paired bootstrap" in first
     assert "not compared" in second
     assert np.isfinite(chapter.runtime_s)
+
+
+def test_typed_access_for_other_modules(chapter):
+    from neuroage_utils.results import tuning_key
+
+    X = chapter.cohort.normalized()
+    key = tuning_key("mlp", 1, 2)
+    assert key == "mlp_t1_m2"
+    chapter.fit_score(key, chapter.mlp({"hidden": [8], "lr": 1e-3}, epochs=2, progress=False), X)
+    assert chapter.has_fitted(key) and chapter.fitted_model(key).epochs == 2
+    assert chapter.annotate(key, steps=12)["steps"] == 12
+    assert chapter.release(key) is not None and not chapter.has_fitted(key) and key in chapter.models
+    with pytest.raises(KeyError, match="no fitted model"):
+        chapter.fitted_model(key)
+    with pytest.raises(KeyError, match="no results entry"):
+        chapter.annotate("nothing", steps=1)
+
+
+def test_a_section_with_its_own_data_loads_through_its_source(tmp_path, monkeypatch):
+    """The real-donor chapter's path: no cohort, the source's loader, data record and sentence, one finish."""
+    from neuroage_utils import results
+    from neuroage_utils.chapters import chapter as chapter_module
+    from neuroage_utils.data.sources import DataSource
+
+    record = {"path": "donors", "sha256": "absent", "simulated": False, "n_cells": 0, "n_genes": 0, "n_donors": 0}
+    source = DataSource(load=lambda out: {"loaded_from": out}, record=lambda data: dict(record),
+                        summary=lambda data, P, profile: f"ran on no data ({profile})", fingerprint=lambda out: "x")
+    monkeypatch.setattr(chapter_module, "source_for", lambda section: source if section == "realdata" else None)
+    ch = Chapter.start("realdata", {"data_path": "", "profile": "smoke", "device": "cpu", "seed": 0,
+                                    "out_dir": str(tmp_path)})
+    assert ch.cohort is None and ch.donor_data == {"loaded_from": tmp_path}
+    assert ch.data_summary() == "ran on no data (smoke)" and ch.workers == 1  # the profile's n_jobs
+    ch.add_models({"cd4t": {"null": {"skipped": "absent"}}})
+    path = ch.finish()
+    doc = results.read_results(tmp_path, "realdata")
+    assert path.exists() and doc["data"]["sha256"] == "absent" and doc["models"]["cd4t"]["null"]["skipped"]
+    assert doc["params"]["n_repeats"] == 1 and "split_source" not in doc["params"]
