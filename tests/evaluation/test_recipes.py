@@ -74,3 +74,24 @@ def test_count_models_refuse_values_that_are_not_counts():
     model = recipes.build("pseudobulk_elastic_net", {"n_alphas": 3})
     with pytest.raises(recipes.NeedsCounts, match="not raw counts"):
         model.fit(adata.X, adata.obs["age"].to_numpy(float), adata.obs["donor_id"].to_numpy(str))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("key", ["mlp", "nmf_mlp", "vae_latent_pseudobulk", "vae_poisson", "vae_gaussian"])
+def test_torch_recipes_follow_the_same_protocol(key):
+    """What the clock API relies on: every cell recipe fits on cells and predicts one age per held-out donor."""
+    adata = make_adata(n_donors=10, cells_per_donor=8, n_genes=20)
+    X, donors, ages = adata.X, adata.obs["donor_id"].to_numpy(str), adata.obs["age"].to_numpy(float)
+    if recipes.get(key).input is recipes.Input.LOG_CELLS:
+        X = log_normalize(X)
+    train = np.isin(donors, np.unique(donors)[::3], invert=True)
+    settings = {
+        "mlp": {"hidden": [8], "epochs": 1, "batch_size": 32, "max_cells": 50},
+        "nmf_mlp": {"n_components": 3, "max_iter": 20, "mlp": {"hidden": [8], "epochs": 1, "batch_size": 32}},
+        "vae_latent_pseudobulk": {"hidden": [8], "latent": 2, "epochs": 1, "batch_size": 32, "probe_alphas": 3,
+                                  "probe_splits": 3},
+    }.get(key, {"hidden": [8], "latent": 2, "epochs": 1, "batch_size": 32})
+    model = recipes.build(key, settings, device="cpu", seed=0, progress=False)
+    model.fit(X[train], ages[train], donors[train])
+    pred = model.predict_donors(X[~train], donors[~train])
+    assert list(pred.index) == sorted(set(donors[~train])) and np.isfinite(pred).all()
