@@ -91,3 +91,20 @@ def test_a_section_with_its_own_data_loads_through_its_source(tmp_path, monkeypa
     doc = results.read_results(tmp_path, "realdata")
     assert path.exists() and doc["data"]["sha256"] == "absent" and doc["models"]["cd4t"]["null"]["skipped"]
     assert doc["params"]["n_repeats"] == 1 and "split_source" not in doc["params"]
+
+
+def test_every_notebook_opens_with_chapter_start_and_ends_with_finish():
+    """The notebook anatomy, the real-donor notebook included: parameters cell, then Chapter.start;
+    the last code cell writes the results through the chapter (finish, or the summary's write_summary,
+    which is chapter.finish with the CV blocks)."""
+    import json
+    from pathlib import Path
+
+    notebooks = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        assert "parameters" in code[0]["metadata"].get("tags", []), path.name
+        assert "Chapter.start(" in "".join(code[1]["source"]), path.name
+        last = "".join(code[-1]["source"])
+        assert "chapter.finish(" in last or "write_summary(chapter" in last, path.name
