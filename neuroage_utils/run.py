@@ -37,6 +37,7 @@ from neuroage_utils.chapters.kernels import KernelWatch
 from neuroage_utils.data.cohort import file_sha256, load_cohort
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.data.sources import source_for
 from neuroage_utils.results import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -500,11 +501,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _workers(section: str, args) -> int:
-    """Worker processes a chapter will fit in (the real-donor chapter's come from its profile)."""
+    """Worker processes a chapter will fit in, as the chapter decides them (a profile's ``n_jobs``, if any)."""
     from neuroage_utils.train.workers import worker_count
 
-    requested = profiles.section_params(args.profile, "realdata")["n_jobs"] if section == "realdata" else None
-    return worker_count(args.device, requested)
+    return worker_count(args.device, profiles.section_params(args.profile, section).get("n_jobs"))
 
 
 def main(argv=None) -> int:
@@ -563,10 +563,9 @@ def main(argv=None) -> int:
     plan = []
     for section in sections:
         inputs = notebook_inputs(section, parameters, data_sha, pkg_sha)
-        if section == "realdata":  # its data are the real-donor files, not the book's cohort
-            from neuroage_utils.data.realdata import fingerprint
-
-            inputs["realdata_files"] = fingerprint(out)
+        source = source_for(section)  # a section with its own data (not the cohort): their fingerprint
+        if source is not None:
+            inputs[f"{section}_files"] = source.fingerprint(out)
         plan.append((section, inputs, not args.force and is_up_to_date(out, section, inputs)))
     try:
         available = preflight.available_memory()

@@ -17,7 +17,7 @@ import pytest
 from neuroage_utils import run
 from neuroage_utils.train import workers
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _spin(array, folder: str, seconds: float = 120.0) -> float:
@@ -64,7 +64,7 @@ def test_workers_end_with_their_parent_however_it_ends(tmp_path, how):
     and loky's resource tracker then removes their memory-mapped arrays."""
     temp = tmp_path / "joblib"
     temp.mkdir()
-    script = (f"import numpy as np\nfrom neuroage_utils.train.workers import run_tasks\nfrom tests.test_kernels import _spin\n"
+    script = (f"import numpy as np\nfrom neuroage_utils.train.workers import run_tasks\nfrom tests.chapters.test_kernels import _spin\n"
               f"run_tasks(_spin, [(np.ones(500_000), {str(tmp_path)!r}) for _ in range(4)], workers=2)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "JOBLIB_TEMP_FOLDER": str(temp), "OMP_WAIT_POLICY": "PASSIVE"}
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
@@ -89,7 +89,7 @@ def _notebook(path: Path, folder: Path, end: str) -> Path:
         nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(
             "import os, signal, threading, time\nimport numpy as np\nfrom pathlib import Path\n"
-            "from neuroage_utils.train.workers import run_tasks\nfrom tests.test_kernels import _spin\n"
+            "from neuroage_utils.train.workers import run_tasks\nfrom tests.chapters.test_kernels import _spin\n"
             f"folder = Path({str(folder)!r})\n"
             "def end():\n"
             "    while len(list(folder.glob('worker-*'))) < 2:\n"
@@ -146,7 +146,7 @@ def test_a_notebook_error_is_not_called_a_dead_kernel_and_its_workers_end(tmp_pa
     nb.cells = [nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell(
                     "import threading, time\nimport numpy as np\nfrom pathlib import Path\n"
-                    "from neuroage_utils.train.workers import run_tasks\nfrom tests.test_kernels import _spin\n"
+                    "from neuroage_utils.train.workers import run_tasks\nfrom tests.chapters.test_kernels import _spin\n"
                     f"folder = Path({str(folder)!r})\n"
                     "threading.Thread(target=run_tasks, args=(_spin, [(np.ones(500_000), str(folder))] * 4, 2),\n"
                     "                 daemon=True).start()\n"

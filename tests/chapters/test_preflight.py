@@ -14,7 +14,7 @@ from neuroage_utils import run
 from neuroage_utils.chapters import preflight
 from neuroage_utils.data.cohort import cap_cells_per_donor
 
-from .conftest import make_adata
+from tests.conftest import make_adata
 
 
 def test_shape_is_read_from_the_file_without_loading_it(h5ad_path):
