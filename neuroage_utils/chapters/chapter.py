@@ -144,6 +144,7 @@ class Chapter:
         # source's hook instead of the cohort of cells; ``data_path`` does not apply to it.
         self.source = source_for(section)
         if self.source is not None:
+            self.max_cells = None  # a cap on cells per donor does not apply to donor-level data
             self.donor_data = self.source.load(self.out_dir)
             self.cohort, self.data_path, self.simulated = None, None, False
             self.data = self.source.record(self.donor_data)
