@@ -30,6 +30,7 @@ from pathlib import Path
 
 from neuroage_utils import profiles
 from neuroage_utils.data.cohort import file_sha256, load_cohort
+from neuroage_utils.data.stream import load_streamed, should_stream
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.simulate import ensure_simulated
 from neuroage_utils.results import atomic_write_text
@@ -435,6 +436,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-amp", action="store_true",
                    help="turn off bf16 mixed precision (on in the quick and paper profiles where the device multiplies bf16 in "
                         "hardware: CUDA, or a CPU with AMX)")
+    p.add_argument("--stream", action="store_true",
+                   help="read the data from the file in blocks (memory flat in the number of cells); automatic above "
+                        "5e8 stored values: the aggregated clocks use every cell, cell-level models a per-donor sample")
     p.add_argument("--list", action="store_true", help="print the sections and exit")
     return p.parse_args(argv)
 
@@ -461,8 +465,12 @@ def main(argv=None) -> int:
         if args.data:
             data_path = Path(args.data).resolve()
             print(f"data: checking {data_path}", flush=True)
-            load_cohort(data_path, args.donor_key, args.age_key, seed=args.seed,
-                        allow_non_counts=args.allow_non_counts)
+            if should_stream(data_path, True if args.stream else None):  # checked block by block, never loaded
+                load_streamed(data_path, args.donor_key, args.age_key, seed=args.seed,
+                              allow_non_counts=args.allow_non_counts)
+            else:
+                load_cohort(data_path, args.donor_key, args.age_key, seed=args.seed,
+                            allow_non_counts=args.allow_non_counts)
             donor_key, age_key = args.donor_key, args.age_key
         else:
             start = time.perf_counter()
@@ -487,6 +495,8 @@ def main(argv=None) -> int:
     }
     if args.no_amp:  # passed only when set: a notebook need not declare it (Chapter reads it if present)
         parameters["amp"] = False
+    if args.stream:  # likewise; without it the chapters stream by size
+        parameters["stream"] = True
     pkg_sha = package_fingerprint()
     timings = {}
     total = time.perf_counter()

@@ -208,3 +208,61 @@ def test_non_counts_allowed_when_asked(h5ad_path):
     path = h5ad_path(make_adata(n_donors=12, cells_per_donor=5, n_genes=6, counts=False))
     assert load_streamed(path, allow_non_counts=True).is_counts is False
     assert load_cohort(path, allow_non_counts=True).is_counts is False
+
+
+# -- the clocks and the chapter on a streamed cohort -------------------------------------------------
+
+
+def test_streamed_clocks_equal_the_in_memory_clocks(both):
+    from neuroage_utils.models.linear import (fit_pseudobulk_elastic_net, fit_pseudocell_elastic_net,
+                                              fit_streamed_pseudobulk_elastic_net,
+                                              fit_streamed_pseudocell_elastic_net, predict_streamed_donors)
+
+    memory, streamed = both
+    rows, test = memory.mask("train", "val"), memory.mask("test")
+    grid = dict(l1_ratios=(0.5,), n_alphas=5, n_splits=3, seed=0)
+    pb = fit_pseudobulk_elastic_net(memory.X[rows], memory.ages[rows], memory.donors[rows], **grid)
+    spb = fit_streamed_pseudobulk_elastic_net(streamed, ("train", "val"), **grid)
+    np.testing.assert_array_equal(spb.coef_, pb.coef_)
+    assert spb.alpha_ == pb.alpha_
+    expected = pb.predict_donors(memory.X[test], memory.donors[test])
+    got = predict_streamed_donors(spb, streamed, "test")
+    assert got.index.equals(expected.index) and np.array_equal(got.to_numpy(), expected.to_numpy())
+    cells = dict(cells_per_pseudocell=5, n_per_donor=3)
+    pc = fit_pseudocell_elastic_net(memory.X[rows], memory.ages[rows], memory.donors[rows], **cells, **grid)
+    spc = fit_streamed_pseudocell_elastic_net(streamed, ("train", "val"), **cells, **grid)
+    np.testing.assert_array_equal(spc.coef_, pc.coef_)
+    expected = pc.predict_donors(memory.X[test], memory.donors[test])
+    np.testing.assert_array_equal(predict_streamed_donors(spc, streamed, "test").to_numpy(), expected.to_numpy())
+
+
+def test_chapter_streams_when_asked_and_records_it(sim_path, tmp_path):
+    import json
+
+    from neuroage_utils.chapters.chapter import Chapter
+    from neuroage_utils.data.cohort import library_stats
+
+    chapter = Chapter("data", data_path=str(sim_path), profile="smoke", device="cpu", out_dir=str(tmp_path),
+                      stream=True)
+    full = chapter.stream.n_cells
+    assert chapter.stream is not None and chapter.data["n_cells"] == full
+    # the cell-level models get a per-donor sample (smoke: 3,000 cells; this cohort is smaller: all)
+    assert chapter.cohort.n_cells == min(full, 3000) and chapter.cohort.X.shape[0] == chapter.cohort.n_cells
+    assert "streamed from the file" in chapter.data_summary()
+    assert chapter.simulated  # uns read from the file without its matrix
+    qc = library_stats(chapter.stream)
+    assert len(qc["umis"]) == full
+    chapter.add_null("test")
+    params = json.loads(chapter.finish().read_text())["params"]
+    assert params["streamed"] is True and params["stream_requested"] is True
+    small = Chapter("data", data_path=str(sim_path), profile="smoke", device="cpu", out_dir=str(tmp_path))
+    assert small.stream is None and small.stream_params["streamed"] is False  # small files load by default
+
+
+def test_sample_cohort_caps_cells_per_donor(both):
+    _, streamed = both
+    sample = streamed.sample_cohort(400, seed=0)
+    assert sample.n_cells <= 400 + streamed.n_donors and sample.X.shape == (sample.n_cells, streamed.n_genes)
+    per = sample.adata.obs.groupby(streamed.donor_key, observed=True).size()
+    assert per.max() <= -(-400 // streamed.n_donors) and len(per) == streamed.n_donors
+    assert "simulation" in sample.adata.uns

@@ -19,6 +19,7 @@ from neuroage_utils import metrics, paper, profiles, results
 from neuroage_utils.report import tables
 from neuroage_utils.data.cohort import Cohort, file_sha256, load_cohort
 from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.data.stream import load_streamed, should_stream
 from neuroage_utils.train.device import amp_active, device_label, resolve_device
 from neuroage_utils.train.workers import run_tasks, worker_count
 
@@ -54,8 +55,9 @@ def glue_paper() -> None:
 #: The papermill parameters every chapter notebook declares (its first code cell).
 PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", "out_dir", "allow_non_counts")
 #: Optional papermill parameters a notebook need not declare (the runner passes them only when set):
-#: ``amp`` (None: the profile's setting; False turns bf16 autocast off).
-OPTIONAL_PARAMETERS = ("amp",)
+#: ``amp`` (None: the profile's setting; False turns bf16 autocast off); ``stream`` (None: by size, see
+#: ``data.stream.should_stream``; True streams the data from the file, False loads it).
+OPTIONAL_PARAMETERS = ("amp", "stream")
 
 
 def _fit_predict(model, args: dict):
@@ -93,6 +95,7 @@ class Chapter:
         allow_non_counts: bool = False,
         amp: bool | None = None,
         workers: int | None = None,
+        stream: bool | None = None,
     ):
         self.started = time.perf_counter()
         self.section = section
@@ -120,16 +123,27 @@ class Chapter:
             path = ensure_simulated(profile, self.seed, self.out_dir)
             donor_key, age_key = "donor_id", "age"  # the simulator's own column names
         self.data_path = path
-        self.cohort: Cohort = load_cohort(
-            path, donor_key=donor_key, age_key=age_key, seed=self.seed, allow_non_counts=allow_non_counts
-        )
+        # Large files stream: the aggregated clocks read every cell from the file block by block
+        # (``self.stream``), the cell-level models get an in-memory sample of cells per donor (``self.cohort``).
+        self.stream = None
+        if should_stream(path, stream):
+            self.stream = load_streamed(path, donor_key=donor_key, age_key=age_key, seed=self.seed,
+                                        allow_non_counts=allow_non_counts)
+            sample = profiles.section_params(profile, "data").get("stream_sample_cells")
+            self.cohort: Cohort = self.stream.sample_cohort(sample, seed=self.seed)
+        else:
+            self.cohort: Cohort = load_cohort(
+                path, donor_key=donor_key, age_key=age_key, seed=self.seed, allow_non_counts=allow_non_counts
+            )
+        self.stream_params = {"stream_requested": stream, "streamed": self.stream is not None,
+                              "cells_in_memory": self.cohort.n_cells}
         uns = self.cohort.adata.uns
         self.simulated = "simulation" in uns
         self.data = {
             "path": str(path),
             "sha256": file_sha256(path, cache_dir=self.out_dir / ".cache" / "sha256"),
             "simulated": bool(self.simulated),
-            "n_cells": self.cohort.n_cells,
+            "n_cells": self.stream.n_cells if self.stream is not None else self.cohort.n_cells,
             "n_genes": self.cohort.n_genes,
             "n_donors": self.cohort.n_donors,
         }
@@ -151,10 +165,15 @@ class Chapter:
         else:
             origin = f"**`{Path(d['path']).name}`** (user data)"
         kind = "raw UMI counts" if self.cohort.is_counts else "values that are not counts (count models skipped)"
+        streamed = (
+            f" The matrix was streamed from the file in blocks: the pseudobulk and pseudocell clocks read every cell, "
+            f"the cell-level models a sample of {self.cohort.n_cells:,} cells drawn per donor."
+            if self.stream is not None else ""
+        )
         return (
             f"This page ran on {origin}: {d['n_cells']:,} cells x {d['n_genes']:,} genes from "
             f"{d['n_donors']} donors, {kind}; donor split: {self.cohort.split_source}; "
-            f"file SHA-256 `{d['sha256'][:12]}`."
+            f"file SHA-256 `{d['sha256'][:12]}`.{streamed}"
         )
 
     def show_data_summary(self):
@@ -456,6 +475,7 @@ class Chapter:
             **self.params,
             **self.extra_params,
             **extra_params,
+            **self.stream_params,
             "seed": self.seed,
             "device": self.device_label,
             "device_requested": self.device_request,

@@ -292,6 +292,37 @@ class StreamedCohort:
         return sp.vstack(parts, format="csr")
 
 
+    def annotations(self):
+        """The file's ``var`` and ``uns`` (and the sampled cells' ``obs``) without its matrix: what
+        ``ground_truth`` and the chapters read from ``cohort.adata``."""
+        import anndata as ad
+        from anndata.io import read_elem
+
+        with _open(self.path) as f:
+            var = read_elem(f["var"]) if "var" in f else pd.DataFrame(index=self.gene_names)
+            uns = read_elem(f["uns"]) if "uns" in f else {}
+        return ad.AnnData(var=var, uns=uns)
+
+    def sample_cohort(self, max_cells: int | None, seed: int = 0, per_donor: bool = True):
+        """An in-memory :class:`~neuroage_utils.data.cohort.Cohort` of at most ``max_cells`` cells
+        (:func:`per_donor_sample` over every donor), for the cell-level models; its ``donor_table``
+        is the whole file's (cells per donor as stored)."""
+        import anndata as ad
+
+        from neuroage_utils.data.cohort import Cohort
+
+        keep = per_donor_sample(np.ones(self.n_cells, dtype=bool), self.donor_codes, max_cells, seed, per_donor)
+        X = self.take(keep)
+        donors = self.donor_table["donor_id"].to_numpy().astype(str)[self.donor_codes[keep]]
+        obs = pd.DataFrame({self.donor_key: donors, self.age_key: self.ages[keep]},
+                           index=pd.Index(np.flatnonzero(keep).astype(str), name="row"))
+        notes = self.annotations()
+        adata = ad.AnnData(X=X, obs=obs, var=notes.var, uns=dict(notes.uns))
+        return Cohort(adata=adata, X=X, donors=donors, ages=self.ages[keep], split=self.split[keep],
+                      donor_table=self.donor_table.copy(), is_counts=self.is_counts, donor_key=self.donor_key,
+                      age_key=self.age_key, split_source=self.split_source, gene_names=self.gene_names)
+
+
 def per_donor_sample(mask, donor_codes, max_cells: int | None, seed: int = 0, per_donor: bool = False) -> np.ndarray:
     """The cells (boolean mask) a cell-level model is fitted on.
 
