@@ -171,10 +171,13 @@ class StreamedCohort:
         return np.isin(self.split_codes, [SPLITS.index(s) for s in splits])
 
     # -- reading blocks -------------------------------------------------------------------------------
-    def blocks(self, normalise: bool = False, target_sum: float = 1e4, start: int = 0, stop: int | None = None):
+    def blocks(self, normalise: bool = False, target_sum: float = 1e4, start: int = 0, stop: int | None = None,
+               needed=None):
         """Yield ``(first_row, csr_block)`` of raw counts (float32), or of log1p(CP10k) when ``normalise``.
 
-        The normalisation is ``log_normalize``'s, row by row: the same float32 values.
+        The normalisation is ``log_normalize``'s, row by row: the same float32 values. With a boolean
+        ``needed`` per cell, blocks without a needed cell are not read (cells are stored by donor, so a
+        split's donors sit in few blocks).
         """
         stop = self.n_cells if stop is None else stop
         scale = None
@@ -185,6 +188,8 @@ class StreamedCohort:
             node, kind = _matrix_node(f)
             for a in range(start, stop, self.block_rows):
                 b = min(a + self.block_rows, stop)
+                if needed is not None and not needed[a:b].any():
+                    continue
                 block = self._read(node, kind, a, b)
                 if scale is not None:
                     block.data *= np.repeat(scale[a:b], np.diff(block.indptr))
@@ -209,7 +214,7 @@ class StreamedCohort:
         rows = None if rows is None else np.asarray(rows, dtype=bool)
         n = self.n_cells if rows is None else int(rows.sum())
         total, total_sq = np.zeros(self.n_genes), np.zeros(self.n_genes)
-        for a, block in self.blocks(normalise=normalise):
+        for a, block in self.blocks(normalise=normalise, needed=rows):
             if rows is not None:
                 block = block[rows[a : a + block.shape[0]]]
             values = block.data.astype(np.float64)
@@ -223,11 +228,10 @@ class StreamedCohort:
         order = np.argsort(cells, kind="stable")
         rows, cells = rows[order], cells[order]
         out = np.zeros((n_rows, self.n_genes))
-        bounds = np.searchsorted(cells, np.arange(0, self.n_cells + self.block_rows, self.block_rows))
-        for i, (a, block) in enumerate(self.blocks()):
-            lo, hi = bounds[i], bounds[i + 1]
-            if lo == hi:
-                continue
+        needed = np.zeros(self.n_cells, dtype=bool)
+        needed[cells] = True
+        for a, block in self.blocks(needed=needed):
+            lo, hi = np.searchsorted(cells, [a, a + block.shape[0]])
             member = sp.csr_matrix((np.ones(hi - lo), (rows[lo:hi], cells[lo:hi] - a)), shape=(n_rows, block.shape[0]))
             out += np.asarray((member @ block.astype(np.float64)).todense())
         return out
@@ -281,12 +285,12 @@ class StreamedCohort:
         """The cells at sorted indices (or boolean mask) ``rows`` as one in-memory CSR, gathered in one pass."""
         rows = np.asarray(rows)
         idx = np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows.astype(np.int64))
-        bounds = np.searchsorted(idx, np.arange(0, self.n_cells + self.block_rows, self.block_rows))
+        needed = np.zeros(self.n_cells, dtype=bool)
+        needed[idx] = True
         parts = []
-        for i, (a, block) in enumerate(self.blocks(normalise=normalise)):
-            lo, hi = bounds[i], bounds[i + 1]
-            if hi > lo:
-                parts.append(block[idx[lo:hi] - a])
+        for a, block in self.blocks(normalise=normalise, needed=needed):
+            lo, hi = np.searchsorted(idx, [a, a + block.shape[0]])
+            parts.append(block[idx[lo:hi] - a])
         if not parts:
             return sp.csr_matrix((0, self.n_genes), dtype=np.float32)
         return sp.vstack(parts, format="csr")
@@ -327,8 +331,10 @@ def per_donor_sample(mask, donor_codes, max_cells: int | None, seed: int = 0, pe
     """The cells (boolean mask) a cell-level model is fitted on.
 
     ``per_donor=False`` is ``cohort.subsample_cells`` (uniform, at most ``max_cells``): the same cells
-    as the in-memory path. ``per_donor=True`` caps every donor at ``ceil(max_cells / donors)`` cells
-    drawn uniformly within the donor, so a donor with many cells cannot dominate the sample.
+    as the in-memory path. ``per_donor=True`` caps every donor at the same number of cells, the
+    smallest cap that reaches ``max_cells`` cells in all (donors with fewer keep all theirs; the total
+    passes ``max_cells`` by less than one cell per donor), drawn uniformly within each donor, so a
+    donor with many cells cannot dominate the sample.
     """
     from neuroage_utils.data.cohort import subsample_cells
 
@@ -338,10 +344,14 @@ def per_donor_sample(mask, donor_codes, max_cells: int | None, seed: int = 0, pe
     rng = np.random.default_rng(seed)
     chosen = np.flatnonzero(mask)
     codes = np.asarray(donor_codes)[chosen]
-    cap = -(-int(max_cells) // len(np.unique(codes)))
+    sizes = np.bincount(codes)
+    present = np.flatnonzero(sizes)
+    caps = np.arange(1, sizes.max() + 1)
+    kept = np.minimum(sizes[present][None, :], caps[:, None]).sum(axis=1)  # cells kept at each cap
+    cap = int(caps[np.searchsorted(kept, int(max_cells))])
     out = np.zeros_like(mask)
     order = np.argsort(codes, kind="stable")
-    for own in np.split(chosen[order], np.cumsum(np.bincount(codes)[np.unique(codes)])[:-1]):
+    for own in np.split(chosen[order], np.cumsum(sizes[present])[:-1]):
         out[own if len(own) <= cap else rng.choice(own, cap, replace=False)] = True
     return out
 

@@ -51,7 +51,7 @@ def _zscore_stats(stream, rows, scale: bool):
 
 def _selected_blocks(stream, rows, normalise: bool = True):
     """The blocks of the selected rows (possibly empty blocks skipped), as dense float64 arrays."""
-    for a, block in stream.blocks(normalise=normalise):
+    for a, block in stream.blocks(normalise=normalise, needed=rows):
         part = block[rows[a : a + block.shape[0]]]
         if part.shape[0]:
             yield a, part
@@ -116,7 +116,7 @@ def streamed_donor_scores(model, stream, rows) -> pd.DataFrame:
     weights = (model.components_ / model.scale_).T.astype(np.float32)
     offset = model.mean_ @ weights
     sums = np.zeros((stream.n_donors, weights.shape[1]))
-    for a, block in stream.blocks(normalise=True):
+    for a, block in stream.blocks(normalise=True, needed=rows):
         keep = rows[a : a + block.shape[0]]
         if keep.any():
             scores = np.asarray(block[keep] @ weights) - offset
