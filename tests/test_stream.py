@@ -202,6 +202,10 @@ def test_bad_donors_and_ages_give_the_in_memory_message(h5ad_path):
     assert "has more than one age" in _both_raise(h5ad_path(adata, "ages.h5ad"))
     adata = make_adata(n_donors=5, cells_per_donor=5, n_genes=6)
     assert "only 5 donors" in _both_raise(h5ad_path(adata, "few.h5ad"))
+    for name, value, fragment in (("neg", -4.0, "negative age (-4)"), ("nan", np.nan, "missing age")):
+        adata = make_adata(n_donors=12, cells_per_donor=5, n_genes=6)
+        adata.obs.loc[adata.obs["donor_id"] == "D03", "age"] = value
+        assert fragment in _both_raise(h5ad_path(adata, f"{name}.h5ad"))
     adata = make_adata(n_donors=12, cells_per_donor=5, n_genes=6)
     assert "no age column 'years'" in _both_raise(h5ad_path(adata, "key.h5ad"), age_key="years")
 

@@ -112,10 +112,11 @@ def _donor_codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         cat_codes = column.cat.codes.to_numpy()
         used = np.unique(cat_codes)
         names, remap = np.unique(column.cat.categories.to_numpy().astype(str)[used], return_inverse=True)
-        lookup = np.zeros(len(column.cat.categories), dtype=np.int64)
+        lookup = np.zeros(len(column.cat.categories), dtype=np.int32)
         lookup[used] = remap
         return names, lookup[cat_codes]
-    return np.unique(column.astype(str).to_numpy(), return_inverse=True)
+    names, codes = np.unique(column.astype(str).to_numpy(), return_inverse=True)
+    return names, codes.astype(np.int32)
 
 
 def _obs_columns(obs) -> list[str]:
@@ -223,10 +224,11 @@ class StreamedCohort:
         mean = total / n
         return mean, np.maximum(total_sq / n - mean**2, 0.0)
 
-    def _sums(self, rows: np.ndarray, cells: np.ndarray, n_rows: int) -> np.ndarray:
+    def _sums(self, rows: np.ndarray, cells: np.ndarray, n_rows: int, cells_sorted: bool = False) -> np.ndarray:
         """Dense float64 ``membership @ X``: output row ``rows[j]`` adds cell ``cells[j]`` (exact for counts)."""
-        order = np.argsort(cells, kind="stable")
-        rows, cells = rows[order], cells[order]
+        if not cells_sorted:
+            order = np.argsort(cells, kind="stable")
+            rows, cells = rows[order], cells[order]
         out = np.zeros((n_rows, self.n_genes))
         needed = np.zeros(self.n_cells, dtype=bool)
         needed[cells] = True
@@ -236,13 +238,20 @@ class StreamedCohort:
             out += np.asarray((member @ block.astype(np.float64)).todense())
         return out
 
+    def _present_donors(self, cells: np.ndarray):
+        """Codes of the donors among ``cells`` (sorted) and each cell's index into them (no per-cell sort)."""
+        present = np.flatnonzero(np.bincount(self.donor_codes[cells], minlength=self.n_donors))
+        remap = np.zeros(self.n_donors, dtype=np.int32)
+        remap[present] = np.arange(len(present), dtype=np.int32)
+        return present, remap[self.donor_codes[cells]]
+
     def pseudobulk(self, rows=None, normalise: str | None = "log_cpm"):
         """``features.pseudobulk`` of the cells in ``rows`` (default all): (profiles CSR, sorted donor ids)."""
         what = "pseudobulk"
         _check_normalise(normalise)
         cells = np.arange(self.n_cells) if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
-        present, inverse = np.unique(self.donor_codes[cells], return_inverse=True)
-        sums = sp.csr_matrix(self._sums(inverse.ravel(), cells, len(present)))
+        present, inverse = self._present_donors(cells)
+        sums = sp.csr_matrix(self._sums(inverse, cells, len(present), cells_sorted=True))
         _require_summed_counts(sums, what)
         ids = self.donor_table["donor_id"].to_numpy().astype(str)[present]
         return _normalise_profiles(sums, normalise, what), ids
@@ -258,7 +267,7 @@ class StreamedCohort:
                 f"{cells_per_pseudocell} and {n_per_donor}"
             )
         cells = np.arange(self.n_cells) if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
-        present, inverse = np.unique(self.donor_codes[cells], return_inverse=True)
+        present, inverse = self._present_donors(cells)
         ids = self.donor_table["donor_id"].to_numpy().astype(str)[present]
         rng = np.random.default_rng(seed)
         # the in-memory draw indexes the selected cells 0..m-1; map back to file rows afterwards
@@ -407,20 +416,27 @@ def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed:
         else:
             n_cells, n_genes = (int(v) for v in node.shape)
             indptr, nnz = None, n_cells * n_genes
-    frame = pd.DataFrame({donor_key: donor_col.to_numpy(), age_key: age_col.to_numpy()}, copy=False)
-    if len(frame) == 0 or frame[donor_key].isna().any():
-        validate_obs(frame, donor_key, age_key)  # the empty / missing-donor messages count cells
+    if len(donor_col) == 0 or donor_col.isna().any():  # the empty / missing-donor messages count cells
+        validate_obs(pd.DataFrame({donor_key: donor_col, age_key: age_col}), donor_key, age_key)
     names, codes = _donor_codes(donor_col)
-    # every remaining check depends only on the distinct (donor, age) pairs, in order of first appearance
-    distinct = pd.DataFrame({"donor": codes, "age": frame[age_key].to_numpy()}).drop_duplicates().index
-    validate_obs(frame.iloc[distinct], donor_key, age_key, min_donors=MIN_DONORS)
-    del frame
+    ages = pd.to_numeric(age_col, errors="coerce").to_numpy(dtype=float)
+    first = np.full(len(names), -1, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # each donor's first cell
+    # Every remaining check depends only on the distinct (donor, age) pairs in order of first appearance:
+    # with one finite age per donor (the usual case) they are the donors' first cells, found without a
+    # per-cell table; otherwise pandas finds them.
+    low, high = ages[first].copy(), ages[first].copy()
+    np.minimum.at(low, codes, ages)
+    np.maximum.at(high, codes, ages)
+    if np.isfinite(ages).all() and np.array_equal(low, high):
+        distinct = np.sort(first)
+    else:
+        distinct = pd.DataFrame({"donor": codes, "age": age_col.to_numpy()}).drop_duplicates().index.to_numpy()
+    validate_obs(pd.DataFrame({donor_key: donor_col.iloc[distinct].to_numpy(), age_key: age_col.iloc[distinct].to_numpy()}),
+                 donor_key, age_key, min_donors=MIN_DONORS)
     if n_genes == 0:
         raise DataValidationError("the data has no genes: pass an .h5ad with a non-empty expression matrix")
-    ages = pd.to_numeric(age_col).to_numpy(dtype=float)
     donors = pd.DataFrame({"donor_id": names, "age": np.zeros(len(names)), "n_cells": np.bincount(codes, minlength=len(names))})
-    first = np.full(len(names), -1)
-    first[codes[::-1]] = np.arange(len(codes))[::-1]  # each donor's first cell
     donors["age"] = ages[first]
     if sex_col is not None:
         donors["sex"] = sex_col.astype(str).to_numpy()[first]
