@@ -89,14 +89,23 @@ def test_moments_on_training_donors(both, sim_path):
 
 
 @pytest.mark.parametrize("normalise", [None, "log_cpm", "cpm"])
-def test_pseudobulk_equals_the_in_memory_sums(both, normalise):
-    memory, streamed = both
+@pytest.mark.parametrize("donor_sums_gb", [0.5, 0.0])  # sums kept from the validation pass, or summed again
+def test_pseudobulk_equals_the_in_memory_sums(both, sim_path, normalise, donor_sums_gb):
+    memory, _ = both
+    streamed = load_streamed(sim_path, block_rows=BLOCK, donor_sums_gb=donor_sums_gb)
+    assert (streamed._donor_sums is not None) == (donor_sums_gb > 0)
     rows = memory.mask("train", "val")
     expected, ids = features.pseudobulk(memory.X[rows], memory.donors[rows], normalise)
     got, got_ids = streamed.pseudobulk(rows, normalise)
     np.testing.assert_array_equal(got_ids, ids)
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got.toarray(), expected.toarray())  # bit for bit
+    # part of a donor's cells: summed from the file
+    part = rows & (np.arange(memory.n_cells) % 3 == 0)
+    expected, ids = features.pseudobulk(memory.X[part], memory.donors[part], normalise)
+    got, got_ids = streamed.pseudobulk(part, normalise)
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got.toarray(), expected.toarray())
 
 
 def test_pseudocells_draw_the_same_cells(both):

@@ -149,6 +149,8 @@ class StreamedCohort:
     split_source: str = "study"
     block_rows: int = CHUNK_ROWS
     _indptr: np.ndarray = field(default=None, repr=False)
+    #: raw counts summed per donor (donors x genes, float64) in the validation pass, when small enough
+    _donor_sums: np.ndarray = field(default=None, repr=False)
 
     # -- per-cell views, as the in-memory Cohort names them -----------------------------------------
     @property
@@ -251,7 +253,12 @@ class StreamedCohort:
         _check_normalise(normalise)
         cells = np.arange(self.n_cells) if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
         present, inverse = self._present_donors(cells)
-        sums = sp.csr_matrix(self._sums(inverse, cells, len(present), cells_sorted=True))
+        whole = np.array_equal(np.bincount(inverse, minlength=len(present)),
+                               self.donor_table["n_cells"].to_numpy()[present])
+        if self._donor_sums is not None and whole:  # whole donors: their sums from the validation pass, no read
+            sums = sp.csr_matrix(self._donor_sums[present])
+        else:
+            sums = sp.csr_matrix(self._sums(inverse, cells, len(present), cells_sorted=True))
         _require_summed_counts(sums, what)
         ids = self.donor_table["donor_id"].to_numpy().astype(str)[present]
         return _normalise_profiles(sums, normalise, what), ids
@@ -365,9 +372,12 @@ def per_donor_sample(mask, donor_codes, max_cells: int | None, seed: int = 0, pe
     return out
 
 
-def _check_blocks(cohort: StreamedCohort, allow_non_counts: bool) -> None:
-    """One pass: finite values, counts (as ``require_counts`` says it), library sizes and detected genes."""
+def _check_blocks(cohort: StreamedCohort, allow_non_counts: bool, donor_sums_limit: float) -> None:
+    """One pass: finite values, counts (as ``require_counts`` says it), library sizes, detected genes,
+    and the per-donor sums of raw counts when donors x genes float64 fit in ``donor_sums_limit`` bytes."""
     lowest, example = np.inf, None
+    keep_sums = cohort.n_donors * cohort.n_genes * 8 <= donor_sums_limit
+    sums = np.zeros((cohort.n_donors, cohort.n_genes)) if keep_sums else None
     for a, block in cohort.blocks():
         values = block.data
         if values.size and not np.isfinite(values).all():
@@ -381,17 +391,25 @@ def _check_blocks(cohort: StreamedCohort, allow_non_counts: bool) -> None:
         b = a + block.shape[0]
         cohort.umis[a:b] = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
         cohort.genes_detected[a:b] = np.diff(block.indptr)
+        if sums is not None:  # float64 sums of integer counts: exact, in any order
+            codes = cohort.donor_codes[a:b]
+            member = sp.csr_matrix((np.ones(b - a), (codes, np.arange(b - a))), shape=(cohort.n_donors, b - a))
+            sums += (member @ block.astype(np.float64)).toarray()
     cohort.is_counts = lowest >= 0 and example is None
+    cohort._donor_sums = sums if cohort.is_counts else None
     if not cohort.is_counts and not allow_non_counts:
         # the one home of these sentences is checks.require_counts: hand it the offending value
         require_counts(np.array([[lowest if lowest < 0 else example]], dtype=np.float64), _WHO)
 
 
 def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed: int = 0,
-                  allow_non_counts: bool = False, block_rows: int = CHUNK_ROWS) -> StreamedCohort:
+                  allow_non_counts: bool = False, block_rows: int = CHUNK_ROWS,
+                  donor_sums_gb: float = 0.5) -> StreamedCohort:
     """Validate and split the cohort in ``path`` without loading its matrix (see the module docstring).
 
-    The same checks, split and messages as ``load_cohort``; one pass over the matrix.
+    The same checks, split and messages as ``load_cohort``; one pass over the matrix, which also sums
+    every donor's counts when donors x genes float64 fit in ``donor_sums_gb`` (69 donors x 17,658 genes:
+    10 MB), so that the pseudobulk of whole donors needs no further pass.
     """
     from neuroage_utils.data.cohort import MIN_DONORS
 
@@ -426,8 +444,9 @@ def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed:
     # with one finite age per donor (the usual case) they are the donors' first cells, found without a
     # per-cell table; otherwise pandas finds them.
     low, high = ages[first].copy(), ages[first].copy()
-    np.minimum.at(low, codes, ages)
-    np.maximum.at(high, codes, ages)
+    with np.errstate(invalid="ignore"):  # a missing age is reported below, by validate_obs
+        np.minimum.at(low, codes, ages)
+        np.maximum.at(high, codes, ages)
     if np.isfinite(ages).all() and np.array_equal(low, high):
         distinct = np.sort(first)
     else:
@@ -453,7 +472,7 @@ def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed:
         split_source="study" if study_split is not None else f"age-stratified (seed {seed})",
         block_rows=int(block_rows), _indptr=indptr,
     )
-    _check_blocks(cohort, allow_non_counts)
+    _check_blocks(cohort, allow_non_counts, donor_sums_gb * 2**30)
     return cohort
 
 
