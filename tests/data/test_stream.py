@@ -18,7 +18,7 @@ from neuroage_utils.data.stream import (
 )
 from neuroage_utils.errors import DataValidationError
 
-from .conftest import make_adata
+from tests.conftest import make_adata
 
 BLOCK = 256  # several blocks on a ~1,900-cell cohort, unaligned with donors
 
