@@ -1,4 +1,4 @@
-"""Calibrate the simulated cohort against the study (numbers quoted in neuroage_utils/simulate.py).
+"""Calibrate the simulated cohort against the study (numbers quoted in book/simulation.md and simulate_model.CALIBRATION).
 
 Reports, for each seed, on the ``quick`` size (cell_fraction=0.05, n_genes=2000) unless told
 otherwise:

@@ -55,7 +55,9 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--book", action="store_true", help="also time the quick book from scratch (~10 min)")
     p.add_argument("--data-fraction", type=float, default=1.0, help="cell fraction of the data-path benchmark")
-    p.add_argument("--skip", nargs="*", default=[], choices=["vae", "scvi", "linalg", "data", "ddp"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["vae", "scvi", "linalg", "data", "ddp", "scale"])
+    p.add_argument("--scale-millions", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0],
+                   help="cohort sizes (millions of cells x 2,000 genes) of the memory-vs-cells benchmark (tens of minutes)")
     p.add_argument("--out", type=Path, default=BENCH / "results.json")
     p.add_argument("--repeat", type=int, default=1, help="VAE throughput runs per tool and shape (best kept)")
     p.add_argument("--estimates-only", action="store_true",
@@ -75,11 +77,12 @@ def main() -> int:
     # items skipped now keep their previous results (with their own date), so a partial rerun refreshes
     # only what it measures
     previous = json.loads(args.out.read_text()) if args.skip and args.out.exists() else {}
-    res = {k: v for k, v in previous.items() if k in ("vae", "linalg", "data_path", "book", "ddp") and
-           {"vae": "vae", "linalg": "linalg", "data_path": "data", "book": "book", "ddp": "ddp"}[k] in args.skip + ["book"]}
+    res = {k: v for k, v in previous.items() if k in ("vae", "linalg", "data_path", "book", "ddp", "scale") and
+           {"vae": "vae", "linalg": "linalg", "data_path": "data", "book": "book", "ddp": "ddp", "scale": "scale"}[k]
+           in args.skip + ["book"]}
     if previous:
         # every kept item carries the date it was measured (older results files: the run's date)
-        for key in ("vae", "linalg", "data_path", "book", "ddp"):
+        for key in ("vae", "linalg", "data_path", "book", "ddp", "scale"):
             if key in res and isinstance(res[key], dict):
                 res[key].setdefault("date_utc", previous.get("date_utc"))
     res |= {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -136,6 +139,11 @@ def main() -> int:
         res["ddp"]["date_utc"] = now
         print("ddp", res["ddp"], flush=True)
 
+    if "scale" not in args.skip:
+        res["scale"] = run_json([py, BENCH / "bench_scale.py", "--millions", *args.scale_millions], timeout=4 * 3600)
+        res["scale"] |= {"date_utc": now, "cpu": cpu_name()}
+        print("scale", res["scale"], flush=True)
+
     if args.book:
         res["book"] = run_json([py, BENCH / "bench_book.py", "--profile", "quick"], timeout=3600)
 
@@ -151,6 +159,15 @@ def main() -> int:
 
     render(args.out, REPO / "book" / "benchmarks.md")
     return 0
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the cores this process may use."""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
 
 
 def _cuda() -> bool:

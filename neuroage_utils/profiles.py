@@ -81,6 +81,9 @@ class Profile:
     exp_age_weights: tuple = (10.0, 100.0)
     exp_monitor_cells: int | None = None
     exp_nmf_iter: int = 100
+    # A streamed cohort (a file above data.stream.STREAM_ABOVE_NNZ values, or --stream): the cell-level
+    # models fit on at most this many cells, drawn per donor; the aggregated clocks read every cell.
+    stream_sample_cells: int | None = None  # None (the paper profile): every cell
 
     def sections(self) -> dict:
         """Every section's parameters under this profile, as plain data."""
@@ -91,7 +94,7 @@ class Profile:
         return {
             "simulate": {"cell_fraction": self.cell_fraction, "n_genes": self.n_genes,
                          "min_cells_per_donor": self.min_cells_per_donor},
-            "data": {},
+            "data": {"stream_sample_cells": self.stream_sample_cells},
             "svd": {"n_components": self.svd_components, "max_cells_plot": 20_000, "ridge_alphas": _RIDGE_ALPHAS,
                     "linalg_backend": self.linalg_backend},
             "baselines": {
@@ -137,7 +140,7 @@ SETTINGS = {
                      batch_size=256, svd_components=8, nmf_components=6, nmf_max_iter=60, enet_n_alphas=5,
                      enet_l1_ratios=(0.5, 1.0), pseudocells_per_donor=5, cells_per_pseudocell=8,
                      max_cells_fit=3000, checkpoint_every=2, kl_cycle=(1, 1, 1), t0=2,
-                     exp_row=0, exp_batch_size=64, exp_monitor_cells=200, exp_nmf_iter=20),
+                     exp_row=0, exp_batch_size=64, exp_monitor_cells=200, exp_nmf_iter=20, stream_sample_cells=3000),
     # The default book: the paper's designs on ~10k cells x 2,000 genes, narrower and shorter.
     # The KL cycle and the restart period shrink with the epochs (5 + 5 + 5 and 10 instead of
     # 20 + 10 + 10 and 20), so that a 20-epoch run still sees the KL term at full weight.
@@ -146,7 +149,8 @@ SETTINGS = {
                      batch_size=1024, svd_components=100, nmf_components=100, nmf_max_iter=100, enet_n_alphas=20,
                      enet_l1_ratios=(0.1, 0.5, 0.9, 1.0), pseudocells_per_donor=10, cells_per_pseudocell=30,
                      max_cells_fit=20_000, checkpoint_every=10, kl_cycle=(5, 5, 5), t0=10,
-                     exp_row=1, exp_batch_size=256, exp_monitor_cells=2000, exp_nmf_iter=30, amp=True),
+                     exp_row=1, exp_batch_size=256, exp_monitor_cells=2000, exp_nmf_iter=30, amp=True,
+                     stream_sample_cells=50_000),
     # The paper's exact settings: 189,423 cells x 17,658 genes, full widths and epochs, batch 4096.
     "paper": Profile(cell_fraction=1.0, n_genes=paper.TEXT["n_genes"], min_cells_per_donor=0, mlp_width_scale=1.0,
                      vae_width_scale=1.0, vae_epoch_scale=1.0, poisson_epoch_scale=1.0,

@@ -35,6 +35,7 @@ from neuroage_utils import profiles
 from neuroage_utils.chapters import preflight
 from neuroage_utils.chapters.kernels import KernelWatch
 from neuroage_utils.data.cohort import file_sha256, load_cohort
+from neuroage_utils.data.stream import load_streamed, should_stream
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.simulate import ensure_simulated
 from neuroage_utils.data.sources import source_for
@@ -496,6 +497,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-amp", action="store_true",
                    help="turn off bf16 mixed precision (on in the quick and paper profiles where the device multiplies bf16 in "
                         "hardware: CUDA, or a CPU with AMX or a measured-fast AVX512-BF16)")
+    p.add_argument("--stream", action="store_true",
+                   help="read the data from the file in blocks (memory flat in the number of cells); automatic above "
+                        "5e8 stored values: the aggregated clocks use every cell, cell-level models a per-donor sample")
     p.add_argument("--list", action="store_true", help="print the sections and exit")
     return p.parse_args(argv)
 
@@ -559,6 +563,8 @@ def main(argv=None) -> int:
         parameters["amp"] = False
     if args.max_cells is not None:  # likewise
         parameters["max_cells"] = int(args.max_cells)
+    if args.stream:  # likewise; without it the chapters stream by size
+        parameters["stream"] = True
     pkg_sha = package_fingerprint()
     plan = []
     for section in sections:
@@ -581,7 +587,12 @@ def main(argv=None) -> int:
     if args.data:
         try:
             print(f"data: checking {data_path}", flush=True)
-            load_cohort(data_path, args.donor_key, args.age_key, seed=args.seed, allow_non_counts=args.allow_non_counts)
+            if should_stream(data_path, True if args.stream else None):  # checked block by block, never loaded
+                load_streamed(data_path, args.donor_key, args.age_key, seed=args.seed,
+                              allow_non_counts=args.allow_non_counts)
+            else:
+                load_cohort(data_path, args.donor_key, args.age_key, seed=args.seed,
+                            allow_non_counts=args.allow_non_counts)
         except DataValidationError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -58,6 +58,20 @@ def test_linear_algebra_benchmark_runs_on_tiny_data():
     assert report["svd"]["min_cosine_top10_subspace"] > 0.99
 
 
+def test_page_shows_memory_against_cells(tmp_path):
+    step = {"wall_s": 12.0, "peak_rss_gb": 0.8}
+    results = {"date_utc": "2026-01-01 00:00", "machine": "test", "load_average_1min_at_start": 0.0,
+               "scale": {"genes": 2000, "date_utc": "2026-01-01 00:00", "cpu": "test CPU, 2 cores",
+                         "sizes": [{"millions": 1.0, "file_gb": 8.5, "write": step,
+                                    "data": {**step, "n_cells": 1_000_000, "nnz": 1_060_000_000},
+                                    "fit": {**step, "test_mae": 5.5}}]}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    text = render(path, tmp_path / "page.md")
+    assert "## Memory against the number of cells" in text
+    assert "| 1,000,000 | 1,060,000,000 | 8.5 | 12 s, 0.8 GB | 12 s, 0.8 GB | 12 s, 0.8 GB | 5.5 |" in text
+
+
 def test_page_shows_the_data_parallel_runs(tmp_path):
     run = {"world_size": 2, "threads_per_rank": 1, "precision": "fp32", "epoch_seconds_best": 0.8,
            "cells_per_s_per_rank": 6400.0, "cells_per_s_total": 12800.0, "epoch_time_vs_single_process": 1.6}

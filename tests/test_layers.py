@@ -113,7 +113,6 @@ def test_no_import_circle():
             visit(node, [])
 
 
-@pytest.mark.xfail(strict=True, reason="data/simulate.py (900 lines) is being split (issue 16)")
 def test_no_module_is_over_800_lines():
     long = {n: len(p.read_text().splitlines()) for n, p in _modules().items() if len(p.read_text().splitlines()) > 800}
     assert not long, f"split these modules: {long}"

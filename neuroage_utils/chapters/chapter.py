@@ -20,6 +20,7 @@ from neuroage_utils import metrics, paper, profiles, results
 from neuroage_utils.report import chapter_page as pages
 from neuroage_utils.data.cohort import Cohort, cap_cells_per_donor, file_sha256, load_cohort, load_h5ad
 from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.data.stream import load_streamed, should_stream
 from neuroage_utils.data.sources import source_for
 from neuroage_utils.evaluation import recipes
 from neuroage_utils.train.device import amp_active, device_label, resolve_device
@@ -57,9 +58,10 @@ def glue_paper() -> None:
 #: The papermill parameters every chapter notebook declares (its first code cell).
 PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", "out_dir", "allow_non_counts")
 #: Optional papermill parameters a notebook need not declare (the runner passes them only when set):
-#: ``amp`` (None: the profile's setting; False turns bf16 autocast off), ``max_cells`` (at most this
-#: many cells per donor, drawn with the seed; None: all).
-OPTIONAL_PARAMETERS = ("amp", "max_cells")
+#: ``amp`` (None: the profile's setting; False turns bf16 autocast off); ``max_cells`` (at most this
+#: many cells per donor, drawn with the seed; None: all); ``stream`` (None: by size, see
+#: ``data.stream.should_stream``; True streams the data from the file, False loads it).
+OPTIONAL_PARAMETERS = ("amp", "max_cells", "stream")
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Chapter:
         amp: bool | None = None,
         workers: int | None = None,
         max_cells: int | None = None,
+        stream: bool | None = None,
     ):
         self.started = time.perf_counter()
         self.section = section
@@ -143,6 +146,7 @@ class Chapter:
         # A section with its own data (data.sources: the real-donor profiles) loads them through its
         # source's hook instead of the cohort of cells; ``data_path`` does not apply to it.
         self.source = source_for(section)
+        self.stream, self.stream_params = None, {}
         if self.source is not None:
             self.max_cells = None  # a cap on cells per donor does not apply to donor-level data
             self.donor_data = self.source.load(self.out_dir)
@@ -158,20 +162,31 @@ class Chapter:
             donor_key, age_key = "donor_id", "age"  # the simulator's own column names
         self.data_path = path
         source, n_in_file = path, None
-        if self.max_cells is not None:  # a per-donor cap: the kept cells are copied out, the file's freed
-            source = load_h5ad(path, donor_key, age_key)
-            n_in_file = source.n_obs
-            source = cap_cells_per_donor(source, donor_key, self.max_cells, seed=self.seed)
-        self.cohort: Cohort = load_cohort(
-            source, donor_key=donor_key, age_key=age_key, seed=self.seed, allow_non_counts=allow_non_counts
-        )
+        # Large files stream: the aggregated clocks read every cell from the file block by block
+        # (``self.stream``), the cell-level models get an in-memory sample of cells per donor (``self.cohort``).
+        # A per-donor cap (``max_cells``) loads the file and keeps the capped cells in memory instead.
+        if self.max_cells is None and should_stream(path, stream):
+            self.stream = load_streamed(path, donor_key=donor_key, age_key=age_key, seed=self.seed,
+                                        allow_non_counts=allow_non_counts)
+            sample = profiles.section_params(profile, "data").get("stream_sample_cells")
+            self.cohort: Cohort = self.stream.sample_cohort(sample, seed=self.seed)
+        else:
+            if self.max_cells is not None:  # a per-donor cap: the kept cells are copied out, the file's freed
+                source = load_h5ad(path, donor_key, age_key)
+                n_in_file = source.n_obs
+                source = cap_cells_per_donor(source, donor_key, self.max_cells, seed=self.seed)
+            self.cohort: Cohort = load_cohort(
+                source, donor_key=donor_key, age_key=age_key, seed=self.seed, allow_non_counts=allow_non_counts
+            )
+        self.stream_params = {"stream_requested": stream, "streamed": self.stream is not None,
+                              "cells_in_memory": self.cohort.n_cells}
         uns = self.cohort.adata.uns
         self.simulated = "simulation" in uns
         self.data = {
             "path": str(path),
             "sha256": file_sha256(path, cache_dir=self.out_dir / ".cache" / "sha256"),
             "simulated": bool(self.simulated),
-            "n_cells": self.cohort.n_cells,
+            "n_cells": self.stream.n_cells if self.stream is not None else self.cohort.n_cells,
             "n_genes": self.cohort.n_genes,
             "n_donors": self.cohort.n_donors,
         }
@@ -184,8 +199,12 @@ class Chapter:
         """One Markdown paragraph naming the data this page ran on."""
         if self.source is not None:
             return self.source.summary(self.donor_data, self.params, self.profile)
-        return pages.data_summary(self.data, simulated=self.simulated, profile=self.profile, seed=self.seed,
+        text = pages.data_summary(self.data, simulated=self.simulated, profile=self.profile, seed=self.seed,
                                   is_counts=self.cohort.is_counts, split_source=self.cohort.split_source)
+        if self.stream is not None:
+            text += (" The matrix was streamed from the file in blocks: the pseudobulk and pseudocell clocks read every "
+                     f"cell, the cell-level models a sample of {self.cohort.n_cells:,} cells drawn per donor.")
+        return text
 
     def show_data_summary(self):
         from IPython.display import Markdown, display
@@ -446,6 +465,7 @@ class Chapter:
             **self.params,
             **self.extra_params,
             **extra_params,
+            **self.stream_params,
             "seed": self.seed,
             "device": self.device_label,
             "device_requested": self.device_request,

@@ -385,11 +385,18 @@ def split_table(donors: pd.DataFrame, paper_donors: dict | None = None) -> pd.Da
 
 
 def library_stats(cohort: "Cohort") -> dict:
-    """Per-cell library sizes and detected genes, and a QC table of the matrix as loaded."""
-    X = sp.csr_matrix(cohort.X)
-    umis = np.asarray(X.sum(axis=1)).ravel()
-    genes_detected = np.diff(X.indptr)
-    frac_zero = 1.0 - X.nnz / (X.shape[0] * X.shape[1])
+    """Per-cell library sizes and detected genes, and a QC table of the matrix as loaded.
+
+    A streamed cohort (``data.stream``) recorded both in its validation pass: every cell, no matrix.
+    """
+    if hasattr(cohort, "umis"):
+        umis, genes_detected = cohort.umis, cohort.genes_detected
+        frac_zero = 1.0 - cohort.nnz / (cohort.n_cells * cohort.n_genes)
+    else:
+        X = sp.csr_matrix(cohort.X)
+        umis = np.asarray(X.sum(axis=1)).ravel()
+        genes_detected = np.diff(X.indptr)
+        frac_zero = 1.0 - X.nnz / (X.shape[0] * X.shape[1])
     table = pd.Series({
         "cells": cohort.n_cells, "genes": cohort.n_genes, "donors": cohort.n_donors,
         "median UMIs per cell": float(np.median(umis)),

@@ -61,6 +61,9 @@ __all__ = [
     "PseudocellClock",
     "fit_pseudobulk_elastic_net",
     "fit_pseudocell_elastic_net",
+    "fit_streamed_pseudobulk_elastic_net",
+    "fit_streamed_pseudocell_elastic_net",
+    "predict_streamed_donors",
 ]
 
 
@@ -471,10 +474,13 @@ def fit_pseudobulk_elastic_net(
     donors = donor_ids(donors, X.shape[0], what)
     donor_age = donor_ages(cell_ages(ages, X.shape[0], what), donors, what)
     profiles, ids = pseudobulk(X, donors, normalise)
-    clock = _fit_enet(
-        profiles, donor_age.loc[ids].to_numpy(), ids, l1_ratios=l1_ratios, n_alphas=n_alphas,
-        n_splits=n_splits, seed=seed, max_iter=max_iter, tol=tol, scale=scale,
-    )
+    return _fit_pseudobulk_profiles(profiles, ids, donor_age.loc[ids].to_numpy(), normalise, l1_ratios=l1_ratios,
+                                    n_alphas=n_alphas, n_splits=n_splits, seed=seed, max_iter=max_iter, tol=tol,
+                                    scale=scale)
+
+
+def _fit_pseudobulk_profiles(profiles, ids, ages, normalise, **fit) -> PseudobulkClock:
+    clock = _fit_enet(profiles, np.asarray(ages, dtype=float), np.asarray(ids), **fit)
     return PseudobulkClock(**_clock_fields(clock), normalise=normalise)
 
 
@@ -509,12 +515,69 @@ def fit_pseudocell_elastic_net(
     profiles, owners = pseudocells(
         X, donors, cells_per_pseudocell, n_per_donor, seed=seed, normalise=normalise, replace=replace
     )
-    clock = _fit_enet(
-        profiles, donor_age.loc[owners].to_numpy(), owners, l1_ratios=l1_ratios, n_alphas=n_alphas,
+    return _fit_pseudocell_profiles(
+        profiles, owners, donor_age.loc[owners].to_numpy(), cells_per_pseudocell=cells_per_pseudocell,
+        n_per_donor=n_per_donor, normalise=normalise, replace=replace, l1_ratios=l1_ratios, n_alphas=n_alphas,
         n_splits=n_splits, seed=seed, max_iter=max_iter, tol=tol, scale=scale, n_jobs=n_jobs,
         dense_limit_gb=dense_limit_gb,
     )
+
+
+def _fit_pseudocell_profiles(profiles, owners, ages, *, cells_per_pseudocell, n_per_donor, normalise, replace,
+                             seed, **fit) -> PseudocellClock:
+    clock = _fit_enet(profiles, np.asarray(ages, dtype=float), np.asarray(owners), seed=seed, **fit)
     return PseudocellClock(
         **_clock_fields(clock), cells_per_pseudocell=cells_per_pseudocell, n_per_donor=n_per_donor,
         normalise=normalise, replace=replace, seed=seed,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The same clocks on a streamed cohort: every cell, through per-donor sums read block by block
+# --------------------------------------------------------------------------------------------------
+
+
+def fit_streamed_pseudobulk_elastic_net(stream, splits=("train", "val"), normalise: str | None = "log_cpm",
+                                        l1_ratios=(0.1, 0.5, 0.9, 1.0), n_alphas: int = 20, n_splits: int = 5,
+                                        seed: int = 0, max_iter: int = 10_000, tol: float = 1e-4,
+                                        scale: bool = True) -> PseudobulkClock:
+    """:func:`fit_pseudobulk_elastic_net` on the donors of ``splits`` of a
+    :class:`~neuroage_utils.data.stream.StreamedCohort`: the same profiles (summed block by block,
+    bit for bit), so the same clock; memory is one block plus donors x genes."""
+    profiles, ids = stream.pseudobulk(stream.mask(*splits), normalise)
+    ages = stream.donor_table.set_index("donor_id").loc[ids, "age"].to_numpy(dtype=float)
+    return _fit_pseudobulk_profiles(profiles, ids, ages, normalise, l1_ratios=l1_ratios, n_alphas=n_alphas,
+                                    n_splits=n_splits, seed=seed, max_iter=max_iter, tol=tol, scale=scale)
+
+
+def fit_streamed_pseudocell_elastic_net(stream, splits=("train", "val"), cells_per_pseudocell: int = 15,
+                                        n_per_donor: int = 100, normalise: str | None = "log_cpm",
+                                        replace: bool = True, l1_ratios=(0.1, 0.5, 0.9, 1.0), n_alphas: int = 20,
+                                        n_splits: int = 5, seed: int = 0, max_iter: int = 5_000, tol: float = 1e-4,
+                                        scale: bool = True, n_jobs: int | None = None,
+                                        dense_limit_gb: float = 2.0) -> PseudocellClock:
+    """:func:`fit_pseudocell_elastic_net` on a streamed cohort (the same draws, summed block by block)."""
+    profiles, owners = stream.pseudocells(stream.mask(*splits), cells_per_pseudocell, n_per_donor, seed=seed,
+                                          normalise=normalise, replace=replace)
+    ages = stream.donor_table.set_index("donor_id").loc[owners, "age"].to_numpy(dtype=float)
+    return _fit_pseudocell_profiles(
+        profiles, owners, ages, cells_per_pseudocell=cells_per_pseudocell, n_per_donor=n_per_donor,
+        normalise=normalise, replace=replace, l1_ratios=l1_ratios, n_alphas=n_alphas, n_splits=n_splits, seed=seed,
+        max_iter=max_iter, tol=tol, scale=scale, n_jobs=n_jobs, dense_limit_gb=dense_limit_gb,
+    )
+
+
+def predict_streamed_donors(clock, stream, *splits, seed: int | None = None) -> pd.Series:
+    """Predicted age per donor of ``splits`` from every one of its cells, streamed (pseudobulk or pseudocell clock)."""
+    rows = stream.mask(*splits)
+    if isinstance(clock, PseudocellClock):
+        profiles, owners = stream.pseudocells(rows, clock.cells_per_pseudocell, clock.n_per_donor,
+                                              seed=clock.seed if seed is None else seed, normalise=clock.normalise,
+                                              replace=clock.replace)
+        pred = pd.Series(clock.predict(profiles)).groupby(owners, sort=True).mean()
+        pred.index.name = "donor_id"
+        return pred.rename("predicted")
+    if isinstance(clock, PseudobulkClock):
+        profiles, ids = stream.pseudobulk(rows, clock.normalise)
+        return pd.Series(clock.predict(profiles), index=pd.Index(ids, name="donor_id"), name="predicted")
+    raise TypeError("predict_streamed_donors takes a PseudobulkClock or a PseudocellClock")
