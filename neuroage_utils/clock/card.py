@@ -70,7 +70,9 @@ def model_card(clock) -> str:
         "- `age_gap` is predicted minus chronological age. It carries the clock's pull towards the training "
         f"mean age ({t['age_mean']:.0f} years): old donors come out young and young donors old. "
         "`age_gap_corrected` removes that trend (a line of predicted on age, fitted on the new data's controls "
-        "with `--control-key`, else on this clock's cross-validated training predictions; `correction` says which).",
+        "with `--control-key`, else on this clock's cross-validated training predictions; `correction` says which). "
+        "A clock that moves b years per year of age moves only about b x A years for a donor A years older inside; "
+        "`age_gap_scaled` is the corrected gap divided by b, in years.",
         "- Valid for data like the training data: the same tissue and cell types, counts from the same kind "
         f"of assay, donors aged {t['age_range'][0]:g}–{t['age_range'][1]:g}. Outside that range predictions "
         "extrapolate a straight line.",

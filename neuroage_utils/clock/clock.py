@@ -55,7 +55,7 @@ FORMAT_VERSION = 1
 POOLED = "all"
 #: Columns of :meth:`Clock.predict` (``cell_type`` only with a cell-type column).
 PREDICTION_COLUMNS = ["donor_id", "cell_type", "age", "predicted_age", "age_gap", "age_gap_corrected", "correction",
-                      "n_cells", "genes_missing"]
+                      "age_gap_scaled", "n_cells", "genes_missing"]
 _ARRAYS = ("coef", "scale", "feature_mean", "count_share")
 
 
@@ -211,7 +211,9 @@ class Clock:
 
         ``correction`` says what the corrected gap's age trend was fitted on: ``new_controls`` (the
         controls of these data, given by ``control_key``/``control_value``) or ``training_cv`` (the
-        clock's own out-of-fold predictions of its training donors). Missing genes are set to their
+        clock's own out-of-fold predictions of its training donors). ``age_gap_scaled`` is the
+        corrected gap divided by that trend's slope: a clock that moves ``b`` years per year of age
+        moves only ``b x A`` for a donor ``A`` years older inside, so this puts the gap in years. Missing genes are set to their
         training mean; above 20% missing a :class:`~neuroage_utils.clock.alignment.GeneOverlapWarning`.
         """
         donor_key = donor_key or self.keys["donor_key"]

@@ -19,7 +19,10 @@ from scipy import stats
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.metrics import bootstrap_mean_ci
 
-__all__ = ["AgeTrend", "fit_age_trend", "add_age_gaps", "group_difference", "gap_slope",
+#: Below this slope of predicted on chronological age a clock hardly follows age: no scaled gap.
+MIN_SLOPE = 0.1
+
+__all__ = ["MIN_SLOPE", "AgeTrend", "fit_age_trend", "add_age_gaps", "group_difference", "gap_slope",
            "analytic_power", "empirical_power"]
 
 
@@ -50,7 +53,8 @@ def fit_age_trend(ages, predicted, source: str) -> AgeTrend:
 
 
 def add_age_gaps(table: pd.DataFrame, trend: AgeTrend | None) -> pd.DataFrame:
-    """``table`` (columns ``age``, ``predicted_age``) with ``age_gap`` and ``age_gap_corrected``.
+    """``table`` (columns ``age``, ``predicted_age``) with ``age_gap``, ``age_gap_corrected`` and
+    ``age_gap_scaled`` (the corrected gap divided by the trend's slope, in years of age).
 
     Donors without a known age get NaN gaps; ``correction`` names the reference of the trend.
     """
@@ -59,9 +63,14 @@ def add_age_gaps(table: pd.DataFrame, trend: AgeTrend | None) -> pd.DataFrame:
     out["age_gap"] = out["predicted_age"].to_numpy(dtype=float) - age
     if trend is None:
         out["age_gap_corrected"] = np.nan
+        out["age_gap_scaled"] = np.nan
         out["correction"] = "none"
     else:
         out["age_gap_corrected"] = out["predicted_age"].to_numpy(dtype=float) - trend.expected(age)
+        # A clock moves by `slope` years per year of age, so a donor biologically A years older moves it
+        # by about slope x A: dividing by the slope puts the gap back in years. Undefined for a flat clock.
+        slope = trend["slope"]
+        out["age_gap_scaled"] = out["age_gap_corrected"] / slope if slope >= MIN_SLOPE else np.nan
         out["correction"] = trend["source"]
     return out
 
