@@ -375,7 +375,7 @@ def clock_entries(clocks: dict) -> dict:
         info = clock.members["all"].info
         out[model] = {"split": "cv", "mae": info["cv_mae"], "mae_ci95": info["cv_mae_ci95"], "r": info["cv_r"],
                       "n_donors": info["n_donors"], "predictions": info["cv_predictions"],
-                      "trained_on": "training controls of the planted study"}
+                      "trained_on": "training controls of the planted study (not the page's cohort)"}
     return out
 
 

@@ -24,7 +24,6 @@ import pandas as pd
 from neuroage_utils.data.cohort import subsample_cells
 from neuroage_utils.data.features import log_normalize
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.evaluation import crossval
 from neuroage_utils.models import linear
 
 __all__ = ["MODELS", "NORMALISATIONS", "DEFAULT_SETTINGS", "settings_for", "normalisation_for", "cv_predictions",
@@ -81,7 +80,9 @@ def normalisation_for(model: str, is_counts: bool) -> str:
     return "log1p_cp10k" if is_counts else "as_given"
 
 
-def _cv_data(X, donors, ages, normalisation: str) -> crossval.CVData:
+def _cv_data(X, donors, ages, normalisation: str):
+    from neuroage_utils.evaluation import crossval  # torch comes with it: not needed to predict
+
     X_norm = log_normalize(X) if normalisation == "log1p_cp10k" else X
     return crossval.CVData(X, X_norm, np.asarray(donors).astype(str), np.asarray(ages, float),
                            normalisation != "as_given")
@@ -94,6 +95,8 @@ def cv_predictions(model: str, X, donors, ages, normalisation: str, settings: di
     The one coupling to the CV recipes: each fold refits the model on its training donors, the
     penalty tuned by donor-grouped CV inside the fold.
     """
+    from neuroage_utils.evaluation import crossval
+
     data = _cv_data(X, donors, ages, normalisation)
     n_donors = len(np.unique(data.donors))
     params = {**settings, "folds": int(min(settings["folds"], n_donors))}
