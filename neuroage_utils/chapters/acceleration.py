@@ -22,43 +22,17 @@ import pandas as pd
 
 from neuroage_utils.clock import Clock
 from neuroage_utils.clock import models as clock_models
-from neuroage_utils.data.simulate import EXTRA_YEARS, simulate_cohort
+from neuroage_utils.data.cases import CASE, CONTROL, TRAIN, simulate_study, study_donors
+from neuroage_utils.data.simulate import EXTRA_YEARS
 from neuroage_utils.evaluation import acceleration as acc
 from neuroage_utils.metrics import bootstrap_mean_ci
-from neuroage_utils.paper import load_paper_cohort
 
 __all__ = ["study_donors", "simulate_study", "planted_truth", "acceleration_study", "power_table",
            "cell_type_study", "study_size_curves", "real_cohorts", "findings"]
 
-TRAIN, CONTROL, CASE = "train", "control", "case"
-
-
 # --------------------------------------------------------------------------------------------------
-# The simulated study
+# The simulated study (its donors and generator live in data.cases)
 # --------------------------------------------------------------------------------------------------
-
-
-def study_donors(n_per_group: int, extra_years: float, seed: int = 0) -> pd.DataFrame:
-    """The study's 69 donors as training controls, plus ``n_per_group`` held-out controls and as many
-    cases with ages and neuron counts drawn from the study's donors (cases ``extra_years`` older inside)."""
-    rng = np.random.default_rng(seed + 18)
-    train = load_paper_cohort()[["donor_id", "age", "sex", "n_cells"]].assign(split=TRAIN, **{EXTRA_YEARS: 0.0})
-    new = []
-    for group, extra in ((CONTROL, 0.0), (CASE, float(extra_years))):
-        pick = rng.integers(0, len(train), n_per_group)
-        ages = np.clip(train["age"].to_numpy()[pick] + rng.uniform(-3, 3, n_per_group), 18, 99).round()
-        new.append(pd.DataFrame({"donor_id": [f"{group.upper()}{i + 1:03d}" for i in range(n_per_group)],
-                                 "age": ages, "sex": rng.choice(["female", "male"], n_per_group),
-                                 "n_cells": train["n_cells"].to_numpy()[rng.integers(0, len(train), n_per_group)],
-                                 "split": group, EXTRA_YEARS: extra}))
-    return pd.concat([train, *new], ignore_index=True)
-
-
-def simulate_study(P: dict, seed: int = 0):
-    """The simulated study of :func:`study_donors` (obs ``split``: train / control / case)."""
-    donors = study_donors(P["n_per_group"], P["extra_years"], seed)
-    return simulate_cohort(cell_fraction=P["cell_fraction"], n_genes=P["n_genes"], seed=seed,
-                           min_cells_per_donor=P["min_cells_per_donor"], donors=donors)
 
 
 def planted_truth(adata) -> pd.DataFrame:
