@@ -317,3 +317,11 @@ def test_readme_clock_example_runs_as_printed(tmp_path):
 
     stated = float(re.search(r"mean `age_gap_scaled` is ([0-9.]+) years", (REPO / "README.md").read_text()).group(1))
     assert round(table.loc[cases, "age_gap_scaled"].mean(), 1) == pytest.approx(stated, abs=0.15)
+
+
+def test_neuroage_book_passes_through_to_the_runner(capfd, monkeypatch):
+    from neuroage_utils.clock.cli import main
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    assert main(["book", "--list"]) == 0
+    assert "acceleration" in capfd.readouterr().out

@@ -401,3 +401,24 @@ def size_sentence(curves: pd.DataFrame, model: str) -> str:
 
 
 __all__ += ["study_table", "best_model", "donors_for_power", "size_sentence"]
+
+
+def bias_sentence(summary: pd.DataFrame) -> str:
+    """What the bias table says, decided by its intervals."""
+    out = []
+    for row in summary.itertuples(index=False):
+        raw = f"{_name(row.model)}: the raw gap moves {row.slope_raw:+.2f} years per year of age ({_ci(row.slope_raw_ci95)})"
+        cv_lo, cv_hi = row.slope_training_cv_ci95
+        if cv_lo <= 0 <= cv_hi:
+            cv = (f"corrected on the clock's training CV predictions {row.slope_training_cv:+.2f} "
+                  f"({_ci(row.slope_training_cv_ci95)}), no bias detected")
+        else:
+            cv = (f"corrected on the clock's training CV predictions still {row.slope_training_cv:+.2f} "
+                  f"({_ci(row.slope_training_cv_ci95)}): the CV models, each fitted on fewer donors, are pulled "
+                  "towards the mean differently from the final clock, so correct on new controls where there are some")
+        out.append(f"- {raw}; {cv}; corrected on new controls, among the cases, {row.slope_cases_corrected:+.2f} "
+                   f"({_ci(row.slope_cases_corrected_ci95)}).")
+    return "\n".join(out)
+
+
+__all__ += ["bias_sentence"]

@@ -73,7 +73,9 @@ def power_figure(power: pd.DataFrame, planted: float, model: str):
     ax.plot(a["n_per_group"], a["power"], color="#4C72B0", lw=1.6, label="t-test at the observed spread")
     r = power[power["kind"] == "resampled"]
     if len(r):
-        ax.errorbar(r["n_per_group"], r["power"], yerr=[r["power"] - r["ci_low"], r["ci_high"] - r["power"]],
+        # Wilson bounds can round a hair past the estimate at 0 or 1 detections
+        yerr = np.clip([r["power"] - r["ci_low"], r["ci_high"] - r["power"]], 0, None)
+        ax.errorbar(r["n_per_group"], r["power"], yerr=yerr,
                     fmt="o", color="#C44E52", ms=4, capsize=2, label="resampled held-out donors")
     ax.axhline(0.8, color="0.6", ls=":", lw=1)
     ax.set_ylim(0, 1.02)
@@ -99,8 +101,9 @@ def size_figure(curves: pd.DataFrame, model: str):
         else:
             c["x"] = c["value"]
             ticks = [f"{int(v)}" for v in c["value"]]
-        lo = c["mae"] - c["ci95"].str[0]
-        hi = c["ci95"].str[1] - c["mae"]
+        # the MAE is the mean over draws, the interval pools their donors: it may sit a hair outside
+        lo = np.clip(c["mae"] - c["ci95"].str[0], 0, None)
+        hi = np.clip(c["ci95"].str[1] - c["mae"], 0, None)
         ax.errorbar(c["x"], c["mae"], yerr=[lo, hi], fmt="o-", color="#4C72B0", ms=4, capsize=2)
         ax.set_xscale("log")
         ax.set_xticks(c["x"], ticks, fontsize=plots.SMALL)
