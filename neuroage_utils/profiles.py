@@ -231,7 +231,7 @@ PROFILES["smoke"]["acceleration"] = _acceleration(
     200, [5, 10, 20, 40], 50, [15, 40], [5, None], 1, 4, real_max_donors=150, real_max_genes=200)
 PROFILES["quick"]["acceleration"] = _acceleration(
     1000, 0.05, 20, 40, _AGG, 5, 3, 8, 2000, {"n_per_donor": 5, "cells_per_pseudocell": 30},
-    1000, [5, 10, 20, 30, 40, 60, 80, 120], 300, [10, 20, 35, 50, 69], [5, 10, 20, 50, None], 2, 8)
+    1000, [5, 10, 20, 30, 40, 60, 80, 120], 300, [10, 20, 40, 69], [5, 20, None], 1, 8, real_max_genes=1000)
 PROFILES["paper"]["acceleration"] = _acceleration(
     17658, 1.0, 0, 100, _AGG, 5, 5, 20, 20_000, {"n_per_donor": 100, "cells_per_pseudocell": 50},
     2000, [5, 10, 20, 30, 40, 60, 80, 120, 200], 1000, [10, 20, 35, 50, 69], [5, 10, 20, 50, 100, 500, None], 5, 20)
