@@ -213,7 +213,7 @@ PROFILES["paper"]["realdata"] = _realdata(5, 20, [0.1, 0.5, 0.9, 1.0], [500, 500
 
 def _acceleration(n_genes, cell_fraction, min_cells, n_per_group, models, folds, inner, alphas, en_max_cells,
                   pseudocells, boot, power_n, power_draws, donor_counts, cell_counts, size_draws, real_alphas,
-                  real_max_donors=None, real_max_genes=None):
+                  real_max_donors=None, real_max_genes=None, parallel=True):
     """The age-acceleration chapter: a simulated study with planted cases, clocks fitted on its controls."""
     clock = {"folds": folds, "repeats": 1, "inner_splits": inner, "en_l1": [0.5], "en_alphas": alphas,
              "en_max_cells": en_max_cells, "pseudocells": pseudocells, "boot": boot}
@@ -222,13 +222,14 @@ def _acceleration(n_genes, cell_fraction, min_cells, n_per_group, models, folds,
             "cell_type_model": "pseudobulk_elastic_net", "boot": boot, "power_n": power_n,
             "power_draws": power_draws, "donor_counts": donor_counts, "cell_counts": cell_counts,
             "size_draws": size_draws, "real_clock": {**clock, "en_alphas": real_alphas},
-            "real_max_donors": real_max_donors, "real_max_genes": real_max_genes}
+            "real_max_donors": real_max_donors, "real_max_genes": real_max_genes,
+            "parallel": parallel}  # CV folds in worker processes (not worth their start-up on tiny data)
 
 
 _AGG = ["pseudobulk_elastic_net", "pseudocell_elastic_net", "elastic_net"]
 PROFILES["smoke"]["acceleration"] = _acceleration(
     200, 0.004, 12, 12, ["pseudobulk_elastic_net"], 3, 3, 4, 600, {"n_per_donor": 4, "cells_per_pseudocell": 8},
-    200, [5, 10, 20, 40], 50, [15, 40], [5, None], 1, 4, real_max_donors=150, real_max_genes=200)
+    200, [5, 10, 20, 40], 50, [15, 40], [5, None], 1, 4, real_max_donors=150, real_max_genes=200, parallel=False)
 PROFILES["quick"]["acceleration"] = _acceleration(
     1000, 0.05, 20, 40, _AGG, 5, 3, 8, 2000, {"n_per_donor": 5, "cells_per_pseudocell": 30},
     1000, [5, 10, 20, 30, 40, 60, 80, 120], 300, [10, 20, 40, 69], [5, 20, None], 1, 8, real_max_genes=1000)

@@ -163,40 +163,44 @@ def cell_type_study(adata, P: dict, seed: int = 0, device="cpu") -> pd.DataFrame
 # --------------------------------------------------------------------------------------------------
 
 
-def _cv_mae(model, X, donors, ages, normalisation, P, seed, device) -> tuple[float, list[float]]:
-    cv = clock_models.cv_predictions(model, X, donors, ages, normalisation, clock_models.settings_for(P["clock"]),
-                                     seed, device)
-    errors = (cv["predicted"] - cv["age"]).abs().to_numpy()
-    return float(errors.mean()), errors
-
-
 def study_size_curves(X, donors, ages, model: str, normalisation: str, P: dict, seed: int = 0,
                       device="cpu") -> pd.DataFrame:
-    """The clock's CV MAE against the number of training donors (random subsets of donors) and
-    against the cells per donor (random subsets of each donor's cells), ``P['size_draws']`` draws
-    each; the interval is a bootstrap over the donors' errors pooled over draws."""
+    """The clock's MAE against the number of training donors and against the cells per donor.
+
+    Donors: donor-grouped folds, each fold's model trained on a random ``n`` of the other folds'
+    donors, so every point is scored on all donors (each predicted once). Cells: every donor keeps
+    ``k`` random cells (a study with ``k`` cells per donor), then the same CV. ``P['size_draws']``
+    draws each; the MAE is their mean and the interval a bootstrap over the donors' errors (pooled
+    over draws)."""
     donors = np.asarray(donors).astype(str)
     ages = np.asarray(ages, float)
-    ids = np.unique(donors)
+    n_donors = len(np.unique(donors))
+    settings = clock_models.settings_for(P["clock"])
+    most = n_donors - int(np.ceil(n_donors / min(settings["folds"], n_donors)))  # a fold's training donors
     rng = np.random.default_rng(seed + 7)
     rows = []
     for axis, values in (("donors", P["donor_counts"]), ("cells", P["cell_counts"])):
         for value in values:
-            if axis == "donors" and value > len(ids):
-                continue
+            if axis == "donors":
+                value = min(int(value), most)
+                if any(r["axis"] == "donors" and r["value"] == value for r in rows):
+                    continue
             errors, maes = [], []
             for draw in range(int(P["size_draws"])):
                 if axis == "donors":
-                    mask = np.isin(donors, rng.choice(ids, int(value), replace=False))
+                    cv = clock_models.fewer_donor_predictions(model, X, donors, ages, normalisation, settings,
+                                                              value, seed + draw, device)
                 else:
                     mask = _cells_per_donor(donors, value, rng)
-                mae, err = _cv_mae(model, X[mask], donors[mask], ages[mask], normalisation, P, seed + draw, device)
-                maes.append(mae)
+                    cv = clock_models.cv_predictions(model, X[mask], donors[mask], ages[mask], normalisation,
+                                                     settings, seed + draw, device)
+                err = (cv["predicted"] - cv["age"]).abs().to_numpy()
+                maes.append(float(err.mean()))
                 errors.append(err)
             pooled = np.concatenate(errors)
             rows.append({"axis": axis, "value": int(value) if value else None, "mae": float(np.mean(maes)),
                          "ci95": bootstrap_mean_ci(pooled, n_boot=int(P["boot"]), seed=seed),
-                         "n_donors": int(len(ids)) if axis == "cells" else int(value), "draws": int(P["size_draws"])})
+                         "n_donors": n_donors, "draws": int(P["size_draws"])})
     return pd.DataFrame(rows)
 
 
@@ -390,12 +394,12 @@ def size_sentence(curves: pd.DataFrame, model: str) -> str:
     parts = []
     if len(d) >= 2:
         lo, hi = d.iloc[0], d.iloc[-1]
-        parts.append(f"with {int(lo['value'])} training donors the {_name(model)}'s CV MAE is {lo['mae']:.1f} years "
-                     f"(95% CI {_ci(lo['ci95'])}), with {int(hi['value'])} it is {hi['mae']:.1f} ({_ci(hi['ci95'])})")
+        parts.append(f"trained on {int(lo['value'])} donors the {_name(model)} misses held-out donors by {lo['mae']:.1f} "
+                     f"years (95% CI {_ci(lo['ci95'])}), trained on {int(hi['value'])} by {hi['mae']:.1f} ({_ci(hi['ci95'])})")
     if len(c) >= 2:
         few = c[c["value"].notna()].sort_values("value").iloc[0]
         full = c[c["value"].isna()].iloc[0] if c["value"].isna().any() else c.sort_values("value").iloc[-1]
-        parts.append(f"with {int(few['value'])} cells per donor it is {few['mae']:.1f} ({_ci(few['ci95'])}), "
+        parts.append(f"with {int(few['value'])} cells per donor its CV MAE is {few['mae']:.1f} ({_ci(few['ci95'])}), "
                      f"with every cell {full['mae']:.1f} ({_ci(full['ci95'])})")
     return ("On this cohort, " + "; ".join(parts) + ".") if parts else ""
 

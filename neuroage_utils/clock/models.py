@@ -136,3 +136,26 @@ def fit_final(model: str, X, donors, ages, normalisation: str, settings: dict, s
     cells = subsample_cells(np.ones(X.shape[0], bool), settings.get("en_max_cells"), seed=seed)
     clock = linear.fit_elastic_net(X_norm[cells], ages[cells], donors[cells], **common)
     return clock, X_norm[cells], donors[cells], {"max_cells": settings.get("en_max_cells")}
+
+
+def fewer_donor_predictions(model: str, X, donors, ages, normalisation: str, settings: dict, n_train: int,
+                            seed: int, device="cpu") -> pd.DataFrame:
+    """Every donor predicted once by a model trained on only ``n_train`` donors: donor-grouped folds
+    as in :func:`cv_predictions`, but each fold's model sees a random ``n_train`` of the other folds'
+    donors, so every point of a learning curve is scored on the same donors."""
+    from neuroage_utils.evaluation import crossval
+
+    data = _cv_data(X, donors, ages, normalisation)
+    donor_age = data.donor_ages()
+    rng = np.random.default_rng(seed)
+    params = {**settings, "folds": int(min(settings["folds"], len(donor_age)))}
+    rows = []
+    for _, fold, train, test in crossval.repeated_folds(donor_age, params["folds"], 1, seed=seed):
+        if n_train < len(train):
+            train = rng.choice(train, int(n_train), replace=False)
+        pred = crossval.RECIPES[model](data, train, test, params, seed + fold, device)
+        rows += [(d, float(donor_age.loc[d]), float(pred.loc[d])) for d in test]
+    return pd.DataFrame(rows, columns=["donor_id", "age", "predicted"]).sort_values("donor_id", ignore_index=True)
+
+
+__all__.append("fewer_donor_predictions")

@@ -21,7 +21,7 @@ def gap_figure(predictions: pd.DataFrame, model: str):
     fig, axes = plt.subplots(1, 3, figsize=(plots.WIDTH, 2.9))
     panels = [("age", "age_gap", "age (years)", "raw gap (years)", "a"),
               ("age", "age_gap_corrected", "age (years)", "corrected gap (years)", "b"),
-              ("bio_minus_age", "age_gap_corrected", "planted biological − chronological age", "corrected gap (years)", "c")]
+              ("bio_minus_age", "age_gap_corrected", "planted biological − chron. age (y)", "corrected gap (years)", "c")]
     for ax, (x, y, xl, yl, tag) in zip(axes, panels):
         for group, (label, color, marker) in GROUP_STYLE.items():
             g = t[t["group"] == group]
@@ -34,8 +34,9 @@ def gap_figure(predictions: pd.DataFrame, model: str):
         ax.set_xlabel(xl, fontsize=plots.SMALL)
         ax.set_ylabel(yl, fontsize=plots.SMALL)
         ax.set_title(f"({tag})", loc="left", fontsize=plots.SMALL + 1)
-    axes[0].legend(frameon=False, fontsize=plots.SMALL, loc="lower left")
     fig.suptitle(MODEL_NAMES.get(model, model), fontsize=plots.SMALL + 1)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize=plots.SMALL, loc="upper right", ncol=2)
     fig.tight_layout()
     return fig
 
@@ -109,7 +110,7 @@ def size_figure(curves: pd.DataFrame, model: str):
         ax.set_xticks(c["x"], ticks, fontsize=plots.SMALL)
         ax.minorticks_off()
         ax.set_xlabel(label, fontsize=plots.SMALL)
-    axes[0].set_ylabel("CV MAE (years)", fontsize=plots.SMALL)
+    axes[0].set_ylabel("MAE on held-out donors (years)", fontsize=plots.SMALL)
     fig.suptitle(MODEL_NAMES.get(model, model), fontsize=plots.SMALL + 1)
     fig.tight_layout()
     return fig
