@@ -128,7 +128,10 @@ def power_table(predictions: pd.DataFrame, model: str, planted: float, n_values,
     n_values = np.asarray(n_values, dtype=int)
     analytic = pd.DataFrame({"n_per_group": n_values, "power": acc.analytic_power(planted, sd, n_values),
                              "ci_low": np.nan, "ci_high": np.nan, "kind": "analytic"})
-    resampled = acc.empirical_power(cases, controls, n_values, n_draws=n_draws, seed=seed).assign(kind="resampled")
+    # draws of more than half the donors would mostly repeat the same donors: not a new study
+    half = min(len(cases), len(controls)) // 2
+    resampled = acc.empirical_power(cases, controls, n_values[n_values <= half], n_draws=n_draws,
+                                    seed=seed).assign(kind="resampled")
     out = pd.concat([analytic, resampled], ignore_index=True)
     out.attrs["sd"] = sd
     return out
