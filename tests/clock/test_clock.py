@@ -20,9 +20,9 @@ from neuroage_utils.clock.alignment import align_genes
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.evaluation import acceleration as acc
 
-from .conftest import make_adata
+from tests.conftest import make_adata
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SMALL = {"folds": 3, "inner_splits": 3, "en_l1": [0.5], "en_alphas": 5, "boot": 200,
          "pseudocells": {"n_per_donor": 4, "cells_per_pseudocell": 8}}
 MODELS = ["pseudobulk_elastic_net", "pseudocell_elastic_net", "elastic_net"]
