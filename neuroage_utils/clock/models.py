@@ -7,13 +7,14 @@ or a donor) and how counts become features (:data:`NORMALISATIONS`).
 
 Two things are fitted, both through existing code, never re-implemented:
 
-- the clock's own cross-validated error: repeated age-stratified donor-grouped CV
-  (:func:`neuroage_utils.evaluation.crossval.run_cv` and its recipes), so that the penalty is tuned
-  inside every fold on the fold's training donors only;
-- the final model on every donor given, by the same fitting function the recipe calls, with the
-  same settings, so the CV error estimates this model's.
+- the clock's own cross-validated error: the book's repeated age-stratified donor-grouped folds
+  (:func:`neuroage_utils.evaluation.crossval.repeated_folds`), each fold refitted on its training
+  donors only, the penalty tuned inside the fold;
+- the final model on every donor given.
 
-When the recipes registry (issue 16) lands, :func:`cv_predictions` is the one function to switch.
+Both go through :func:`_fit`, the one call into :mod:`neuroage_utils.models.linear`, so the CV error
+estimates the final model's. When the recipes registry (issue 16) lands, ``_fit`` is the one
+function to switch to it.
 """
 
 from __future__ import annotations
@@ -80,36 +81,68 @@ def normalisation_for(model: str, is_counts: bool) -> str:
     return "log1p_cp10k" if is_counts else "as_given"
 
 
-def _cv_data(X, donors, ages, normalisation: str):
-    from neuroage_utils.evaluation import crossval  # torch comes with it: not needed to predict
+def _fit(model: str, X, donors, ages, normalisation: str, settings: dict, seed: int):
+    """The one call into the fitting code: model ``model`` fitted on these cells (raw values; the cell
+    clock log-normalises them first), its penalty tuned by donor-grouped CV inside."""
+    n_donors = len(np.unique(donors))
+    common = {"l1_ratios": settings["en_l1"], "n_alphas": settings["en_alphas"],
+              "n_splits": int(min(settings["inner_splits"], n_donors)), "seed": seed}
+    if model == "pseudobulk_elastic_net":
+        return linear.fit_pseudobulk_elastic_net(X, ages, donors, **common)
+    if model == "pseudocell_elastic_net":
+        return linear.fit_pseudocell_elastic_net(X, ages, donors, **settings["pseudocells"], **common)
+    cells = subsample_cells(np.ones(X.shape[0], bool), settings.get("en_max_cells"), seed=seed)
+    return linear.fit_elastic_net(_cell_features(X[cells], normalisation), ages[cells], donors[cells], **common)
 
-    X_norm = log_normalize(X) if normalisation == "log1p_cp10k" else X
-    return crossval.CVData(X, X_norm, np.asarray(donors).astype(str), np.asarray(ages, float),
-                           normalisation != "as_given")
+
+def _cell_features(X, normalisation: str):
+    return log_normalize(X) if normalisation == "log1p_cp10k" else X
+
+
+def _fold(model, X, donors, ages, normalisation, settings, train, test, seed) -> pd.Series:
+    """One fold: fitted on the training donors' cells, the held-out donors' predicted ages."""
+    tr, held = np.isin(donors, train), np.isin(donors, test)
+    fitted = _fit(model, X[tr], donors[tr], ages[tr], normalisation, settings, seed)
+    Xh = X[held] if model != "elastic_net" else _cell_features(X[held], normalisation)
+    return fitted.predict_donors(Xh, donors[held])
+
+
+def _folds(model, X, donors, ages, normalisation, settings, seed, device, n_train=None) -> pd.DataFrame:
+    """Every donor predicted by the folds' models (mean over repeats): ``donor_id, age, predicted``.
+    With ``n_train``, each fold's model sees only a random ``n_train`` of its training donors."""
+    from neuroage_utils.evaluation.crossval import repeated_folds
+    from neuroage_utils.train.workers import run_tasks
+
+    donors = np.asarray(donors).astype(str)
+    ages = np.asarray(ages, dtype=float)
+    donor_age = pd.Series(ages, index=donors).groupby(level=0).first()
+    folds = int(min(settings["folds"], len(donor_age)))
+    rng = np.random.default_rng(seed)
+    splits = []
+    for repeat, fold, train, test in repeated_folds(donor_age, folds, int(settings["repeats"]), seed=seed):
+        if n_train is not None and n_train < len(train):
+            train = rng.choice(train, int(n_train), replace=False)
+        splits.append((train, test, seed + 1000 * repeat + fold))
+    preds = run_tasks(_fold, [(model, X, donors, ages, normalisation, settings, train, test, s)
+                              for train, test, s in splits], int(settings.get("workers") or 1))
+    rows = [(d, float(donor_age.loc[d]), float(p.loc[d])) for (_, test, _), p in zip(splits, preds) for d in test]
+    table = pd.DataFrame(rows, columns=["donor_id", "age", "predicted"])
+    return table.groupby("donor_id", sort=True).agg(age=("age", "first"), predicted=("predicted", "mean")).reset_index()
 
 
 def cv_predictions(model: str, X, donors, ages, normalisation: str, settings: dict, seed: int,
                    device="cpu") -> pd.DataFrame:
     """Out-of-fold prediction of every donor (mean over repeats): ``donor_id, age, predicted``.
 
-    The one coupling to the CV recipes: each fold refits the model on its training donors, the
-    penalty tuned by donor-grouped CV inside the fold.
+    Repeated age-stratified donor-grouped folds (the book's, :func:`~neuroage_utils.evaluation.crossval.repeated_folds`);
+    each fold refits the model on its training donors with the final fit's own function and settings,
+    the penalty tuned by donor-grouped CV inside the fold.
     """
-    from neuroage_utils.evaluation import crossval
-
-    data = _cv_data(X, donors, ages, normalisation)
-    n_donors = len(np.unique(data.donors))
-    params = {**settings, "folds": int(min(settings["folds"], n_donors))}
-    table, skipped, _ = crossval.run_cv(data, [model], params, seed=seed, device=device, progress=False,
-                                        workers=int(settings.get("workers") or 1))
-    if model in skipped:
-        raise DataValidationError(skipped[model])
-    return (table.groupby("donor_id", sort=True).agg(age=("age", "first"), predicted=("predicted", "mean"))
-            .reset_index())
+    return _folds(model, X, donors, ages, normalisation, settings, seed, device)
 
 
 def fit_final(model: str, X, donors, ages, normalisation: str, settings: dict, seed: int):
-    """The model fitted on every donor given, with the settings of the CV recipes.
+    """The model fitted on every donor given, with the settings of its CV folds.
 
     Returns ``(fitted linear clock, training features, rows' donors, extra)``: the features are
     what the clock's rows were (kept to record each gene's training mean, used for missing genes),
@@ -117,45 +150,26 @@ def fit_final(model: str, X, donors, ages, normalisation: str, settings: dict, s
     """
     donors = np.asarray(donors).astype(str)
     ages = np.asarray(ages, dtype=float)
-    n_donors = len(np.unique(donors))
-    common = {"l1_ratios": settings["en_l1"], "n_alphas": settings["en_alphas"],
-              "n_splits": int(min(settings["inner_splits"], n_donors)), "seed": seed}
+    clock = _fit(model, X, donors, ages, normalisation, settings, seed)
     if model == "pseudobulk_elastic_net":
-        clock = linear.fit_pseudobulk_elastic_net(X, ages, donors, **common)
         rows, owners = linear.pseudobulk(X, donors, clock.normalise)
         return clock, rows, owners, {}
     if model == "pseudocell_elastic_net":
-        P = settings["pseudocells"]
-        clock = linear.fit_pseudocell_elastic_net(X, ages, donors, **P, **common)
         rows, owners = linear.pseudocells(X, donors, clock.cells_per_pseudocell, clock.n_per_donor, seed=clock.seed,
                                           normalise=clock.normalise, replace=clock.replace)
         return clock, rows, owners, {"cells_per_pseudocell": int(clock.cells_per_pseudocell),
                                      "n_per_donor": int(clock.n_per_donor), "seed": int(clock.seed),
                                      "replace": bool(clock.replace)}
-    X_norm = log_normalize(X) if normalisation == "log1p_cp10k" else X
     cells = subsample_cells(np.ones(X.shape[0], bool), settings.get("en_max_cells"), seed=seed)
-    clock = linear.fit_elastic_net(X_norm[cells], ages[cells], donors[cells], **common)
-    return clock, X_norm[cells], donors[cells], {"max_cells": settings.get("en_max_cells")}
+    return clock, _cell_features(X[cells], normalisation), donors[cells], {"max_cells": settings.get("en_max_cells")}
 
 
 def fewer_donor_predictions(model: str, X, donors, ages, normalisation: str, settings: dict, n_train: int,
                             seed: int, device="cpu") -> pd.DataFrame:
-    """Every donor predicted once by a model trained on only ``n_train`` donors: donor-grouped folds
-    as in :func:`cv_predictions`, but each fold's model sees a random ``n_train`` of the other folds'
+    """Every donor predicted once by a model trained on only ``n_train`` donors: the folds of
+    :func:`cv_predictions`, but each fold's model sees a random ``n_train`` of the other folds'
     donors, so every point of a learning curve is scored on the same donors."""
-    from neuroage_utils.evaluation import crossval
-
-    data = _cv_data(X, donors, ages, normalisation)
-    donor_age = data.donor_ages()
-    rng = np.random.default_rng(seed)
-    params = {**settings, "folds": int(min(settings["folds"], len(donor_age)))}
-    rows = []
-    for _, fold, train, test in crossval.repeated_folds(donor_age, params["folds"], 1, seed=seed):
-        if n_train < len(train):
-            train = rng.choice(train, int(n_train), replace=False)
-        pred = crossval.RECIPES[model](data, train, test, params, seed + fold, device)
-        rows += [(d, float(donor_age.loc[d]), float(pred.loc[d])) for d in test]
-    return pd.DataFrame(rows, columns=["donor_id", "age", "predicted"]).sort_values("donor_id", ignore_index=True)
+    return _folds(model, X, donors, ages, normalisation, {**settings, "repeats": 1}, seed, device, n_train=n_train)
 
 
 __all__.append("fewer_donor_predictions")
