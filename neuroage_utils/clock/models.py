@@ -12,9 +12,9 @@ Two things are fitted, both through existing code, never re-implemented:
   donors only, the penalty tuned inside the fold;
 - the final model on every donor given.
 
-Both go through :func:`_fit`, the one call into :mod:`neuroage_utils.models.linear`, so the CV error
-estimates the final model's. When the recipes registry (issue 16) lands, ``_fit`` is the one
-function to switch to it.
+Both go through :func:`_fit`, the one call into the fitting code (the recipes registry,
+:mod:`neuroage_utils.evaluation.recipes`, which builds the elastic nets of
+:mod:`neuroage_utils.models.linear`), so the CV error estimates the final model's.
 """
 
 from __future__ import annotations
@@ -82,17 +82,19 @@ def normalisation_for(model: str, is_counts: bool) -> str:
 
 
 def _fit(model: str, X, donors, ages, normalisation: str, settings: dict, seed: int):
-    """The one call into the fitting code: model ``model`` fitted on these cells (raw values; the cell
-    clock log-normalises them first), its penalty tuned by donor-grouped CV inside."""
-    n_donors = len(np.unique(donors))
-    common = {"l1_ratios": settings["en_l1"], "n_alphas": settings["en_alphas"],
-              "n_splits": int(min(settings["inner_splits"], n_donors)), "seed": seed}
-    if model == "pseudobulk_elastic_net":
-        return linear.fit_pseudobulk_elastic_net(X, ages, donors, **common)
+    """The one call into the fitting code: model ``model`` built by the recipes registry and fitted
+    on these cells (raw values; the cell clock log-normalises them first), its penalty tuned by
+    donor-grouped CV inside. Returns the fitted linear clock (coefficients, divisors, intercept)."""
+    from neuroage_utils.evaluation import recipes
+
+    options = {"n_alphas": int(settings["en_alphas"]), "l1_ratios": tuple(settings["en_l1"]),
+               "n_splits": int(settings["inner_splits"])}
     if model == "pseudocell_elastic_net":
-        return linear.fit_pseudocell_elastic_net(X, ages, donors, **settings["pseudocells"], **common)
-    cells = subsample_cells(np.ones(X.shape[0], bool), settings.get("en_max_cells"), seed=seed)
-    return linear.fit_elastic_net(_cell_features(X[cells], normalisation), ages[cells], donors[cells], **common)
+        options.update(settings["pseudocells"])
+    if model == "elastic_net":
+        options["max_cells"] = settings.get("en_max_cells")
+    rows = _cell_features(X, normalisation) if model == "elastic_net" else X
+    return recipes.build(model, options, seed=seed).fit(rows, ages, donors).clock_
 
 
 def _cell_features(X, normalisation: str):
