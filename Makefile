@@ -16,7 +16,7 @@ help:
 	@echo "make realdata  fetch the real-donor files (grnimmuneclock 1.2.0, checked by SHA-256) into data/"
 	@echo "make bench  benchmarks -> bench/results.json and book/benchmarks.md (BENCH_BOOK=1: + quick book)"
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml  # pyproject: the editable install and the `neuroage` script
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

@@ -23,7 +23,7 @@ import numpy as np
 from neuroage_utils import paper
 
 PROFILE_NAMES = ("smoke", "quick", "paper")
-SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae", "realdata", "summary")
+SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae", "realdata", "acceleration", "summary")
 
 #: Penalties tried by the ridge regression on SVD scores (10^-2 ... 10^4, 13 values).
 _RIDGE_ALPHAS = np.logspace(-2, 4, 13).tolist()
@@ -284,6 +284,33 @@ REALDATA = {
 }
 for _name, _rd in REALDATA.items():
     PROFILES[_name]["realdata"] = _rd.section()
+
+
+def _acceleration(n_genes, cell_fraction, min_cells, n_per_group, models, folds, inner, alphas, en_max_cells,
+                  pseudocells, boot, power_n, power_draws, donor_counts, cell_counts, size_draws, real_alphas,
+                  real_max_donors=None, real_max_genes=None, parallel=True):
+    """The age-acceleration chapter: a simulated study with planted cases, clocks fitted on its controls."""
+    clock = {"folds": folds, "repeats": 1, "inner_splits": inner, "en_l1": [0.5], "en_alphas": alphas,
+             "en_max_cells": en_max_cells, "pseudocells": pseudocells, "boot": boot}
+    return {"n_genes": n_genes, "cell_fraction": cell_fraction, "min_cells_per_donor": min_cells,
+            "n_per_group": n_per_group, "extra_years": 10.0, "models": models, "clock": clock,
+            "cell_type_model": "pseudobulk_elastic_net", "boot": boot, "power_n": power_n,
+            "power_draws": power_draws, "donor_counts": donor_counts, "cell_counts": cell_counts,
+            "size_draws": size_draws, "real_clock": {**clock, "en_alphas": real_alphas},
+            "real_max_donors": real_max_donors, "real_max_genes": real_max_genes,
+            "parallel": parallel}  # CV folds in worker processes (not worth their start-up on tiny data)
+
+
+_AGG = ["pseudobulk_elastic_net", "pseudocell_elastic_net", "elastic_net"]
+PROFILES["smoke"]["acceleration"] = _acceleration(
+    200, 0.004, 12, 12, ["pseudobulk_elastic_net"], 3, 3, 4, 600, {"n_per_donor": 4, "cells_per_pseudocell": 8},
+    200, [5, 10, 20, 40], 50, [15, 40], [5, None], 1, 4, real_max_donors=150, real_max_genes=200, parallel=False)
+PROFILES["quick"]["acceleration"] = _acceleration(
+    1000, 0.05, 20, 40, _AGG, 5, 3, 8, 2000, {"n_per_donor": 5, "cells_per_pseudocell": 30},
+    1000, [5, 10, 20, 30, 40, 60, 80, 120], 300, [10, 20, 40, 69], [5, 20, None], 1, 8, real_max_genes=1000)
+PROFILES["paper"]["acceleration"] = _acceleration(
+    17658, 1.0, 0, 100, _AGG, 5, 5, 20, 20_000, {"n_per_donor": 100, "cells_per_pseudocell": 50},
+    2000, [5, 10, 20, 30, 40, 60, 80, 120, 200], 1000, [10, 20, 35, 50, 69], [5, 10, 20, 50, 100, 500, None], 5, 20)
 
 
 def section_params(profile: str, section: str) -> dict:

@@ -53,6 +53,7 @@ SECTION_TITLES = {
     "vae": "Variational autoencoders",
     "dae": "Denoising VAE",
     "realdata": "Real human donors",
+    "acceleration": "Age acceleration",
     "summary": "The verdict",
 }
 

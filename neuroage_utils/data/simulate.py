@@ -29,6 +29,7 @@ from neuroage_utils.data.simulate_model import (
     AGE_PATTERNS,
     CELL_TYPES,
     DEFAULT_PARAMETERS,
+    EXTRA_YEARS,
     N_GENES_FULL,
     SimulationParameters,
     _cells,
@@ -46,6 +47,7 @@ from neuroage_utils.results import atomic_path
 
 __all__ = [
     "N_GENES_FULL",
+    "EXTRA_YEARS",
     "CELL_TYPES",
     "AGE_PATTERNS",
     "SimulationParameters",

@@ -16,11 +16,15 @@ from scipy.special import logsumexp
 
 from neuroage_utils.errors import DataValidationError
 
-__all__ = ["N_GENES_FULL", "CELL_TYPES", "AGE_PATTERNS", "SimulationParameters", "DEFAULT_PARAMETERS",
+__all__ = ["N_GENES_FULL", "EXTRA_YEARS", "CELL_TYPES", "AGE_PATTERNS", "SimulationParameters", "DEFAULT_PARAMETERS",
            "CALIBRATION", "age_shape"]
 
 #: Genes in the study's matrix; the simulator's gene universe always has this many genes.
 N_GENES_FULL = 17658
+
+#: Optional column of a ``donors`` table: years added to a donor's biological age (a planted age
+#: acceleration of cases; the age genes follow it, nothing else does). Recorded in ``uns['simulation']['donors']``.
+EXTRA_YEARS = "extra_years"
 
 #: Neuron subtypes: (name, class, share of a donor's neurons on average, relative library size).
 CELL_TYPES = (
@@ -158,7 +162,14 @@ def _validate_donors(donors: pd.DataFrame, rng: np.random.Generator) -> pd.DataF
     else:  # sex drives only the sex-chromosome genes; an unknown sex is drawn at random
         out["sex"] = np.where(rng.random(len(out)) < 0.5, "female", "male")
     out["split"] = out["split"].astype(str) if "split" in out.columns else "unassigned"
-    return out[["donor_id", "sex", "age", "n_cells", "split"]]
+    columns = ["donor_id", "sex", "age", "n_cells", "split"]
+    if EXTRA_YEARS in out.columns:  # planted age acceleration (see _donor_truth)
+        extra = pd.to_numeric(out[EXTRA_YEARS], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(extra).all():
+            raise DataValidationError(f"donors table has a missing or non-numeric {EXTRA_YEARS}: give years (0 for none)")
+        out[EXTRA_YEARS] = extra
+        columns.append(EXTRA_YEARS)
+    return out[columns]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,6 +307,10 @@ def _donor_truth(donors: pd.DataFrame, seed: int, p: SimulationParameters) -> di
     n = len(donors)
     rng = _rng(seed, "donors")
     bio_age = donors["age"].to_numpy(dtype=float) + rng.normal(0.0, p.biological_age_sd, n)
+    # Planted acceleration: a donor's age genes behave as if it were `extra_years` older. Added after
+    # the draw, so every donor keeps the same offset of biological from chronological age with or without it.
+    if EXTRA_YEARS in donors.columns:
+        bio_age = bio_age + donors[EXTRA_YEARS].to_numpy(dtype=float)
     props = np.array([w for *_, w, _ in CELL_TYPES])
     composition = rng.dirichlet(p.composition_concentration * props, size=n)
     depth = rng.normal(0.0, p.donor_depth_log_sd, n)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from neuroage_utils.data.simulate_model import AGE_HIGH, AGE_LOW, CALIBRATION, CELL_TYPES, DEFAULT_PARAMETERS, N_GENES_FULL
+from neuroage_utils.data.simulate_model import (
+    AGE_HIGH, AGE_LOW, CALIBRATION, CELL_TYPES, DEFAULT_PARAMETERS, EXTRA_YEARS, N_GENES_FULL,
+)
 
 __all__ = ["cell_names", "obs_columns", "make_obs", "make_var", "make_uns"]
 
@@ -106,6 +108,7 @@ def make_uns(sim: dict, var: pd.DataFrame, n_counts: np.ndarray, nnz: int) -> di
             "donor_id": cohort["donor_id"].astype(str).to_list(),
             "age": cohort["age"].astype(float).to_list(),
             "biological_age": [float(a) for a in truth["biological_age"]],
+            EXTRA_YEARS: [float(a) for a in cohort.get(EXTRA_YEARS, pd.Series(0.0, index=cohort.index))],
             "sex": cohort["sex"].astype(str).to_list(),
             "split": cohort["split"].astype(str).to_list(),
             "n_cells": [int(n) for n in cells["n_per_donor"]],
