@@ -128,7 +128,7 @@ class TorchAgeRegressor:
         y = (ages - self.age_mean_) / self.age_std_
         batches = CellBatches(X, y, library_size=library_size, extras=self._extras(X), batch_size=self.batch_size,
                               shuffle=True, device=self.device_, max_dense_bytes=self.max_dense_bytes,
-                              device_csr=self.device_csr)
+                              device_csr=self.device_csr, cells_per_epoch=getattr(self, "cells_per_epoch", None))
         torch.manual_seed(self.seed)  # parameter initialisation
         module = self._build_module(X, batches)
         val = None if validation is None else self._held_out(validation, "validation")
@@ -141,7 +141,7 @@ class TorchAgeRegressor:
             checkpoint_path=self.checkpoint_path, checkpoint_every=self.checkpoint_every,
             seed=self.seed, progress=self.progress, weight_decay=getattr(self, "weight_decay", 0.0),
             config=self._config(), desc=type(self).__name__, amp=self.amp, monitors=watched,
-            optimizer=getattr(self, "optimizer", "adam"),
+            optimizer=getattr(self, "optimizer", "adam"), monitor_every=getattr(self, "monitor_every", 1),
         )
         self.module_ = module
         return self
