@@ -213,6 +213,9 @@ def _realdata(n_repeats, en_alphas, en_l1, mlp_hidden, mlp_epochs, svd_k, nmf_k,
         "max_donors": max_donors, "max_genes": max_genes,  # None: every donor, every gene
         "linalg_backend": "auto",  # NMF / SVD: torch on CUDA; HALS NMF, ARPACK SVD on a CPU
         "models": ["null", "elastic_net", "mlp", "svd_ridge", "nmf_mlp", "vae_gaussian"],
+        # CV inside each cohort and leave-one-cohort-out on per-cohort centred genes: is the
+        # cross-cohort collapse a batch effect? (the cheap models; the page says which)
+        "by_cohort_models": ["null", "elastic_net", "svd_ridge"],
         "elastic_net": {"n_alphas": en_alphas, "l1_ratios": en_l1, "eps": 1e-2, "n_splits": 5, "max_iter": 2000,
                         "tol": 1e-4},
         "mlp": mlp,

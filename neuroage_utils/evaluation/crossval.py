@@ -6,8 +6,10 @@ consecutive block of ``n_splits`` donors spread over the folds at random), each 
 the other folds' donors **only** (gene scaling, factorisations, cell subsampling and penalty tuning
 happen inside the fold) and predicts the held-out donors. Repeats reshuffle the folds.
 
-Scoring: a donor's error is its absolute error averaged over repeats; a model's CV MAE is the mean
-over donors, with a percentile bootstrap interval over donors. Two models are compared on the same
+Scoring: a donor's prediction is its prediction averaged over repeats and its error the absolute
+error of that prediction; a model's CV MAE is the mean over donors (the MAE of the reported
+predictions; ``mae_repeats`` keeps each repeat's own MAE), with a percentile bootstrap interval
+over donors. Two models are compared on the same
 donors by the paired bootstrap of their per-donor errors. The bootstrap treats the fitted models as
 fixed, so the intervals show donor-to-donor variation, not the variation of refitting.
 
@@ -285,9 +287,11 @@ def run_cv(data: CVData, models, params: dict, seed: int = 0, device="cpu", prog
 
 
 def _donor_errors(predictions: pd.DataFrame, model: str) -> pd.Series:
-    """Per donor: the absolute error averaged over repeats."""
+    """Per donor: the absolute error of its prediction averaged over repeats (the prediction the
+    results report, so a CV MAE is the mean absolute error of the reported predictions)."""
     sub = predictions[predictions["model"] == model]
-    return (sub["predicted"] - sub["age"]).abs().groupby(sub["donor_id"]).mean()
+    mean = sub.groupby("donor_id").agg(age=("age", "first"), predicted=("predicted", "mean"))
+    return (mean["predicted"] - mean["age"]).abs()
 
 
 def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed: int = 0) -> dict:
