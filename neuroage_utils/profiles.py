@@ -179,20 +179,22 @@ PROFILES = {name: profile.sections() for name, profile in SETTINGS.items()}
 
 
 # The conclusion page (``summary``): repeated donor-grouped CV over all donors, every fit refitted per
-# fold on the training fold's donors only. Per-fold models are cheaper than the chapters' (fewer cells,
-# epochs, components, iterations) so that folds x repeats fit the time budget; the page shows them.
+# fold on the training fold's donors only. Every model of a fold is fitted on the same cells: those of
+# the training donors, at most ``cells_per_donor`` each (None: all). Per-fold models are smaller than
+# the chapters' (components, iterations, epochs) so that folds x repeats fit the time budget; the page
+# lists the differences. ``max_cells`` / ``en_max_cells`` size the ground-truth refits only.
 _SUMMARY = {
-    "smoke": {"folds": 3, "repeats": 2, "max_cells": 600, "en_max_cells": 600, "en_alphas": 5, "en_l1": [0.5], "inner_splits": 3,
+    "smoke": {"folds": 3, "repeats": 2, "cells_per_donor": None, "max_cells": 600, "en_max_cells": 600, "en_alphas": 5, "en_l1": [0.5], "inner_splits": 3,
               "svd_k": 5, "nmf_k": 4, "nmf_iter": 30, "mlp_hidden": [16, 16], "mlp_epochs": 2, "batch_size": 256,
               "pseudocells": {"n_per_donor": 4, "cells_per_pseudocell": 8},
               "vae": {"hidden": [32, 16], "latent": 4, "epochs": 2, "max_cells": 600, "likelihood": "auto"},
               "probe_alphas": 10, "boot": 500, "recovery_k": [5, 10]},
-    "quick": {"folds": 5, "repeats": 3, "max_cells": 1500, "en_max_cells": 1500, "en_alphas": 8, "en_l1": [0.5],
+    "quick": {"folds": 5, "repeats": 3, "cells_per_donor": None, "max_cells": 1500, "en_max_cells": 1500, "en_alphas": 8, "en_l1": [0.5],
               "inner_splits": 3, "svd_k": 20, "nmf_k": 15, "nmf_iter": 40, "mlp_hidden": [100, 100], "mlp_epochs": 6,
               "batch_size": 256, "pseudocells": {"n_per_donor": 5, "cells_per_pseudocell": 30},
               "vae": {"hidden": [128, 64], "latent": 16, "epochs": 10, "max_cells": 2000, "likelihood": "auto"},
               "probe_alphas": 20, "boot": 2000, "recovery_k": [20, 60, 100]},
-    "paper": {"folds": 5, "repeats": 5, "max_cells": 20_000, "en_max_cells": 10_000, "en_alphas": 20, "en_l1": [0.1, 0.5, 0.9, 1.0],
+    "paper": {"folds": 5, "repeats": 5, "cells_per_donor": 100, "max_cells": 20_000, "en_max_cells": 10_000, "en_alphas": 20, "en_l1": [0.1, 0.5, 0.9, 1.0],
               "inner_splits": 5, "svd_k": 100, "nmf_k": 100, "nmf_iter": 200, "mlp_hidden": [500, 500],
               "mlp_epochs": 30, "batch_size": 4096, "pseudocells": {"n_per_donor": 100, "cells_per_pseudocell": 50},
               "vae": {"hidden": [300, 150], "latent": 100, "epochs": 100, "max_cells": 20_000, "likelihood": "auto"},

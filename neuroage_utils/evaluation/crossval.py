@@ -26,12 +26,11 @@ import numpy as np
 import pandas as pd
 
 from neuroage_utils import metrics
-from neuroage_utils.data.cohort import subsample_cells
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.features import log_normalize
 from neuroage_utils.train.workers import run_tasks
 
-__all__ = ["CVData", "age_stratified_folds", "repeated_folds", "RECIPES", "run_cv",
+__all__ = ["CVData", "age_stratified_folds", "repeated_folds", "RECIPES", "run_cv", "fit_cells", "cell_split_cv",
            "cv_summary", "paired_cv_difference", "cv_comparisons", "NeedsCounts"]
 
 
@@ -106,8 +105,25 @@ def repeated_folds(donor_ages: pd.Series, n_splits: int = 5, n_repeats: int = 3,
 # --------------------------------------------------------------------------------------------------
 
 
-def _fit_cells(data: CVData, train, P, seed, key: str = "max_cells"):
-    return subsample_cells(data.cells(train), P.get(key), seed=seed)
+def fit_cells(data: CVData, train, P, seed) -> np.ndarray:
+    """The training cells every model of a fold is fitted on: the cells of the ``train`` donors, at
+    most ``P['cells_per_donor']`` per donor (None: all of them), drawn with the fold's ``seed``, which
+    every model of the fold shares. Equal data: no model sees more or other cells than another."""
+    mask = data.cells(train)
+    cap = P.get("cells_per_donor")
+    if cap is None:
+        return mask
+    rng = np.random.default_rng(seed)
+    out = np.zeros_like(mask)
+    rows = np.flatnonzero(mask)
+    for donor in np.unique(data.donors[rows]):
+        mine = rows[data.donors[rows] == donor]
+        out[mine if len(mine) <= cap else rng.choice(mine, int(cap), replace=False)] = True
+    return out
+
+
+def _fit_cells(data: CVData, train, P, seed):
+    return fit_cells(data, train, P, seed)
 
 
 def _donor_mean(pred, donors) -> pd.Series:
@@ -133,7 +149,7 @@ def recipe_null(data, train, test, P, seed, device):
 def recipe_elastic_net(data, train, test, P, seed, device):
     from neuroage_utils.models.linear import fit_elastic_net
 
-    cells, held = _fit_cells(data, train, P, seed, "en_max_cells"), data.cells(test)
+    cells, held = _fit_cells(data, train, P, seed), data.cells(test)
     clock = fit_elastic_net(data.X_norm[cells], data.ages[cells], data.donors[cells], l1_ratios=P["en_l1"],
                             n_alphas=P["en_alphas"], n_splits=_inner(train, P), seed=seed)
     return clock.predict_donors(data.X_norm[held], data.donors[held])
@@ -142,7 +158,7 @@ def recipe_elastic_net(data, train, test, P, seed, device):
 def _aggregated_clock(fit, what: str, data, train, test, P, seed, **options):
     """An elastic net on summed counts (pseudobulk or pseudocells) fitted on the training donors."""
     _require_counts(data, what)
-    tr, held = data.cells(train), data.cells(test)
+    tr, held = _fit_cells(data, train, P, seed), data.cells(test)
     clock = fit(data.X[tr], data.ages[tr], data.donors[tr], l1_ratios=P["en_l1"], n_alphas=P["en_alphas"],
                 n_splits=_inner(train, P), seed=seed, **options)
     return clock.predict_donors(data.X[held], data.donors[held])
@@ -208,15 +224,17 @@ def vae_clock_from_params(P, seed, device):
 
     V = P["vae"]
     return VAELatentClock(likelihood=V["likelihood"], hidden=V["hidden"], latent=V["latent"], epochs=V["epochs"],
-                          batch_size=P["batch_size"], max_cells=V["max_cells"], probe="elastic_net",
+                          batch_size=P["batch_size"], max_cells=V.get("max_cells"), probe="elastic_net",
                           probe_alphas=P["probe_alphas"], probe_splits=P.get("inner_splits", 5),
                           kl_cycle={"zero_epochs": 1, "rise_epochs": max(1, V["epochs"] // 3), "hold_epochs": V["epochs"]},
                           T_0=max(2, V["epochs"]), device=device, seed=seed, amp=P.get("amp", False))
 
 
 def recipe_vae_clock(data, train, test, P, seed, device):
-    tr, held = data.cells(train), data.cells(test)
-    clock = vae_clock_from_params(P, seed, device).fit(data.X[tr], data.ages[tr], data.donors[tr])
+    tr, held = _fit_cells(data, train, P, seed), data.cells(test)
+    # in the CV the clock's VAE trains on the fold's cells, like every other model
+    clock = vae_clock_from_params({**P, "vae": {**P["vae"], "max_cells": None}}, seed, device)
+    clock.fit(data.X[tr], data.ages[tr], data.donors[tr])
     return clock.predict_donors(data.X[held], data.donors[held])
 
 
@@ -283,6 +301,9 @@ def run_cv(data: CVData, models, params: dict, seed: int = 0, device="cpu", prog
             rows.append((model, repeat, fold, donor, float(ages.loc[donor]), float(pred.loc[donor])))
     rows = [r for r in rows if r[0] not in skipped]  # a model that failed on any fold is left out whole
     table = pd.DataFrame(rows, columns=["model", "repeat", "fold", "donor_id", "age", "predicted"])
+    # the training cells of each fold, the same for every model (fit_cells): their mean over folds
+    fitted = [int(fit_cells(data, train, params, seed + 1000 * r + f).sum()) for r, f, train, _ in splits]
+    table.attrs["cells_fitted"] = float(np.mean(fitted))
     return table, skipped, seconds
 
 
@@ -294,8 +315,56 @@ def _donor_errors(predictions: pd.DataFrame, model: str) -> pd.Series:
     return (mean["predicted"] - mean["age"]).abs()
 
 
+def _cell_split_task(data: CVData, train_cells, test_cells, P, seed):
+    """The CV's elastic net fitted on cells drawn at random (their donors also have cells in the
+    test fold): per-donor mean prediction of the held-out cells and their number."""
+    from neuroage_utils.models.linear import fit_elastic_net
+
+    clock = fit_elastic_net(data.X_norm[train_cells], data.ages[train_cells], data.donors[train_cells],
+                            l1_ratios=P["en_l1"], n_alphas=P["en_alphas"], n_splits=P.get("inner_splits", 5), seed=seed)
+    pred = clock.predict(data.X_norm[test_cells])
+    frame = pd.DataFrame({"donor_id": data.donors[test_cells], "predicted": pred})
+    return frame.groupby("donor_id")["predicted"].agg(["sum", "count"])
+
+
+def cell_split_cv(data: CVData, params: dict, seed: int = 0, workers: int = 1) -> pd.DataFrame:
+    """The leakage demonstration: the cell elastic net of :data:`RECIPES` cross-validated with cells,
+    not donors, dealt into folds at random, so every test donor also has cells in training. Same
+    folds x repeats, the same number of training cells per fit as the donor CV (its mean
+    ``cells_fitted``), the same settings. Returns the long table of :func:`run_cv` (``fold`` -1: a
+    donor's prediction is the mean over its held-out cells of every fold of the repeat)."""
+    n_folds, n_repeats = int(params["folds"]), int(params["repeats"])
+    ages = data.donor_ages()
+    # the donor CV's training cells per fit, so the two differ only in how cells were split
+    per_fit = int(round(np.mean([fit_cells(data, train, params, seed + 1000 * r + f).sum()
+                                 for r, f, train, _ in repeated_folds(ages, n_folds, n_repeats, seed=seed)])))
+    tasks = []
+    for r in range(n_repeats):
+        rng = np.random.default_rng(seed * 1000 + r + 7)
+        fold_of = rng.permutation(np.arange(len(data.donors)) % n_folds)
+        for f in range(n_folds):
+            train, test = fold_of != f, fold_of == f
+            if train.sum() > per_fit:
+                keep = rng.choice(np.flatnonzero(train), per_fit, replace=False)
+                train = np.isin(np.arange(len(train)), keep)
+            tasks.append((r, (data, train, test, params, seed + 1000 * r + f)))
+    outputs = run_tasks(_cell_split_task, [t for _, t in tasks], workers)
+    rows = []
+    for r in range(n_repeats):
+        parts = [o for (rr, _), o in zip(tasks, outputs) if rr == r]
+        agg = pd.concat(parts).groupby(level=0).sum()
+        for donor, row in agg.iterrows():
+            rows.append(("elastic_net_cell_split", r, -1, str(donor), float(ages.loc[donor]), row["sum"] / row["count"]))
+    table = pd.DataFrame(rows, columns=["model", "repeat", "fold", "donor_id", "age", "predicted"])
+    table.attrs["cells_fitted"] = float(per_fit)
+    return table
+
+
 def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed: int = 0) -> dict:
-    """``{model: {mae, mae_ci95, folds, repeats, n_donors, mae_repeats, r, predictions}}``.
+    """``{model: {mae, cells_fitted, mae_ci95, folds, repeats, n_donors, mae_repeats, r, predictions}}``.
+
+    ``cells_fitted`` is the mean number of training cells of a per-fold fit (the table's
+    ``attrs['cells_fitted']``, set by :func:`run_cv`: the same for every model).
 
     ``mae_repeats`` is the MAE of each repeat (the spread from refolding); ``r`` the Pearson r of
     the repeat-averaged prediction with age (None when undefined); ``predictions`` the
@@ -312,6 +381,7 @@ def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed
             r = float(np.corrcoef(mean_pred["age"], mean_pred["predicted"])[0, 1])
         out[model] = {
             "mae": float(errors.mean()),
+            "cells_fitted": predictions.attrs.get("cells_fitted"),
             "mae_ci95": metrics.bootstrap_mean_ci(errors.to_numpy(), n_boot=n_boot, seed=seed),
             "folds": int(params["folds"]),
             "repeats": int(params["repeats"]),
