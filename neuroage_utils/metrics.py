@@ -56,8 +56,14 @@ def donor_table(cell_pred, donors, ages) -> pd.DataFrame:
     return table.reset_index()
 
 
+#: Fewer donors than this and a split is too small to score: no results entry carries its MAE.
+MIN_SCORED_DONORS = 5
+#: Fewer donors than this and r is null (two points always lie on a line: r = +-1 says nothing).
+MIN_R_DONORS = 3
+
+
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2 or np.allclose(x, x[0]) or np.allclose(y, y[0]):
+    if len(x) < MIN_R_DONORS or np.allclose(x, x[0]) or np.allclose(y, y[0]):
         return float("nan")  # r is undefined for a constant prediction (the null model)
     return float(np.corrcoef(x, y)[0, 1])
 

@@ -151,11 +151,20 @@ class Chapter:
         else:
             origin = f"**`{Path(d['path']).name}`** (user data)"
         kind = "raw UMI counts" if self.cohort.is_counts else "values that are not counts (count models skipped)"
-        return (
+        text = (
             f"This page ran on {origin}: {d['n_cells']:,} cells x {d['n_genes']:,} genes from "
             f"{d['n_donors']} donors, {kind}; donor split: {self.cohort.split_source}; "
             f"file SHA-256 `{d['sha256'][:12]}`."
         )
+        counts = self.cohort.donor_table["split"].value_counts()
+        small = [f"{int(counts.get(s, 0))} {name}" for s, name in (("val", "validation"), ("test", "test"))
+                 if int(counts.get(s, 0)) < results.MIN_SCORED_DONORS]
+        if small:
+            text += (f" **The single split is too small to score**: it leaves {' and '.join(small)} donors (at least "
+                     f"{results.MIN_SCORED_DONORS} are needed), so the results file records no MAE on them and any "
+                     "number on those donors below is not evidence; the repeated cross-validation over all donors "
+                     "on the conclusion page carries the comparison.")
+        return text
 
     def show_data_summary(self):
         from IPython.display import Markdown, display

@@ -53,6 +53,8 @@ def leaderboard(docs: dict, own: dict | None = None, own_section: str = "summary
         for key, e in models.items():
             if "mae" not in e or e.get("split") != "test" or key == "oracle":  # the oracle is the floor, not a clock
                 continue
+            if int(e["n_donors"]) < results.MIN_SCORED_DONORS:  # too few test donors to score
+                continue
             if key == "null":
                 if seen_null:
                     continue
