@@ -290,7 +290,8 @@ def vae_clock_settings(profile: str, P: dict) -> dict:
     return V
 
 
-def cv_settings(P: dict, docs: dict | None = None, cells_fitted: float | None = None) -> pd.DataFrame:
+def cv_settings(P: dict, docs: dict | None = None, cells_fitted: float | None = None,
+                single_vae: dict | None = None) -> pd.DataFrame:
     """The per-fold settings of the repeated cross-validation, as run, beside each chapter's own
     (read from the chapters' results files): the differences the reconciliation table refers to."""
     V = P["vae"]
@@ -309,7 +310,9 @@ def cv_settings(P: dict, docs: dict | None = None, cells_fitted: float | None = 
         "NMF components, iterations (raw counts)": (f"{P['nmf_k']}, {P['nmf_iter']}", chapter.get("nmf", "-")),
         "MLP widths, epochs": (f"{P['mlp_hidden']}, {P['mlp_epochs']}", chapter.get("mlp", "-")),
         "NMF + MLP: MLP widths, epochs": (f"{P['mlp_hidden']}, {P['mlp_epochs']}", chapter.get("nmf_mlp", "-")),
-        "VAE clock: widths, latent, epochs": (f"{V['hidden']}, {V['latent']}, {V['epochs']}", chapter.get("vae_clock", "-")),
+        "VAE clock: widths, latent, epochs": (f"{V['hidden']}, {V['latent']}, {V['epochs']}",
+                                              f"{single_vae['hidden']}, {single_vae['latent']}, {single_vae['epochs']} "
+                                              "(this page's single split)" if single_vae else "-"),
     }
     return pd.DataFrame(rows, index=["as run per fold", "its chapter (single split)"]).T
 
@@ -340,10 +343,11 @@ def chapter_settings(docs: dict) -> dict:
 def cv_differences(P: dict, docs: dict, single_vae: dict | None = None) -> dict:
     """Per model key: what differs between its CV fit and its single-split fit, in words."""
     ch = chapter_settings(docs)
+    grid = (f"L1 ratios, penalties, inner folds {P['en_l1']}, {P['en_alphas']}, {P['inner_splits']} in the CV; "
+            f"{ch.get('elastic_net', '-')} in its chapter")
     d = {"null": "the same model; the CV averages over every donor",
-         "elastic_net": f"penalty grid {P['en_l1']} x {P['en_alphas']} in the CV, {ch.get('elastic_net', '-')} in its chapter"
-                        + (f"; its chapter fits {ch['cells'].split('; ')[-1]}" if "at most" in ch.get("cells", "") else ""),
-         "pseudobulk_elastic_net": f"penalty grid {P['en_l1']} x {P['en_alphas']} in the CV, {ch.get('elastic_net', '-')} in its chapter",
+         "elastic_net": grid + (f"; its chapter fits {ch['cells'].split('; ')[-1]}" if "at most" in ch.get("cells", "") else ""),
+         "pseudobulk_elastic_net": grid,
          "pseudocell_elastic_net": (f"pseudocells {P['pseudocells']['n_per_donor']} x {P['pseudocells']['cells_per_pseudocell']} "
                                     f"in the CV, {ch.get('pseudocells', '-')} in its chapter"),
          "svd_ridge": f"{P['svd_k']} components in the CV, {ch.get('svd', '-')} in its chapter",

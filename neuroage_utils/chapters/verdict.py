@@ -212,7 +212,9 @@ def scope(data: dict, docs: dict, cv: dict, claim: dict, n_test: int, vae_clock:
 
 def reconcile(cv: dict, board: list[dict], differences: dict) -> pd.DataFrame:
     """Each cross-validated model beside its single-split test score: the two MAEs, how many donors
-    each scores, and what differs between the two fits (``differences``: model key -> text)."""
+    each scores, whether the CV MAE falls inside the single split's interval (if so, the two agree
+    within the noise of the few test donors), and what differs between the two fits
+    (``differences``: model key -> text)."""
     single = {}
     for r in board:
         single.setdefault(r["model"], r)
@@ -224,6 +226,8 @@ def reconcile(cv: dict, board: list[dict], differences: dict) -> pd.DataFrame:
                      "single-split 95% interval": s["mae_ci95"] if s else np.nan,
                      "test donors": s["n_donors"] if s else np.nan,
                      "CV minus single split": e["mae"] - s["mae"] if s else np.nan,
+                     "CV MAE inside the single split's interval": (
+                         ("yes" if s["mae_ci95"][0] <= e["mae"] <= s["mae_ci95"][1] else "no") if s else np.nan),
                      "what differs": differences.get(key, "the same settings; the single split scores fewer donors")})
     return pd.DataFrame(rows)
 
