@@ -32,6 +32,7 @@ from neuroage_utils import profiles
 from neuroage_utils.data.cohort import file_sha256, load_cohort
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.data.sources import source_for
 from neuroage_utils.results import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -434,7 +435,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="accept values that are not raw counts; count models are then skipped")
     p.add_argument("--no-amp", action="store_true",
                    help="turn off bf16 mixed precision (on in the quick and paper profiles where the device multiplies bf16 in "
-                        "hardware: CUDA, or a CPU with AMX)")
+                        "hardware: CUDA, or a CPU with AMX or a measured-fast AVX512-BF16)")
     p.add_argument("--list", action="store_true", help="print the sections and exit")
     return p.parse_args(argv)
 
@@ -492,10 +493,9 @@ def main(argv=None) -> int:
     total = time.perf_counter()
     for i, section in enumerate(sections, 1):
         inputs = notebook_inputs(section, parameters, data_sha, pkg_sha)
-        if section == "realdata":  # its data are the real-donor files, not the book's cohort
-            from neuroage_utils.data.realdata import fingerprint
-
-            inputs["realdata_files"] = fingerprint(out)
+        source = source_for(section)  # a section with its own data (not the cohort): their fingerprint
+        if source is not None:
+            inputs[f"{section}_files"] = source.fingerprint(out)
         label = f"[{i}/{len(sections)}] {section:10s}"
         if not args.force and is_up_to_date(out, section, inputs):
             print(f"{label} up to date (inputs unchanged; --force re-runs it)", flush=True)
