@@ -57,8 +57,14 @@ def donor_table(cell_pred, donors, ages) -> pd.DataFrame:
     return table.reset_index()
 
 
+#: Fewer donors than this and a split is too small to score: no results entry carries its MAE.
+MIN_SCORED_DONORS = 5
+#: Fewer donors than this and r is null (two points always lie on a line: r = +-1 says nothing).
+MIN_R_DONORS = 3
+
+
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2 or np.allclose(x, x[0]) or np.allclose(y, y[0]):
+    if len(x) < MIN_R_DONORS or np.allclose(x, x[0]) or np.allclose(y, y[0]):
         return float("nan")  # r is undefined for a constant prediction (the null model)
     return float(np.corrcoef(x, y)[0, 1])
 
@@ -125,9 +131,11 @@ def repeated_entry(donors, ages, predicted, n_boot: int = 2000, seed: int = 0) -
     """The one scorer of out-of-fold predictions (repeated cross-validation, held-out cohorts).
 
     ``predicted`` is donors x repeats (one out-of-fold prediction per repeat; a vector for one). A
-    donor's error is its absolute error averaged over repeats; the MAE is the mean over donors, with a
-    percentile bootstrap interval over donors; ``r`` is Pearson's r of the repeat-mean prediction with
-    age (None where undefined); ``mae_per_repeat`` the MAE of each repeat (the spread from refolding).
+    donor's prediction is its mean over repeats and its error the absolute error of that prediction
+    (one MAE definition: the MAE is recomputable from the entry's ``predictions``); the MAE is the
+    mean over donors, with a percentile bootstrap interval over donors; ``r`` is Pearson's r of the
+    repeat-mean prediction with age (None where undefined); ``mae_per_repeat`` the MAE of each repeat
+    (the spread from refolding).
     """
     predicted = np.asarray(predicted, float)
     if predicted.ndim == 1:
@@ -136,8 +144,8 @@ def repeated_entry(donors, ages, predicted, n_boot: int = 2000, seed: int = 0) -
         raise ValueError("some predictions are NaN or infinite (the model diverged)")
     ages = np.asarray(ages, float)
     abs_errors = np.abs(predicted - ages[:, None])
-    errors = abs_errors.mean(axis=1)
     mean_pred = predicted.mean(axis=1)
+    errors = np.abs(mean_pred - ages)
     return {
         "mae": float(errors.mean()), "r": pearson_or_none(mean_pred, ages),
         "mae_ci95": bootstrap_mean_ci(errors, n_boot=n_boot, seed=seed), "n_donors": int(len(ages)),

@@ -14,10 +14,14 @@ CITATION_KEY = "su_mukundan_aging_clock"
 
 #: Values stated in the text (sections 3-5 and the supplementary figures).
 TEXT = {
-    "n_cells": 189_423,  # tables of the authors' code; the text says 189,432
+    "n_cells": 189_423,  # the authors' code and tables (the book's cohort table); the text: n_cells_text
+    "n_cells_text": 189_432,
     "n_genes": 17_658,
     "n_donors": 69,
-    "split_donors": {"train": 49, "val": 9, "test": 11},  # the text says 50 / 9 / 10
+    "split_donors": {"train": 49, "val": 9, "test": 11},  # the authors' code; the text: split_donors_text
+    "split_donors_text": {"train": 50, "val": 9, "test": 10},
+    "min_age": 24,  # the authors' code and tables; the text: min_age_text
+    "min_age_text": 25,
     "svd_top_abs_r": 0.43,
     "mlp_test_mae": 15.97,
     "mlp_test_r": 0.52,
@@ -98,6 +102,28 @@ TABLE3 = _table(POISSON_VAE_GRID, ["epochs", "age_hidden", "latent", "hidden", "
 TABLE4 = _table(DAE_GRID, ["epochs", "age_hidden", "latent", "hidden", "noise", "dropout"], [14.07, 14.43, 14.14])
 
 TABLES = {"table1": TABLE1, "table2": TABLE2, "table3": TABLE3, "table4": TABLE4}
+
+
+#: Where the paper's text and the authors' code differ: (quantity, TEXT key of the text's value,
+#: TEXT key of the code's value, which one the book's cohort follows).
+SOURCES = [
+    ("neurons", "n_cells_text", "n_cells", "the authors' code (its per-donor table sums to it)"),
+    ("donors: train / validation / test", "split_donors_text", "split_donors", "the authors' code (its published split)"),
+    ("youngest donor (years)", "min_age_text", "min_age", "the authors' code (its donor table)"),
+]
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict):
+        return " / ".join(str(v) for v in value.values())
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def source_table() -> pd.DataFrame:
+    """Each number on which the paper's text and the authors' code differ, both labelled by source,
+    and which one the book follows."""
+    return pd.DataFrame([{"quantity": q, "the paper's text": _shown(TEXT[t]), "the authors' code": _shown(TEXT[c]),
+                          "the book follows": follows} for q, t, c, follows in SOURCES])
 
 
 def reported_table() -> pd.DataFrame:

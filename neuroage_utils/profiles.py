@@ -84,6 +84,15 @@ class Profile:
     # A streamed cohort (a file above data.stream.STREAM_ABOVE_NNZ values, or --stream): the cell-level
     # models fit on at most this many cells, drawn per donor; the aggregated clocks read every cell.
     stream_sample_cells: int | None = None  # None (the paper profile): every cell
+    # The paper's budget (Table 3's final row): epochs, the batch and the cells drawn per epoch (None:
+    # every training cell), the age weight of its up-weighted twin, how often its curves are read.
+    # On a CPU the quick profile keeps the paper's epochs and optimiser steps with a small batch and
+    # a fresh draw of cells each epoch; what that leaves out (cells per step) is stated on the page.
+    budget_epochs: int = 1000
+    budget_batch_size: int = 4096
+    budget_cells_per_epoch: int | None = None
+    budget_age_weight: float = 100.0
+    budget_monitor_every: int = 20
 
     def sections(self) -> dict:
         """Every section's parameters under this profile, as plain data."""
@@ -127,7 +136,15 @@ class Profile:
                 **vae,
                 "experiments": {"row": self.exp_row, "batch_size": self.exp_batch_size,
                                 "age_weights": list(self.exp_age_weights), "monitor_cells": self.exp_monitor_cells,
-                                "nmf_iter": self.exp_nmf_iter},
+                                "nmf_iter": self.exp_nmf_iter,
+                                "budget": {"epochs": self.budget_epochs, "batch_size": self.budget_batch_size,
+                                           "cells_per_epoch": self.budget_cells_per_epoch,
+                                           "age_weight": self.budget_age_weight,
+                                           "monitor_every": self.budget_monitor_every,
+                                           # the paper's schedules where the run is long enough for them
+                                           **({"kl_cycle": dict(paper.TRAINING["kl_cycle"]), "t0": paper.TRAINING["t0"]}
+                                              if self.budget_epochs >= 2 * sum(paper.TRAINING["kl_cycle"].values())
+                                              else {"kl_cycle": kl, "t0": self.t0})}},
             },
             "dae": {"grid": _scaled(paper.DAE_GRID, width=self.vae_width_scale, epochs=self.vae_epoch_scale), **vae},
         }
@@ -140,7 +157,8 @@ SETTINGS = {
                      batch_size=256, svd_components=8, nmf_components=6, nmf_max_iter=60, enet_n_alphas=5,
                      enet_l1_ratios=(0.5, 1.0), pseudocells_per_donor=5, cells_per_pseudocell=8,
                      max_cells_fit=3000, checkpoint_every=2, kl_cycle=(1, 1, 1), t0=2,
-                     exp_row=0, exp_batch_size=64, exp_monitor_cells=200, exp_nmf_iter=20, stream_sample_cells=3000),
+                     exp_row=0, exp_batch_size=64, exp_monitor_cells=200, exp_nmf_iter=20, stream_sample_cells=3000,
+                     budget_epochs=12, budget_batch_size=16, budget_cells_per_epoch=64, budget_monitor_every=4),
     # The default book: the paper's designs on ~10k cells x 2,000 genes, narrower and shorter.
     # The KL cycle and the restart period shrink with the epochs (5 + 5 + 5 and 10 instead of
     # 20 + 10 + 10 and 20), so that a 20-epoch run still sees the KL term at full weight.
@@ -150,7 +168,11 @@ SETTINGS = {
                      enet_l1_ratios=(0.1, 0.5, 0.9, 1.0), pseudocells_per_donor=10, cells_per_pseudocell=30,
                      max_cells_fit=20_000, checkpoint_every=10, kl_cycle=(5, 5, 5), t0=10,
                      exp_row=1, exp_batch_size=256, exp_monitor_cells=2000, exp_nmf_iter=30, amp=True,
-                     stream_sample_cells=50_000),
+                     # 33 steps of 16 cells per epoch x 1,000 epochs = the paper's 33,000 steps (its
+                     # Table 3 run: 133,323 training cells at batch 4,096). Measured on the 2-core
+                     # development CPU: 5.8 ms a step at batch 16, 8.9 at 32 (one core each), so the two
+                     # paper-budget runs take ~3 min side by side at batch 16 and ~5 at batch 32.
+                     budget_epochs=1000, budget_batch_size=16, budget_cells_per_epoch=33 * 16, stream_sample_cells=50_000),
     # The paper's exact settings: 189,423 cells x 17,658 genes, full widths and epochs, batch 4096.
     "paper": Profile(cell_fraction=1.0, n_genes=paper.TEXT["n_genes"], min_cells_per_donor=0, mlp_width_scale=1.0,
                      vae_width_scale=1.0, vae_epoch_scale=1.0, poisson_epoch_scale=1.0,
@@ -176,14 +198,16 @@ def _plain(value):
 @dataclass(frozen=True)
 class CVSettings:
     """The conclusion page (``summary``): repeated donor-grouped CV over all donors, every fit refitted
-    per fold on the training fold's donors only. Per-fold models are cheaper than the chapters' (fewer
-    cells, epochs, components, iterations) so that folds x repeats fit the time budget; the page shows
-    them. Models are built from these by the recipes registry (``crossval.cv_settings``)."""
+    per fold on the training fold's donors only. Every model of a fold is fitted on the same cells:
+    those of the training donors, at most ``cells_per_donor`` each (None: all; ``crossval.fit_cells``).
+    Per-fold models are smaller than the chapters' (components, iterations, epochs) so that folds x
+    repeats fit the time budget; the page lists the differences. Models are built from these by the
+    recipes registry (``crossval.cv_settings``)."""
 
     folds: int  # donor folds per repeat (age-stratified)
     repeats: int  # repeats, each dealing new folds
-    max_cells: int  # training cells per fold of the MLP, NMF + MLP and SVD + ridge, drawn at random
-    en_max_cells: int  # training cells per fold of the cell-level elastic net
+    max_cells: int  # training cells of the ground-truth refits of the NMF (the CV: cells_per_donor)
+    en_max_cells: int  # training cells of the ground-truth refit of the cell elastic net
     en_alphas: int  # elastic-net penalties per L1 ratio
     en_l1: tuple  # elastic-net L1 ratios tried
     inner_splits: int  # inner CV folds over the training fold's donors (penalties, probes)
@@ -198,6 +222,7 @@ class CVSettings:
     probe_alphas: int  # penalties of the donor-level probes (SVD ridge, VAE clock's elastic net)
     boot: int  # bootstrap resamples of donors for intervals and paired differences
     recovery_k: tuple  # k of precision / recall at k of the planted age genes
+    cells_per_donor: int | None = None  # every CV model's training cells per donor at most (None: all)
 
     def section(self, profile: Profile) -> dict:
         """The ``summary`` section's parameters, with the profile's device-path settings."""
@@ -220,7 +245,7 @@ CV = {
                         mlp_hidden=(500, 500), mlp_epochs=30, batch_size=4096,
                         pseudocells={"n_per_donor": 100, "cells_per_pseudocell": 50},
                         vae={"hidden": [300, 150], "latent": 100, "epochs": 100, "max_cells": 20_000, "likelihood": "auto"},
-                        probe_alphas=20, boot=2000, recovery_k=(50, 200, 500)),
+                        probe_alphas=20, boot=2000, recovery_k=(50, 200, 500), cells_per_donor=100),
 }
 for _name, _cv in CV.items():
     PROFILES[_name]["summary"] = _cv.section(SETTINGS[_name])
@@ -260,6 +285,9 @@ class RealdataSettings:
             "max_donors": self.max_donors, "max_genes": self.max_genes,
             "linalg_backend": "auto",  # NMF / SVD: torch on CUDA; HALS NMF, ARPACK SVD on a CPU
             "models": ["null", "elastic_net", "mlp", "svd_ridge", "nmf_mlp", "vae_gaussian"],
+            # CV inside each cohort and leave-one-cohort-out on per-cohort centred genes: is the
+            # cross-cohort collapse a batch effect? (the cheap models; the page says which)
+            "by_cohort_models": ["null", "elastic_net", "svd_ridge"],
             "elastic_net": {"n_alphas": self.en_alphas, "l1_ratios": list(self.en_l1), "eps": 1e-2, "n_splits": 5,
                             "max_iter": 2000, "tol": 1e-4},
             "mlp": mlp,

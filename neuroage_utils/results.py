@@ -116,6 +116,45 @@ def _flat_entries(models: dict):
             yield key, entry
 
 
+#: Fewer donors than this and a split is too small to score (as ``metrics.MIN_SCORED_DONORS``).
+MIN_SCORED_DONORS = 5
+_SCORES = ("mae", "mae_ci95", "r", "mae_per_repeat", "mae_repeats")
+
+
+def too_small(n_donors: int) -> str:
+    return (f"only {n_donors} donors in this split: too few to score (at least {MIN_SCORED_DONORS}); "
+            "the repeated cross-validation over all donors on the conclusion page carries the comparison")
+
+
+def unscore_small(models: dict) -> dict:
+    """A copy of ``models`` in which every entry (and every per-dataset breakdown) scored on fewer
+    than :data:`MIN_SCORED_DONORS` donors keeps its predictions but loses its scores, with a
+    ``skipped`` reason instead: a score on 2 donors is not evidence."""
+    def fix(entry: dict) -> dict:
+        if not isinstance(entry, dict) or "n_donors" not in entry:
+            return entry
+        out = dict(entry)
+        if "by_dataset" in out and isinstance(out["by_dataset"], dict):
+            out["by_dataset"] = {k: fix(v) for k, v in out["by_dataset"].items()}
+        if "mae" in out and int(out["n_donors"]) < MIN_SCORED_DONORS:
+            for k in _SCORES:
+                out.pop(k, None)
+            out["skipped"] = too_small(int(out["n_donors"]))
+        return out
+
+    return {k: ({kk: fix(vv) for kk, vv in e.items()} if isinstance(e, dict) and "split" not in e and "skipped" not in e
+                else fix(e)) for k, e in models.items()}
+
+
+def _check_recomputable(key: str, entry: dict) -> None:
+    """One MAE definition: the MAE is that of the entry's own per-donor predictions."""
+    preds = entry.get("predictions") or []
+    if preds and all("predicted" in p and "age" in p for p in preds):
+        mae = sum(abs(float(p["predicted"]) - float(p["age"])) for p in preds) / len(preds)
+        if abs(mae - float(entry["mae"])) > 1e-6 * max(1.0, abs(mae)):
+            raise ResultsError(f"model '{key}': MAE {entry['mae']} is not the MAE of its predictions ({mae})")
+
+
 def validate_results(doc: dict) -> dict:
     """Raise :class:`ResultsError` unless ``doc`` follows the contract; return it."""
     missing = [k for k in TOP_LEVEL_KEYS if k not in doc]
@@ -141,10 +180,14 @@ def validate_results(doc: dict) -> dict:
         lo, hi = entry["mae_ci95"]
         if not (lo <= entry["mae"] + 1e-9 and entry["mae"] <= hi + 1e-9):
             raise ResultsError(f"model '{key}': MAE {entry['mae']} outside its interval [{lo}, {hi}]")
+        if entry["n_donors"] < MIN_SCORED_DONORS:
+            raise ResultsError(f"model '{key}': an MAE on {entry['n_donors']} donors ({too_small(entry['n_donors'])})")
+        _check_recomputable(key, entry)
     for key, entry in doc.get("cv", {}).items():
         missing = [k for k in CV_KEYS if k not in entry]
         if missing:
             raise ResultsError(f"cv entry '{key}' lacks {missing}")
+        _check_recomputable(f"cv/{key}", entry)
     for row in doc.get("leaderboard", []):
         missing = [k for k in LEADERBOARD_KEYS if k not in row]
         if missing:
@@ -154,7 +197,9 @@ def validate_results(doc: dict) -> dict:
 
 def write_results(out_dir, section: str, data: dict, profile: str, params: dict, runtime_s: float, models: dict,
                   extra: dict | None = None) -> Path:
-    """Validate and atomically write ``out_dir/results/<section>.json``; return its path."""
+    """Validate and atomically write ``out_dir/results/<section>.json``; return its path. An entry
+    scored on fewer than :data:`MIN_SCORED_DONORS` donors is written without its MAE (see
+    :func:`unscore_small`)."""
     doc = _clean(
         {
             "section": section,
@@ -162,7 +207,7 @@ def write_results(out_dir, section: str, data: dict, profile: str, params: dict,
             "profile": profile,
             "params": params,
             "runtime_s": float(runtime_s),
-            "models": models,
+            "models": unscore_small(models),
             **(extra or {}),
         }
     )

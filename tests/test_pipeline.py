@@ -5,6 +5,7 @@ One build (module-scoped) serves every assertion; it is the slowest test of the 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -119,7 +120,8 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, breakage, me
 
 def test_values_that_are_not_counts_run_with_count_models_skipped(tmp_path):
     """z-scored data (negative floats): accepted with --allow-non-counts; count models and NMF are
-    recorded as skipped with a reason, the others are scored."""
+    recorded as skipped with a reason, the others run (on 14 donors the single split's 2 test donors
+    are too few to score: their entries keep the predictions and say so)."""
     adata = make_adata(n_donors=14, cells_per_donor=12, n_genes=40)
     dense = np.log1p(adata.X.toarray())
     adata.X = ((dense - dense.mean(0)) / (dense.std(0) + 1e-6)).astype(np.float32)
@@ -133,10 +135,11 @@ def test_values_that_are_not_counts_run_with_count_models_skipped(tmp_path):
     assert vae["data"]["simulated"] is False
     assert "raw counts" in vae["models"]["vae_poisson"]["skipped"]
     assert "raw counts" in vae["models"]["vae_nb"]["skipped"]
-    assert "mae" in vae["models"]["vae_gaussian"]
+    ran = vae["models"]["vae_gaussian"]
+    assert ran["predictions"] and ("mae" in ran or "too few to score" in ran["skipped"])
     nmf = results.read_results(out, "nmf")
     assert "non-negative" in nmf["models"]["nmf_mlp"]["skipped"]
-    assert "mae" in nmf["models"]["null"]
+    assert nmf["models"]["null"]["predictions"] and "too few to score" in nmf["models"]["null"].get("skipped", "too few to score")
     verdict = results.read_results(out, "summary")
     skipped = verdict["params"]["cv_skipped"]
     assert "not raw counts" in skipped["pseudobulk_elastic_net"] and "non-negative" in skipped["nmf_mlp"]
@@ -173,3 +176,71 @@ def test_realdata_chapter_renders_one_line_when_the_files_are_absent(tmp_path):
     assert "This page ran on no data" in text and "make realdata" in text
     doc = results.read_results(tmp_path / "out", "realdata")
     assert doc["data"]["available"] is False and all("skipped" in g for g in doc["models"].values())
+
+
+def _every_scored_entry(doc: dict):
+    """``(where, entry)`` for every entry of a results document that carries an MAE: models (and
+    their groups), per-dataset breakdowns, the CV."""
+    def walk(where, value):
+        if isinstance(value, dict):
+            if "mae" in value:
+                yield where, value
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    yield from walk(f"{where}/{k}", v)
+    yield from walk("models", doc["models"])
+    yield from walk("cv", doc.get("cv", {}))
+
+
+def _assert_one_mae_definition(doc: dict):
+    checked = 0
+    for where, e in _every_scored_entry(doc):
+        assert e["n_donors"] >= 5, f"{doc['section']} {where}: an MAE on {e['n_donors']} donors"
+        if e.get("predictions"):
+            mae = np.mean([abs(p["predicted"] - p["age"]) for p in e["predictions"]])
+            assert e["mae"] == pytest.approx(mae, abs=1e-9), f"{doc['section']} {where}: MAE not that of its predictions"
+            checked += 1
+    return checked
+
+
+def test_every_mae_in_every_results_file_is_that_of_its_predictions(smoke_build):
+    out, _ = smoke_build
+    checked = sum(_assert_one_mae_definition(json.loads(p.read_text())) for p in (out / "results").glob("*.json"))
+    assert checked > 20
+
+
+def test_summary_cv_is_at_equal_data_and_shows_the_leakage_the_floor_and_the_real_donors(smoke_build):
+    out, _ = smoke_build
+    doc = results.read_results(out, "summary")
+    fitted = {k: e["cells_fitted"] for k, e in doc["cv"].items()}
+    assert len(set(fitted.values())) == 1 and next(iter(fitted.values())) > 0, fitted
+    leak = doc["models"]["elastic_net_cell_split"]
+    assert leak["split"] == "cv" and leak["cells_fitted"] == pytest.approx(fitted["elastic_net"], abs=1)
+    assert doc["models"]["oracle"]["mae"] > 0 and "oracle" not in {r["model"] for r in doc["leaderboard"]}
+    text = (out / "_build" / "html" / "executed" / "summary.html").read_text()
+    for needle in ("The takeaway", "The floor", "Real donors", "cells at random", "What this does and does not show",
+                   "same training cells"):
+        assert needle in text, needle
+    assert text.index("The takeaway") < text.index("Leaderboard")
+    vae = results.read_results(out, "vae")
+    steps = vae["params"]["vae_experiments"]["step_budgets"]["experiment"]
+    assert steps["steps"] == vae["models"]["vae_exp_steps"]["steps"] and "share_of_paper_steps" in steps
+
+
+def test_a_15_donor_cohort_scores_no_split_of_fewer_than_5_donors(tmp_path):
+    path = tmp_path / "fifteen.h5ad"
+    make_adata(n_donors=15, cells_per_donor=20, n_genes=40, seed=3).write_h5ad(path)
+    out = tmp_path / "out"
+    proc = run("--profile", "smoke", "--data", str(path), "--only", "data", "baselines", "summary", "--no-book",
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for section in ("data", "baselines", "summary"):
+        doc = results.read_results(out, section)
+        _assert_one_mae_definition(doc)
+        small = [k for k, e in doc["models"].items() if "too few to score" in e.get("skipped", "")]
+        if section != "summary":
+            assert small, f"{section}: the 2-donor splits were scored"
+    summary = results.read_results(out, "summary")
+    assert summary["cv"]["elastic_net"]["n_donors"] == 15  # the repeated CV carries the comparison
+    page = (out / "executed" / "baselines.ipynb").read_text()
+    assert "too small to score" in page

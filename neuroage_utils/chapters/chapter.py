@@ -204,6 +204,14 @@ class Chapter:
         if self.stream is not None:
             text += (" The matrix was streamed from the file in blocks: the pseudobulk and pseudocell clocks read every "
                      f"cell, the cell-level models a sample of {self.cohort.n_cells:,} cells drawn per donor.")
+        counts = self.cohort.donor_table["split"].value_counts()
+        small = [f"{int(counts.get(s, 0))} {name}" for s, name in (("val", "validation"), ("test", "test"))
+                 if int(counts.get(s, 0)) < results.MIN_SCORED_DONORS]
+        if small:
+            text += (f" **The single split is too small to score**: it leaves {' and '.join(small)} donors (at least "
+                     f"{results.MIN_SCORED_DONORS} are needed), so the results file records no MAE on them and any "
+                     "number on those donors below is not evidence; the repeated cross-validation over all donors "
+                     "on the conclusion page carries the comparison.")
         return text
 
     def show_data_summary(self):

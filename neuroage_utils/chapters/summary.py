@@ -13,7 +13,7 @@ from neuroage_utils.report import tables
 from neuroage_utils.report.labels import MODEL_NAMES
 
 __all__ = ["PAPER_TEST_MAE", "leaderboard", "paper_caveat", "ground_truth", "conclusion", "cv_table",
-           "skipped_models"]
+           "skipped_models", "cv_settings", "cv_differences", "vae_clock_settings", "chapter_settings"]
 
 #: The paper's test MAE per model key, for the column that is another experiment on other data.
 PAPER_TEST_MAE = {
@@ -54,7 +54,9 @@ def leaderboard(docs: dict, own: dict | None = None, own_section: str = "summary
     sources = [(s, d["models"]) for s, d in docs.items()] + ([(own_section, own)] if own else [])
     for section, models in sources:
         for key, e in models.items():
-            if "mae" not in e or e.get("split") != "test":
+            if "mae" not in e or e.get("split") != "test" or key == "oracle":  # the oracle is the floor, not a clock
+                continue
+            if int(e["n_donors"]) < results.MIN_SCORED_DONORS:  # too few test donors to score
                 continue
             if key == "null":
                 if seen_null:
@@ -124,6 +126,7 @@ def cv_table(summary: dict, comparisons: pd.DataFrame, params: dict) -> pd.DataF
                      "95% CI": f"{s['mae_ci95'][0]:.1f}-{s['mae_ci95'][1]:.1f}",
                      "MAE per repeat": ", ".join(f"{v:.1f}" for v in s["mae_repeats"]),
                      "r": np.nan if s["r"] is None else round(s["r"], 2),
+                     "cells per fit": s.get("cells_fitted"),
                      "vs null": diff(key, "null"), "vs elastic net": diff(key, "elastic_net")})
     return pd.DataFrame(rows)
 
@@ -165,7 +168,7 @@ def residual_slopes(predictions: pd.DataFrame) -> pd.Series:
 
 
 def conclusion(summary: dict, comparisons: pd.DataFrame, board: list[dict], predictions: pd.DataFrame,
-               seed: int = 0) -> str:
+               seed: int = 0, vae_claim: dict | None = None) -> str:
     """Markdown bullets: what the cross-validation and the test split show, and what that says about
     the paper's claims. Every clause is derived from the numbers passed in."""
     from neuroage_utils.evaluation.crossval import paired_cv_difference
@@ -191,6 +194,7 @@ def conclusion(summary: dict, comparisons: pd.DataFrame, board: list[dict], pred
         lines.append("- Worse than the null model, with an interval that excludes zero: "
                      + _listing(f"{_name(r['a'])} ({_fmt_diff(r)})" for _, r in worse.iterrows()) + ".")
     ranked = sorted(summary, key=lambda k: summary[k]["mae"])
+    ranked = [k for k in ranked if k != "null"] + (["null"] if "null" in ranked else [])
     best = ranked[0]
     beaten, close = [], []
     for other in ranked[1:]:
@@ -229,14 +233,17 @@ def conclusion(summary: dict, comparisons: pd.DataFrame, board: list[dict], pred
         claims.append(f"NMF features improve the MLP (paper {paper.TEXT['mlp_test_mae']} -> "
                       f"{paper.TEXT['nmf_mlp_test_mae']}); in cross-validation NMF + MLP minus MLP is "
                       f"{_fmt_diff(c)}: {verdict}")
+    if vae_claim and vae_claim.get("status"):
+        claims.append(vae_claim["sentence"])
     if {"vae_latent_pseudobulk", "elastic_net"} <= set(summary):
         c = paired_cv_difference(predictions, "vae_latent_pseudobulk", "elastic_net", seed=seed)
+        outcome = (", which these donors cannot resolve" if not c["excludes_zero"] else
+                   " in cross-validation: better, at the CV's VAE budget" if c["difference"] < 0 else
+                   " in cross-validation: worse at the CV's VAE budget (smaller than the paper's), so not reproduced "
+                   "at that budget")
         claims.append(f"the paper concludes that a VAE's latent representation makes a better clock than an elastic net "
-                      f"on genes; even built the way clocks are built (donor-mean latent vectors, donor-level elastic "
-                      f"net), the VAE clock minus the cell elastic net is {_fmt_diff(c)}"
-                      + (" in cross-validation, so the claim is "
-                         + ("supported" if c["difference"] < 0 else "contradicted") + " by these donors"
-                         if c["excludes_zero"] else ", which these donors cannot resolve"))
+                      f"on genes; built the way clocks are built (donor-mean latent vectors, donor-level elastic "
+                      f"net), the VAE clock minus the cell elastic net is {_fmt_diff(c)}{outcome}")
     if claims:
         lines.append("- The paper's claims, on this run: " + "; ".join(claims) + ".")
     return "\n".join(lines)
@@ -257,15 +264,17 @@ def fit_vae_clock(chapter):
     cohort, P = chapter.cohort, chapter.params
     donors = cohort.donor_table
     train_cells, test_cells = cohort.mask("train", "val"), cohort.mask("test")
-    clock = crossval.vae_clock_from_params(P, chapter.seed, chapter.device)
+    # at least the VAE chapter's budget: its final Poisson configuration (widths, latent size,
+    # epochs) on every training and validation cell
+    V = vae_clock_settings(chapter.profile, P)
+    clock = crossval.vae_clock_from_params({**P, "vae": V}, chapter.seed, chapter.device)
     clock.fit(cohort.X[train_cells], cohort.ages[train_cells], cohort.donors[train_cells])
     predicted = clock.predict_donors(cohort.X[test_cells], cohort.donors[test_cells])
     kept = int((clock.probe_.direction_ != 0).sum())
     chapter.add("vae_latent_pseudobulk", table_from_donor_predictions(predicted, donors[donors["split"] == "test"]),
-                "test", trained_on=["train", "val"], likelihood=clock.likelihood_, config=P["vae"],
-                probe_alpha=clock.probe_.alpha_, n_latent_used=kept)
+                "test", trained_on=["train", "val"], likelihood=clock.likelihood_, config=V,
+                probe_alpha=clock.probe_.alpha_, n_latent_used=kept, cells_fitted=clock.n_cells_vae_)
     chapter.add_null("test", train_splits=("train", "val"))
-    V = P["vae"]
     settings = pd.Series({"likelihood": clock.likelihood_, "encoder widths": str(V["hidden"]),
                           "latent dimensions": V["latent"], "epochs": V["epochs"],
                           "cells the VAE trained on": clock.n_cells_vae_,
@@ -274,21 +283,86 @@ def fit_vae_clock(chapter):
     return clock, settings
 
 
-def cv_settings(P: dict) -> pd.DataFrame:
-    """The per-fold settings of the repeated cross-validation, as run (they are smaller than the
-    chapters' to fit the time budget)."""
+def vae_clock_settings(profile: str, P: dict) -> dict:
+    """The single-split VAE clock's VAE: the VAE chapter's final Poisson configuration (widths, latent
+    size, epochs) on every training cell, or the CV's where that is larger."""
+    cfg = profiles.section_params(profile, "vae")["poisson_grid"][-1]
+    V = dict(P["vae"])
+    V.update(hidden=list(cfg["hidden"]), latent=max(int(cfg["latent"]), int(V["latent"])),
+             epochs=max(int(cfg["epochs"]), int(V["epochs"])), max_cells=None)
+    return V
+
+
+def cv_settings(P: dict, docs: dict | None = None, cells_fitted: float | None = None,
+                single_vae: dict | None = None) -> pd.DataFrame:
+    """The per-fold settings of the repeated cross-validation, as run, beside each chapter's own
+    (read from the chapters' results files): the differences the reconciliation table refers to."""
     V = P["vae"]
-    return pd.Series({
-        "folds x repeats": f"{P['folds']} x {P['repeats']}",
-        "cells per fit (cell-level models)": P["max_cells"], "cells per fit (cell elastic net)": P["en_max_cells"],
-        "elastic net: L1 ratios, penalties, inner donor folds": f"{P['en_l1']}, {P['en_alphas']}, {P['inner_splits']}",
-        "pseudocells per donor x cells each":
-            f"{P['pseudocells']['n_per_donor']} x {P['pseudocells']['cells_per_pseudocell']}",
-        "SVD components (+ ridge on donor means)": P["svd_k"],
-        "NMF components, iterations (raw counts)": f"{P['nmf_k']}, {P['nmf_iter']}",
-        "MLP widths, epochs": f"{P['mlp_hidden']}, {P['mlp_epochs']}",
-        "VAE clock: widths, latent, epochs, cells": f"{V['hidden']}, {V['latent']}, {V['epochs']}, {V['max_cells']}",
-    }, name="as run per fold").to_frame()
+    chapter = chapter_settings(docs or {})
+    cap = P.get("cells_per_donor")
+    rows = {
+        "folds x repeats": (f"{P['folds']} x {P['repeats']}", "one split: 49 / 9 / 11 donors"),
+        "training cells per fit, every model": (
+            (f"all of the training donors' cells" if cap is None else f"at most {cap} per donor")
+            + (f" (mean {cells_fitted:,.0f})" if cells_fitted else ""), chapter.get("cells", "-")),
+        "elastic net: L1 ratios, penalties, inner donor folds": (f"{P['en_l1']}, {P['en_alphas']}, {P['inner_splits']}",
+                                                                 chapter.get("elastic_net", "-")),
+        "pseudocells per donor x cells each": (
+            f"{P['pseudocells']['n_per_donor']} x {P['pseudocells']['cells_per_pseudocell']}", chapter.get("pseudocells", "-")),
+        "SVD components (+ ridge on donor means)": (P["svd_k"], chapter.get("svd", "-")),
+        "NMF components, iterations (raw counts)": (f"{P['nmf_k']}, {P['nmf_iter']}", chapter.get("nmf", "-")),
+        "MLP widths, epochs": (f"{P['mlp_hidden']}, {P['mlp_epochs']}", chapter.get("mlp", "-")),
+        "NMF + MLP: MLP widths, epochs": (f"{P['mlp_hidden']}, {P['mlp_epochs']}", chapter.get("nmf_mlp", "-")),
+        "VAE clock: widths, latent, epochs": (f"{V['hidden']}, {V['latent']}, {V['epochs']}",
+                                              f"{single_vae['hidden']}, {single_vae['latent']}, {single_vae['epochs']} "
+                                              "(this page's single split)" if single_vae else "-"),
+    }
+    return pd.DataFrame(rows, index=["as run per fold", "its chapter (single split)"]).T
+
+
+def chapter_settings(docs: dict) -> dict:
+    """Each model's settings in its own chapter, read from that chapter's results file."""
+    out = {}
+    base = docs.get("baselines", {}).get("params", {})
+    if base:
+        en = base.get("elastic_net", {})
+        out["elastic_net"] = f"{en.get('l1_ratios')}, {en.get('n_alphas')}, {en.get('n_splits')}"
+        cap = en.get("max_cells")
+        out["cells"] = ("every training cell" + (f"; the cell elastic net at most {cap:,}" if cap else ""))
+        pc = base.get("pseudocells", {})
+        out["pseudocells"] = f"{pc.get('n_per_donor')} x {pc.get('cells_per_pseudocell')}"
+        best = (docs["baselines"]["models"].get("mlp") or {}).get("config") or {}
+        out["mlp"] = f"{best.get('hidden', '-')}, {base.get('mlp_epochs')}"
+    svd = docs.get("svd", {}).get("params", {})
+    if svd:
+        out["svd"] = svd.get("n_components")
+    nmf = docs.get("nmf", {}).get("params", {})
+    if nmf:
+        out["nmf"] = f"{nmf.get('n_components')}, {nmf.get('max_iter')}"
+        out["nmf_mlp"] = f"{nmf.get('mlp', {}).get('hidden')}, {nmf.get('mlp_epochs')}"
+    return out
+
+
+def cv_differences(P: dict, docs: dict, single_vae: dict | None = None) -> dict:
+    """Per model key: what differs between its CV fit and its single-split fit, in words."""
+    ch = chapter_settings(docs)
+    grid = (f"L1 ratios, penalties, inner folds {P['en_l1']}, {P['en_alphas']}, {P['inner_splits']} in the CV; "
+            f"{ch.get('elastic_net', '-')} in its chapter")
+    d = {"null": "the same model; the CV averages over every donor",
+         "elastic_net": grid + (f"; its chapter fits {ch['cells'].split('; ')[-1]}" if "at most" in ch.get("cells", "") else ""),
+         "pseudobulk_elastic_net": grid,
+         "pseudocell_elastic_net": (f"pseudocells {P['pseudocells']['n_per_donor']} x {P['pseudocells']['cells_per_pseudocell']} "
+                                    f"in the CV, {ch.get('pseudocells', '-')} in its chapter"),
+         "svd_ridge": f"{P['svd_k']} components in the CV, {ch.get('svd', '-')} in its chapter",
+         "mlp": f"MLP {P['mlp_hidden']}, {P['mlp_epochs']} epochs in the CV; {ch.get('mlp', '-')} in its chapter",
+         "nmf_mlp": (f"NMF {P['nmf_k']} components, {P['nmf_iter']} iterations, MLP {P['mlp_hidden']} x {P['mlp_epochs']} "
+                     f"epochs in the CV; {ch.get('nmf', '-')} and MLP {ch.get('nmf_mlp', '-')} in its chapter")}
+    if single_vae:
+        V = P["vae"]
+        d["vae_latent_pseudobulk"] = (f"VAE {V['hidden']}, latent {V['latent']}, {V['epochs']} epochs in the CV; "
+                                      f"{single_vae['hidden']}, latent {single_vae['latent']}, {single_vae['epochs']} "
+                                      "epochs on the single split")
+    return d
 
 
 def repeated_cv(chapter, data) -> dict:
@@ -303,6 +377,13 @@ def repeated_cv(chapter, data) -> dict:
     pred, skipped, seconds = crossval.run_cv(data, list(crossval.RECIPES), P, seed=chapter.seed, device=chapter.device,
                                              workers=chapter.workers)
     cv = crossval.cv_summary(pred, P, n_boot=P["boot"], seed=chapter.seed)
+    # the leakage demonstration: the same elastic net with cells, not donors, split at random
+    if "elastic_net" in cv:
+        tic = time.perf_counter()
+        cells = crossval.cell_split_cv(data, P, seed=chapter.seed, workers=chapter.workers)
+        leak = crossval.cv_summary(cells, P, n_boot=P["boot"], seed=chapter.seed)["elastic_net_cell_split"]
+        chapter.models["elastic_net_cell_split"] = {"split": "cv", **leak, "split_by": "cells at random (donors shared)",
+                                                    "seconds": round(time.perf_counter() - tic, 1)}
     comparisons = crossval.cv_comparisons(pred, n_boot=P["boot"], seed=chapter.seed)
     display = cv_table(cv, comparisons, P)
     display["seconds"] = display["key"].map(lambda k: round(seconds.get(k, 0.0), 1))

@@ -30,11 +30,12 @@ from neuroage_utils.metrics import paired_difference, table_from_donor_predictio
 from neuroage_utils.models.probe import probe_scores
 from neuroage_utils.results import tuning_key
 
-__all__ = ["step_budget", "paper_step_budget", "learning_curves", "run_experiments", "experiment_table",
+__all__ = ["step_budget", "paper_step_budget", "learning_curves", "budget_options", "budget_shares", "budget_curves",
+           "paper_claim", "pct", "run_experiments", "experiment_table",
            "display_table", "paired_comparisons", "findings", "EXPERIMENT_KEYS"]
 
 #: Results keys of the experiments (validation donors), in the order of the table.
-EXPERIMENT_KEYS = ("vae_exp_steps", "vae_exp_coded", "probe_vae_latent", "probe_svd", "probe_nmf")
+EXPERIMENT_KEYS = ("vae_exp_steps", "vae_exp_steps_age", "vae_exp_coded", "probe_vae_latent", "probe_svd", "probe_nmf")
 
 
 def step_budget(n_cells: int, batch_size: int, epochs: int) -> int:
@@ -50,6 +51,43 @@ def paper_step_budget(splits=("train",)) -> dict:
     batch, epochs = int(paper.TRAINING["batch_size"]), int(paper.POISSON_VAE_GRID[-1]["epochs"])
     return {"cells": cells, "batch_size": batch, "epochs": epochs,
             "batches_per_epoch": int(math.ceil(cells / batch)), "steps": step_budget(cells, batch, epochs)}
+
+
+#: Results key of the paper-budget run with the age term up-weighted (``vae_exp_steps`` is the run at
+#: the paper's weight of 1).
+BUDGET_AGE_KEY = "vae_exp_steps_age"
+
+
+def budget_options(budget: dict) -> dict:
+    """The :meth:`Chapter.vae` options of the paper-budget runs from ``params.experiments.budget``:
+    epochs, batch, cells drawn per epoch, how often the curves are read, the schedules, and a
+    checkpoint every 100 epochs (a saved state is ~15 MB)."""
+    out = {"epochs": int(budget["epochs"]), "batch_size": int(budget["batch_size"]),
+           "monitor_every": int(budget["monitor_every"]), "kl_cycle": dict(budget["kl_cycle"]),
+           "T_0": int(budget["t0"]), "checkpoint_every": max(1, min(100, int(budget["epochs"])))}
+    if budget.get("cells_per_epoch"):
+        out["cells_per_epoch"] = int(budget["cells_per_epoch"])
+    return out
+
+
+def budget_shares(run: dict, paper_run: dict, paper_final: dict) -> dict:
+    """A run's budget as shares of the paper's (1.0 = the same): optimiser steps against its Table 3
+    run and its final model, cells seen (steps x batch) against its Table 3 run."""
+    return {"share_of_paper_steps": run["steps"] / paper_run["steps"],
+            "share_of_paper_final_steps": run["steps"] / paper_final["steps"],
+            "share_of_paper_cell_visits": run["cell_visits"] / (paper_run["cells"] * paper_run["epochs"])}
+
+
+def budget_curves(history: pd.DataFrame, weighted: pd.DataFrame | None = None, weight: float | None = None):
+    """``epoch``, ``train_mae``, ``val_mae`` of the paper-budget run at the epochs its monitors were
+    read, and ``train_mae_weighted`` / ``val_mae_weighted`` of its up-weighted twin (``weight``)."""
+    curves = learning_curves(history).dropna(subset=["train_mae", "val_mae"]).reset_index(drop=True)
+    if weighted is not None:
+        other = learning_curves(weighted).dropna(subset=["train_mae", "val_mae"])
+        other = other.rename(columns={"train_mae": "train_mae_weighted", "val_mae": "val_mae_weighted"})
+        curves = curves.merge(other, on="epoch", how="outer").sort_values("epoch").reset_index(drop=True)
+        curves.attrs["age_weight"] = weight
+    return curves
 
 
 def learning_curves(history: pd.DataFrame) -> pd.DataFrame:
@@ -99,11 +137,21 @@ def run_experiments(chapter, X) -> dict:
     meta = {base_key: {"experiment": f"Table 3 configuration ({cfg['epochs']} epochs, as the paper describes)",
                        "kind": "table3", "epochs": cfg["epochs"], "batch_size": P["batch_size"],
                        "steps": step_budget(n_train, P["batch_size"], cfg["epochs"]), "age_weight": 1.0,
+                       "cells_per_epoch": n_train, "cell_visits": n_train * int(cfg["epochs"]),
                        "train_mae": _last(base_hist, "train_mae"), "seconds": float(base_hist["seconds"].sum())}}
 
-    # (key, label, kind, checkpoint, options): independent runs, fitted side by side (chapter.workers)
-    runs = [("vae_exp_steps", f"more optimiser steps (batch {E['batch_size']})", "steps", "exp_steps",
-             {"batch_size": int(E["batch_size"])})]
+    # (key, label, kind, checkpoint, options): independent runs, fitted side by side (chapter.workers).
+    # The paper's budget first: Table 3's final row as long as the paper trained it (epochs and
+    # optimiser steps), at the paper's weight and with the age term up-weighted.
+    B = E["budget"]
+    budget = budget_options(B)
+    n_epoch_cells = min(n_train, B["cells_per_epoch"] or n_train)
+    budget_label = (f"the paper's budget: {B['epochs']:,} epochs, "
+                    f"{step_budget(n_epoch_cells, B['batch_size'], B['epochs']):,} steps (batch {B['batch_size']:,}"
+                    + (f", {n_epoch_cells:,} cells drawn per epoch)" if n_epoch_cells < n_train else ")"))
+    runs = [("vae_exp_steps", budget_label, "steps", "exp_budget", dict(budget)),
+            (BUDGET_AGE_KEY, f"{budget_label}, age weight {B['age_weight']:g}", "steps_age", "exp_budget_age",
+             {**budget, "age_weight": float(B["age_weight"])})]
     runs += [(key, f"age weight {w:g}", "age_weight", f"exp_age_w{w:g}", {"age_weight": float(w)})
              for w, key in zip(E["age_weights"], age_keys)]
     runs.append(("vae_exp_coded", "as coded by the authors (MSE reconstruction, SGD + Adam)", "coded", "exp_coded",
@@ -121,8 +169,11 @@ def run_experiments(chapter, X) -> dict:
     for key, label, kind, _, options in runs:
         h = chapter.fitted_model(key).history_
         batch = options.get("batch_size", P["batch_size"])
-        meta[key] = {"experiment": label, "kind": kind, "epochs": cfg["epochs"], "batch_size": batch,
-                     "steps": step_budget(n_train, batch, cfg["epochs"]),
+        epochs = options.get("epochs", cfg["epochs"])
+        cells = min(n_train, options.get("cells_per_epoch") or n_train)
+        meta[key] = {"experiment": label, "kind": kind, "epochs": epochs, "batch_size": batch,
+                     "steps": step_budget(cells, batch, epochs), "cells_per_epoch": cells,
+                     "cell_visits": int(cells) * int(epochs),
                      "age_weight": options.get("age_weight", 1.0), "train_mae": _last(h, "train_mae"),
                      "seconds": float(h["seconds"].sum())}
         chapter.annotate(key, **{k: v for k, v in meta[key].items() if k not in ("experiment", "kind")})
@@ -148,19 +199,27 @@ def run_experiments(chapter, X) -> dict:
         meta[key] = {"experiment": label, "kind": "probe", "epochs": np.nan, "batch_size": np.nan, "steps": np.nan,
                      "age_weight": np.nan, "train_mae": np.nan, "seconds": np.nan}
 
-    curves = learning_curves(chapter.fitted_model(last_key).history_)
+    # the learning curves to the end of the paper-budget runs (and of the Table 3 run, for reference)
+    curves = budget_curves(chapter.fitted_model("vae_exp_steps").history_,
+                           chapter.fitted_model(BUDGET_AGE_KEY).history_, B["age_weight"])
+    table3_curves = learning_curves(chapter.fitted_model(last_key).history_)
+    paper_run, paper_final = paper_step_budget(("train",)), paper_step_budget(("train", "val"))
+    run_m = meta["vae_exp_steps"]
     steps = {"run": {"cells": n_train, "batch_size": int(P["batch_size"]),
                      "epochs": int(P["poisson_grid"][-1]["epochs"]),
                      "steps": step_budget(n_train, P["batch_size"], P["poisson_grid"][-1]["epochs"])},
-             "experiment": {"cells": n_train, "batch_size": int(E["batch_size"]), "epochs": int(cfg["epochs"]),
-                            "steps": meta["vae_exp_steps"]["steps"]},
-             "paper": paper_step_budget(("train",)), "paper_final": paper_step_budget(("train", "val"))}
+             "experiment": {"cells": n_train, "cells_per_epoch": int(run_m["cells_per_epoch"]),
+                            "batch_size": int(run_m["batch_size"]), "epochs": int(run_m["epochs"]),
+                            "steps": int(run_m["steps"]), "cell_visits": int(run_m["cell_visits"]),
+                            **budget_shares(run_m, paper_run, paper_final)},
+             "paper": paper_run, "paper_final": paper_final}
     # Table 3 rows resume one run: the longest row's history holds every epoch's monitor time
     monitor_seconds = float(chapter.fitted_model(last_key).history_.get(
         "monitor_seconds", pd.Series(dtype=float)).sum())
     timing = {"experiments_s": time.perf_counter() - started, "table3_monitors_s": monitor_seconds}
     chapter.record(vae_experiments={
-        "learning_curves": curves.to_dict(orient="list"), "step_budgets": steps, "baseline": base_key,
+        "learning_curves": curves.to_dict(orient="list"),
+        "learning_curves_table3": table3_curves.to_dict(orient="list"), "step_budgets": steps, "baseline": base_key,
         "seconds": timing,
         "runs": {k: {kk: vv for kk, vv in v.items()} for k, v in meta.items()}})
     train_ages = table.loc[table["split"] == "train", "age"].to_numpy(dtype=float)
@@ -187,7 +246,7 @@ def experiment_table(models: dict, meta: dict, null_key: str = "null_val", seed:
                      "train_mae": m.get("train_mae", np.nan), "val_mae": e["mae"], "ci_lo": e["mae_ci95"][0],
                      "ci_hi": e["mae_ci95"][1], "r": np.nan if e["r"] is None else e["r"],
                      "vs_null": d["difference"], "vs_null_lo": d["ci95"][0], "vs_null_hi": d["ci95"][1],
-                     "seconds": m.get("seconds", np.nan)})
+                     "seconds": m.get("seconds", np.nan), "cell_visits": m.get("cell_visits", np.nan)})
     rows.append({"experiment": "null (training donors' mean age)", "key": null_key, "kind": "null",
                  "train_mae": np.nan if train_null_mae is None else float(train_null_mae), "val_mae": null["mae"], "ci_lo": null["mae_ci95"][0], "ci_hi": null["mae_ci95"][1]})
     return pd.DataFrame(rows)
@@ -266,8 +325,40 @@ def _names(keys, table) -> str:
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 
 
+def pct(share: float) -> str:
+    """A share as a percentage with the digits it needs (83%, 4.2%, 0.79%, 0.0058%)."""
+    v = 100.0 * float(share)
+    if v >= 10 or v == 0:
+        return f"{v:.0f}%"
+    return f"{v:.1f}%" if v >= 1 else f"{v:.2g}%"
+
+
+def _shares(row, paper_steps, paper_final_steps, paper_cell_visits) -> dict:
+    out = {}
+    if paper_steps:
+        out["steps"] = row["steps"] / paper_steps
+    if paper_final_steps:
+        out["final_steps"] = row["steps"] / paper_final_steps
+    if paper_cell_visits and pd.notna(row.get("cell_visits", np.nan)):
+        out["cells"] = row["cell_visits"] / paper_cell_visits
+    return out
+
+
+def _share_text(shares: dict) -> str:
+    parts = []
+    if "steps" in shares:
+        parts.append(f"{pct(shares['steps'])} of the paper's Table 3 run")
+    if "final_steps" in shares:
+        parts.append(f"{pct(shares['final_steps'])} of its final model")
+    text = (": " + " and ".join(parts)) if parts else ""
+    if "cells" in shares:
+        text += f"; with its smaller batch it saw {pct(shares['cells'])} as many cells as the paper's run"
+    return text
+
+
 def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | None = None,
-             gap_years: float = 2.0, paper_final_steps: int | None = None) -> list[str]:
+             gap_years: float = 2.0, paper_final_steps: int | None = None,
+             paper_cell_visits: int | None = None) -> list[str]:
     """Sentences about what the experiments show, each claim decided by the numbers.
 
     ``table`` is :func:`experiment_table` (kinds ``table3``, ``steps``, ``age_weight``, ``coded``,
@@ -277,7 +368,7 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | 
     interval excludes zero. The last sentence is the explanation these claims support.
     """
     out: list[str] = []
-    vae = table[table["kind"].isin(["table3", "steps", "age_weight", "coded"])]
+    vae = table[table["kind"].isin(["table3", "steps", "steps_age", "age_weight", "coded"])]
     base = table[table["kind"] == "table3"]
     base = base.iloc[0] if len(base) else None
     facts = {}
@@ -323,21 +414,29 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, paper_steps: int | 
         text += f"; {_names(worse, table)} {'is' if len(worse) == 1 else 'are'} worse than it"
     out.append(text + ".")
 
-    # 3. more optimiser steps
+    # 3. the paper's budget (optimiser steps and epochs), at the paper's age weight and up-weighted
     steps = table[table["kind"] == "steps"]
     if len(steps) and base is not None:
         s = steps.iloc[0]
         cmp = _compare(comparisons, s["key"], base["key"])
-        ratio = s["steps"] / base["steps"]
-        paper_part = f"; the paper's 1,000-epoch Table 3 run made {paper_steps:,}" if paper_steps else ""
-        if paper_steps and paper_final_steps:
-            paper_part += f" and its final model {paper_final_steps:,}"
+        shares = _shares(s, paper_steps, paper_final_steps, paper_cell_visits)
         facts["steps_help"] = cmp is not None and _verdict(cmp["lo"], cmp["hi"]) < 0
         facts["steps_fit_train"] = s["train_mae"] < base["train_mae"]
-        out.append(f"{ratio:.1f}x the optimiser steps ({int(s['steps']):,} instead of {int(base['steps']):,} in the same "
-                   f"{int(s['epochs'])} epochs{paper_part}) "
+        facts["budget_beats_null"] = bool(s["vs_null_hi"] < 0)
+        facts["budget_share"] = shares.get("steps")
+        out.append(f"At the paper's budget ({int(s['epochs']):,} epochs, {int(s['steps']):,} optimiser steps"
+                   f"{_share_text(shares)}) the Poisson VAE "
                    f"{_change('the training-donor MAE', base['train_mae'], s['train_mae'])} and "
-                   f"{_change('the validation MAE', base['val_mae'], s['val_mae'], cmp)}.")
+                   f"{_change('the validation MAE', base['val_mae'], s['val_mae'], cmp)} against the "
+                   f"{int(base['steps']):,}-step Table 3 run; against the null on the validation donors it is "
+                   f"{s['vs_null']:+.2f} years ({_interval(s['vs_null_lo'], s['vs_null_hi'])}).")
+        heavy = table[table["kind"] == "steps_age"]
+        if len(heavy):
+            h = heavy.iloc[0]
+            facts["budget_weighted_beats_null"] = bool(h["vs_null_hi"] < 0)
+            out.append(f"The same budget with the age term weighted {h['age_weight']:g}: training-donor MAE "
+                       f"{h['train_mae']:.2f}, validation MAE {h['val_mae']:.2f}, {h['vs_null']:+.2f} years against the "
+                       f"null ({_interval(h['vs_null_lo'], h['vs_null_hi'])}).")
 
     # 4. the weight of the age term
     sweep = table[table["kind"] == "age_weight"].sort_values("age_weight")
@@ -402,8 +501,13 @@ def _explanation(f: dict) -> str:
         clauses.append(f"the runs that fit their training donors ({', '.join(f['memorisers'])}) also beat the null "
                        "on new donors, so they learnt some age")
     if "steps_help" in f:
-        clauses.append("the runs are under-trained: more optimiser steps helped new donors" if f["steps_help"]
-                       else "under-training is not the explanation at this budget: more steps did not help new donors")
+        share = f.get("budget_share")
+        at = f" at {pct(share)} of the paper's optimiser steps" if share is not None else ""
+        if f["steps_help"] or f.get("budget_beats_null"):
+            clauses.append(f"the shorter runs were under-trained: the paper's budget{at} helped new donors")
+        else:
+            clauses.append(f"the paper's claim is not reproduced{at}: training that long did not make the VAE "
+                           "beat the null on new donors")
     if f.get("weight_help"):
         clauses.append("the paper's age weight of 1 under-weights age: a heavier age term helped new donors")
     if "probe_beats_null" in f:
@@ -440,7 +544,8 @@ def report(chapter, experiments: dict, seed: int = 0) -> dict:
     steps = experiments["steps"]
     return {"table": table, "comparisons": comparisons, "steps": steps,
             "findings": findings(table, comparisons, paper_steps=steps["paper"]["steps"],
-                                 paper_final_steps=steps["paper_final"]["steps"])}
+                                 paper_final_steps=steps["paper_final"]["steps"],
+                                 paper_cell_visits=steps["paper"]["cells"] * steps["paper"]["epochs"])}
 
 
 def budget_text(experiments: dict) -> str:
@@ -449,11 +554,54 @@ def budget_text(experiments: dict) -> str:
     steps = experiments["steps"]
     if steps is None:
         return f"The experiments were skipped: {experiments['skipped']}."
-    paper, final = steps["paper"], steps["paper_final"]
+    paper, final, run = steps["paper"], steps["paper_final"], steps["experiment"]
+    drawn = (f", each epoch a fresh draw of {run['cells_per_epoch']:,} of the {run['cells']:,} training cells"
+             if run["cells_per_epoch"] < run["cells"] else "")
     return (f"The step budgets, from the run's own parameters and data: the longest Table 3 run here makes "
-            f"**{steps['run']['steps']:,}** optimiser steps, the step experiment **{steps['experiment']['steps']:,}**; "
-            f"the paper's {paper['epochs']:,}-epoch Table 3 run on its {paper['cells']:,} training cells at batch "
+            f"**{steps['run']['steps']:,}** optimiser steps; the paper-budget runs **{run['steps']:,}** "
+            f"({run['epochs']:,} epochs of batch {run['batch_size']:,}{drawn}). "
+            f"The paper's {paper['epochs']:,}-epoch Table 3 run on its {paper['cells']:,} training cells at batch "
             f"{paper['batch_size']:,} made **{paper['steps']:,}**, and its final model on {final['cells']:,} training "
-            f"and validation cells **{final['steps']:,}**. The experiments took "
-            f"{experiments['seconds']['experiments_s']:.0f} s on this machine, plus "
+            f"and validation cells **{final['steps']:,}**: the paper-budget runs here make "
+            f"{pct(run['share_of_paper_steps'])} and {pct(run['share_of_paper_final_steps'])} of those steps, and see "
+            f"{run['cell_visits']:,} cells in all, {pct(run['share_of_paper_cell_visits'])} of the paper's run "
+            f"(a step here averages over {run['batch_size']:,} cells, the paper's over {paper['batch_size']:,}). "
+            f"The experiments took {experiments['seconds']['experiments_s']:.0f} s on this machine, plus "
             f"{experiments['seconds']['table3_monitors_s']:.1f} s for the per-epoch monitors of the Table 3 run.")
+
+
+def paper_claim(models: dict, step_budgets: dict | None, null_key: str = "null_val", seed: int = 0) -> dict:
+    """The paper's Poisson-VAE claim (it beats the null model by years) judged on the paper-budget
+    runs of a VAE results file: ``{"status", "share_of_paper_steps", "share_of_paper_cell_visits",
+    "sentence"}``; ``status`` is ``"reproduced"`` when a paper-budget run beats the null on the
+    validation donors with a paired interval below zero, ``"not reproduced"`` otherwise, ``None`` when
+    the runs are missing. The sentence says at what share of the paper's training."""
+    runs = [k for k in ("vae_exp_steps", BUDGET_AGE_KEY) if "mae" in (models.get(k) or {})]
+    null = models.get(null_key) or {}
+    if not runs or "mae" not in null or not step_budgets or "share_of_paper_steps" not in step_budgets.get("experiment", {}):
+        return {"status": None, "share_of_paper_steps": None, "share_of_paper_cell_visits": None,
+                "sentence": "the paper-budget Poisson VAE runs are not in the VAE chapter's results"}
+    run = step_budgets["experiment"]
+    share, cells = float(run["share_of_paper_steps"]), float(run["share_of_paper_cell_visits"])
+    parts, beats = [], False
+    for key in runs:
+        e = models[key]
+        d = paired_difference(e, null, seed=seed)
+        beats |= d["ci95"][1] < 0
+        weight = e.get("age_weight", 1.0)
+        parts.append(f"age weight {weight:g}: validation MAE {e['mae']:.2f} against the null's {null['mae']:.2f} "
+                     f"(paired difference {d['difference']:+.2f}, 95% interval {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f})")
+    status = "reproduced" if beats else "not reproduced"
+    budget = (f"{pct(share)} of the paper's optimiser steps ({run['steps']:,} of {step_budgets['paper']['steps']:,}, "
+              f"{run['epochs']:,} epochs) and {pct(cells)} of the cells it saw")
+    if beats:
+        sentence = (f"the paper's Poisson-VAE claim (a clock years better than the mean age) is reproduced in direction at "
+                    f"{budget}: {'; '.join(parts)} (paper: validation {paper.TABLE3['paper_mae'].iloc[-1]:.2f}, "
+                    f"test {paper.TEXT['poisson_vae_test_mae']:.2f})")
+    else:
+        sentence = (f"the paper's Poisson-VAE claim is not reproduced at {budget}: {'; '.join(parts)} "
+                    f"(paper: validation {paper.TABLE3['paper_mae'].iloc[-1]:.2f}, test "
+                    f"{paper.TEXT['poisson_vae_test_mae']:.2f}); whether the paper's larger batches would change this "
+                    f"is not tested here")
+    return {"status": status, "share_of_paper_steps": share, "share_of_paper_cell_visits": cells,
+            "sentence": sentence}

@@ -6,8 +6,10 @@ consecutive block of ``n_splits`` donors spread over the folds at random), each 
 the other folds' donors **only** (gene scaling, factorisations, cell subsampling and penalty tuning
 happen inside the fold) and predicts the held-out donors. Repeats reshuffle the folds.
 
-Scoring: a donor's error is its absolute error averaged over repeats; a model's CV MAE is the mean
-over donors, with a percentile bootstrap interval over donors. Two models are compared on the same
+Scoring: a donor's prediction is its prediction averaged over repeats and its error the absolute
+error of that prediction; a model's CV MAE is the mean over donors (the MAE of the reported
+predictions; ``mae_repeats`` keeps each repeat's own MAE), with a percentile bootstrap interval over
+donors. Two models are compared on the same
 donors by the paired bootstrap of their per-donor errors. The bootstrap treats the fitted models as
 fixed, so the intervals show donor-to-donor variation, not the variation of refitting.
 
@@ -33,6 +35,7 @@ from neuroage_utils.evaluation.recipes import NeedsCounts
 from neuroage_utils.train.workers import run_tasks
 
 __all__ = ["CVData", "age_stratified_folds", "repeated_folds", "RECIPES", "MODELS", "cv_settings", "build_model", "run_cv",
+           "fit_cells", "cell_split_cv",
            "cv_summary", "paired_cv_difference", "cv_comparisons", "NeedsCounts"]
 
 
@@ -120,20 +123,41 @@ def cv_settings(key: str, P: dict) -> dict:
            "amp": P.get("amp", False)}
     backend = P.get("linalg_backend", "auto")  # "auto": torch on CUDA; HALS NMF, ARPACK SVD on a CPU
     V = P["vae"]
+    # Equal data in the CV: every model fits the cells fit_cells chose (no model-specific cap), unless
+    # the parameters carry explicit caps (``cv_caps``: the ground-truth refits' budget).
+    caps = P.get("cv_caps", {})
     return {
         "null": {},
-        "elastic_net": {**enet, "max_cells": P.get("en_max_cells")},
+        "elastic_net": {**enet, "max_cells": caps.get("en_max_cells")},
         "pseudobulk_elastic_net": enet,
         "pseudocell_elastic_net": {**enet, **P["pseudocells"]},
         "svd_ridge": {"n_components": P["svd_k"], "n_alphas": P["probe_alphas"], "n_splits": inner,
-                      "max_cells": P.get("max_cells"), "linalg_backend": backend},
-        "mlp": {**mlp, "max_cells": P.get("max_cells")},
-        "nmf_mlp": {"n_components": P["nmf_k"], "max_iter": P["nmf_iter"], "max_cells": P.get("max_cells"),
+                      "max_cells": caps.get("max_cells"), "linalg_backend": backend},
+        "mlp": {**mlp, "max_cells": caps.get("max_cells")},
+        "nmf_mlp": {"n_components": P["nmf_k"], "max_iter": P["nmf_iter"], "max_cells": caps.get("max_cells"),
                     "linalg_backend": backend, "mlp": mlp},
         "vae_latent_pseudobulk": {"likelihood": V["likelihood"], "hidden": V["hidden"], "latent": V["latent"],
-                                  "epochs": V["epochs"], "batch_size": P["batch_size"], "max_cells": V["max_cells"],
+                                  "epochs": V["epochs"], "batch_size": P["batch_size"], "max_cells": V.get("max_cells"),
                                   "probe_alphas": P["probe_alphas"], "probe_splits": inner, "amp": P.get("amp", False)},
     }[key]
+
+
+def fit_cells(data: CVData, train, P, seed) -> np.ndarray:
+    """The training cells every model of a fold is fitted on: the cells of the ``train`` donors, at
+    most ``P['cells_per_donor']`` per donor (None: all of them), drawn with the fold's ``seed``, which
+    every model of the fold shares. Equal data: no model sees more or other cells than another (the
+    recipes' own ``max_cells`` are off in the CV, :func:`cv_settings`)."""
+    mask = data.cells(train)
+    cap = P.get("cells_per_donor")
+    if cap is None:
+        return mask
+    rng = np.random.default_rng(seed)
+    out = np.zeros_like(mask)
+    rows = np.flatnonzero(mask)
+    for donor in np.unique(data.donors[rows]):
+        mine = rows[data.donors[rows] == donor]
+        out[mine if len(mine) <= cap else rng.choice(mine, int(cap), replace=False)] = True
+    return out
 
 
 def build_model(key: str, P: dict, seed: int, device):
@@ -157,7 +181,7 @@ class FoldRecipe:
     def __call__(self, data: CVData, train, test, P, seed, device) -> pd.Series:
         recipe = recipes.get(self.key)
         X = data.X_norm if recipe.input is recipes.Input.LOG_CELLS else data.X
-        tr, held = data.cells(train), data.cells(test)
+        tr, held = fit_cells(data, train, P, seed), data.cells(test)
         model = build_model(self.key, P, seed, device).fit(X[tr], data.ages[tr], data.donors[tr])
         return model.predict_donors(X[held], data.donors[held])
 
@@ -215,17 +239,67 @@ def run_cv(data: CVData, models, params: dict, seed: int = 0, device="cpu", prog
             rows.append((model, repeat, fold, donor, float(ages.loc[donor]), float(pred.loc[donor])))
     rows = [r for r in rows if r[0] not in skipped]  # a model that failed on any fold is left out whole
     table = pd.DataFrame(rows, columns=["model", "repeat", "fold", "donor_id", "age", "predicted"])
+    # the training cells of each fold, the same for every model (fit_cells): their mean over folds
+    fitted = [int(fit_cells(data, train, params, seed + 1000 * r + f).sum()) for r, f, train, _ in splits]
+    table.attrs["cells_fitted"] = float(np.mean(fitted))
     return table, skipped, seconds
 
 
 def _donor_errors(predictions: pd.DataFrame, model: str) -> pd.Series:
-    """Per donor: the absolute error averaged over repeats."""
+    """Per donor: the absolute error of its prediction averaged over repeats (the prediction the
+    results report, so a CV MAE is the mean absolute error of the reported predictions)."""
     sub = predictions[predictions["model"] == model]
-    return (sub["predicted"] - sub["age"]).abs().groupby(sub["donor_id"]).mean()
+    mean = sub.groupby("donor_id").agg(age=("age", "first"), predicted=("predicted", "mean"))
+    return (mean["predicted"] - mean["age"]).abs()
+
+
+def _cell_split_task(data: CVData, train_cells, test_cells, P, seed):
+    """The CV's elastic net (the registry's, :func:`build_model`) fitted on cells drawn at random
+    (their donors also have cells in the test fold): per donor, the sum of its held-out cells'
+    mean prediction times their number, and that number."""
+    model = build_model("elastic_net", P, seed, "cpu")
+    model.fit(data.X_norm[train_cells], data.ages[train_cells], data.donors[train_cells])
+    pred = model.predict_donors(data.X_norm[test_cells], data.donors[test_cells])
+    count = pd.Series(data.donors[test_cells]).value_counts()
+    return pd.DataFrame({"sum": pred * count.loc[pred.index].to_numpy(), "count": count.loc[pred.index].to_numpy()},
+                        index=pred.index)
+
+
+def cell_split_cv(data: CVData, params: dict, seed: int = 0, workers: int = 1) -> pd.DataFrame:
+    """The leakage demonstration: the cell elastic net of :data:`RECIPES` cross-validated with cells,
+    not donors, dealt into folds at random, so every test donor also has cells in training. Same
+    folds x repeats, the same number of training cells per fit as the donor CV (its mean
+    ``cells_fitted``), the same settings. Returns the long table of :func:`run_cv` (``fold`` -1: a
+    donor's prediction is the mean over its held-out cells of every fold of the repeat)."""
+    n_folds, n_repeats = int(params["folds"]), int(params["repeats"])
+    ages = data.donor_ages()
+    # the donor CV's training cells per fit, so the two differ only in how cells were split
+    per_fit = int(round(np.mean([fit_cells(data, train, params, seed + 1000 * r + f).sum()
+                                 for r, f, train, _ in repeated_folds(ages, n_folds, n_repeats, seed=seed)])))
+    tasks = []
+    for r in range(n_repeats):
+        rng = np.random.default_rng(seed * 1000 + r + 7)
+        fold_of = rng.permutation(np.arange(len(data.donors)) % n_folds)
+        for f in range(n_folds):
+            train, test = fold_of != f, fold_of == f
+            if train.sum() > per_fit:
+                keep = rng.choice(np.flatnonzero(train), per_fit, replace=False)
+                train = np.isin(np.arange(len(train)), keep)
+            tasks.append((r, (data, train, test, params, seed + 1000 * r + f)))
+    outputs = run_tasks(_cell_split_task, [t for _, t in tasks], workers)
+    rows = []
+    for r in range(n_repeats):
+        parts = [o for (rr, _), o in zip(tasks, outputs) if rr == r]
+        agg = pd.concat(parts).groupby(level=0).sum()
+        for donor, row in agg.iterrows():
+            rows.append(("elastic_net_cell_split", r, -1, str(donor), float(ages.loc[donor]), row["sum"] / row["count"]))
+    table = pd.DataFrame(rows, columns=["model", "repeat", "fold", "donor_id", "age", "predicted"])
+    table.attrs["cells_fitted"] = float(per_fit)
+    return table
 
 
 def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed: int = 0) -> dict:
-    """``{model: {mae, mae_ci95, folds, repeats, n_donors, mae_repeats, r, predictions}}``, scored by
+    """``{model: {mae, cells_fitted, mae_ci95, folds, repeats, n_donors, mae_repeats, r, predictions}}``, scored by
     :func:`neuroage_utils.metrics.repeated_entry` (donors in id order).
 
     ``mae_repeats`` is the MAE of each repeat (the spread from refolding); ``r`` the Pearson r of
@@ -239,7 +313,7 @@ def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed
         ages = sub.groupby("donor_id")["age"].first().loc[wide.index]
         e = metrics.repeated_entry(wide.index, ages.to_numpy(), wide.to_numpy(), n_boot=n_boot, seed=seed)
         out[model] = {
-            "mae": e["mae"], "mae_ci95": e["mae_ci95"], "folds": int(params["folds"]),
+            "mae": e["mae"], "cells_fitted": predictions.attrs.get("cells_fitted"), "mae_ci95": e["mae_ci95"], "folds": int(params["folds"]),
             "repeats": int(params["repeats"]), "n_donors": e["n_donors"], "mae_repeats": e["mae_per_repeat"],
             "r": e["r"],
             "predictions": [{k: p[k] for k in ("donor_id", "age", "predicted")} for p in e["predictions"]],

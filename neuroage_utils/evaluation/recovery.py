@@ -88,7 +88,8 @@ def gene_rankings(data, train_donors, params: dict, seed: int = 0, vae_clock=Non
     P = params
     rankings, notes = {}, {}
     train = data.cells(train_donors)  # the cross-validation's elastic net (the registry's), on these donors
-    enet = build_model("elastic_net", P, seed, "cpu").fit(data.X_norm[train], data.ages[train], data.donors[train]).clock_
+    caps = {"cv_caps": {"en_max_cells": P.get("en_max_cells"), "max_cells": P.get("max_cells")}}  # the refits' budget
+    enet = build_model("elastic_net", {**P, **caps}, seed, "cpu").fit(data.X_norm[train], data.ages[train], data.donors[train]).clock_
     rankings["elastic net |coefficient|"] = rank_genes(np.abs(enet.coef_), seed=seed)
     notes["elastic net |coefficient|"] = f"{enet.n_nonzero_} non-zero genes; genes beyond them in random order"
     cells = subsample_cells(data.cells(train_donors), P.get("max_cells"), seed=seed)

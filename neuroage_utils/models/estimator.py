@@ -144,7 +144,11 @@ class TorchAgeRegressor:
         y = (ages - self.age_mean_) / self.age_std_
         options = dict(library_size=library_size, extras=self._extras(X), batch_size=self.batch_size, shuffle=True,
                        device=self.device_, max_dense_bytes=self.max_dense_bytes, device_csr=self.device_csr)
-        batches = CellBatches(X, y, **options) if shard is None else shard.batches(X, y, **options)
+        cells_per_epoch = getattr(self, "cells_per_epoch", None)
+        if cells_per_epoch is not None and shard is not None:
+            raise ValueError("cells_per_epoch (a fresh draw of cells each epoch) is not supported with a distributed shard")
+        batches = (CellBatches(X, y, cells_per_epoch=cells_per_epoch, **options) if shard is None
+                   else shard.batches(X, y, **options))
         torch.manual_seed(self.seed)  # parameter initialisation
         module = self._build_module(X, batches)
         val = None if validation is None else self._held_out(validation, "validation")
@@ -157,7 +161,7 @@ class TorchAgeRegressor:
             checkpoint_path=self.checkpoint_path, checkpoint_every=self.checkpoint_every,
             seed=self.seed, progress=self.progress, weight_decay=getattr(self, "weight_decay", 0.0),
             config=self._config(), desc=type(self).__name__, amp=self.amp, monitors=watched,
-            optimizer=getattr(self, "optimizer", "adam"),
+            optimizer=getattr(self, "optimizer", "adam"), monitor_every=getattr(self, "monitor_every", 1),
         )
         self.module_ = module
         return self

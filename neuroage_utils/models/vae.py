@@ -57,6 +57,11 @@ class VAEAgeRegressor(TorchAgeRegressor):
     early_stopping_patience, device, seed, checkpoint_path, checkpoint_every, progress
         See :func:`neuroage_utils.train.loop.fit`. With a ``checkpoint_path`` a re-run resumes, and a
         run can be extended by raising ``epochs``.
+    cells_per_epoch
+        Each epoch trains on a fresh random draw of this many training cells (None: all of them);
+        the paper's epoch and step counts on a small cohort at a small batch.
+    monitor_every
+        Record the ``monitors`` every this many epochs (and at the last epoch).
     amp
         bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX or a measured-fast AVX512-BF16; likelihood and KL in float32); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
 
@@ -94,6 +99,8 @@ class VAEAgeRegressor(TorchAgeRegressor):
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
         amp: bool = False,
         optimizer: str = "adam",
+        cells_per_epoch: int | None = None,
+        monitor_every: int = 1,
     ):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}: use one of {', '.join(LIKELIHOODS)}")
@@ -113,6 +120,11 @@ class VAEAgeRegressor(TorchAgeRegressor):
         self.kl_cycle = dict(kl_cycle) if kl_cycle else None
         self.lr_schedule = lr_schedule
         self.T_0 = int(T_0)
+        # Set only when used, so that the checkpoint identity of other runs is unchanged.
+        if cells_per_epoch is not None:
+            self.cells_per_epoch = int(cells_per_epoch)
+        if int(monitor_every) != 1:
+            self.monitor_every = int(monitor_every)
         if optimizer != "adam":  # set only when used: the checkpoint identity of Adam runs is unchanged
             self.optimizer = optimizer
         self._set_training_options(epochs, lr, batch_size, early_stopping_patience, device, seed,

@@ -333,8 +333,8 @@ def latent_space(projection, ages, donors, title: str):
 
 def vae_experiments(curves: pd.DataFrame | None, table: pd.DataFrame | None, null_mae: float,
                     train_null_mae: float | None = None):
-    """The VAE experiments: learning curves (training- and validation-donor MAE per epoch of the
-    Table 3 run) and the age-weight sweep (training vs validation MAE per weight), the null's
+    """The VAE experiments: learning curves (training- and validation-donor MAE over the epochs of
+    the paper-budget run, and of its up-weighted twin when ``curves`` holds ``*_weighted`` columns) and the age-weight sweep (training vs validation MAE per weight), the null's
     validation MAE as a dashed line on both (and its training-donor MAE dotted when given); a
     placeholder when nothing ran. One legend for both panels, under them, so the text stays legible."""
     if curves is None or table is None or table.empty:
@@ -343,7 +343,12 @@ def vae_experiments(curves: pd.DataFrame | None, table: pd.DataFrame | None, nul
     ax = axes[0]
     ax.plot(curves["epoch"] + 1, curves["train_mae"], color=SPLIT_COLORS["train"], label="training donors")
     ax.plot(curves["epoch"] + 1, curves["val_mae"], color=SPLIT_COLORS["val"], label="validation donors")
-    ax.set(xlabel="epoch", ylabel="donor MAE (years)", title="Learning curves")
+    if "val_mae_weighted" in curves:  # the up-weighted twin of the paper-budget run, dashed
+        w = curves.attrs.get("age_weight")
+        ax.plot(curves["epoch"] + 1, curves["train_mae_weighted"], color=SPLIT_COLORS["train"], ls="-.", lw=1)
+        ax.plot(curves["epoch"] + 1, curves["val_mae_weighted"], color=SPLIT_COLORS["val"], ls="-.", lw=1,
+                label=f"age weight {w:g} (dash-dot)" if w is not None else "age up-weighted (dash-dot)")
+    ax.set(xlabel="epoch", ylabel="donor MAE (years)", title="Learning curves (paper's budget)")
     ax = axes[1]
     sweep = table[table["kind"].isin(["table3", "age_weight"])].sort_values("age_weight")
     ax.plot(sweep["age_weight"], sweep["train_mae"], "o-", color=SPLIT_COLORS["train"])

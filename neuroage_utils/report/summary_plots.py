@@ -12,7 +12,7 @@ import pandas as pd
 from neuroage_utils.report.labels import MODEL_NAMES
 from neuroage_utils.report.plots import SMALL, WIDTH, predicted_vs_true
 
-__all__ = ["predicted_grid", "residual_vs_age", "cv_forest"]
+__all__ = ["predicted_grid", "residual_vs_age", "cv_forest", "leakage"]
 
 
 def predicted_grid(entries: dict, ncols: int = 3):
@@ -69,4 +69,16 @@ def cv_forest(summary: dict):
         ax.axvline(summary["null"]["mae"], color="#C44E52", ls="--", lw=1)
     ax.set_yticks(range(len(keys)), [MODEL_NAMES.get(k, k) for k in keys], fontsize=SMALL)
     ax.set(xlabel="cross-validated MAE (years)", title="repeated donor-grouped CV (ticks: single repeats)")
+    return fig
+
+
+def leakage(donor_split: dict, cell_split: dict):
+    """The same model's cross-validated predictions per donor with cells split at random (donors
+    shared between training and test) and with donors split, side by side, each with its MAE."""
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.3), sharex=True, sharey=True)
+    for ax, (title, entry) in zip(axes, (("cells split at random", cell_split), ("donors split", donor_split))):
+        predicted_vs_true(pd.DataFrame(entry["predictions"]), title, ax=ax, entry=entry, legend=False)
+        ax.title.set_fontsize(SMALL)
+        ax.set(xlabel="true age", ylabel="predicted age")
+    fig.tight_layout()
     return fig

@@ -131,6 +131,9 @@ class CellBatches:
     extras
         Optional further per-cell arrays, sliced like ``targets`` and passed in the batch dict under
         their own names (e.g. a precomputed per-cell constant of a likelihood).
+    cells_per_epoch
+        With ``shuffle``: each epoch is a fresh random draw of this many cells (all cells when None
+        or larger than the matrix), so short epochs still reach every cell over a run.
     batch_size, shuffle
         ``shuffle=True`` draws a fresh permutation each epoch from the generator given to
         :meth:`iterate`; a trailing batch of a single cell is skipped (BatchNorm cannot train on one
@@ -162,6 +165,7 @@ class CellBatches:
         device: str | torch.device = "cpu",
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
         device_csr: bool | None = None,
+        cells_per_epoch: int | None = None,
     ):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -172,6 +176,9 @@ class CellBatches:
             raise DataValidationError("no cells to batch: pass a matrix with at least one row")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
+        # A shuffled epoch of at most this many cells, a fresh draw each epoch (None: every cell):
+        # many short epochs over a small cohort, e.g. the paper's epoch and step counts on a CPU.
+        self.cells_per_epoch = None if cells_per_epoch is None else max(2, int(cells_per_epoch))
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.dense = self.n_cells * self.n_features * 4 <= int(max_dense_bytes)
         self._fingerprint = self._matrix_fingerprint(X)
@@ -228,6 +235,8 @@ class CellBatches:
         for name, values in self._cell.items():
             out[name] = float(values.double().sum())
         out["batch_size"] = self.batch_size
+        if self.cells_per_epoch is not None:  # only when set: other runs keep their identity
+            out["cells_per_epoch"] = self.cells_per_epoch
         return out
 
     @property
@@ -236,7 +245,12 @@ class CellBatches:
 
     def __len__(self) -> int:
         """Number of batches per pass (an upper bound when shuffling may skip a single-cell tail)."""
-        return math.ceil(self.n_cells / self.batch_size)
+        return math.ceil(self._epoch_cells() / self.batch_size)
+
+    def _epoch_cells(self) -> int:
+        if self.shuffle and self.cells_per_epoch is not None:
+            return min(self.n_cells, self.cells_per_epoch)
+        return self.n_cells
 
     def __iter__(self):
         return self.iterate()
@@ -255,6 +269,8 @@ class CellBatches:
                 yield self._slice(start, min(start + size, n))
             return
         order = torch.randperm(n, generator=generator)
+        if self._epoch_cells() < n:  # this epoch's draw of cells
+            order, n = order[: self._epoch_cells()], self._epoch_cells()
         on_host = self.storage == "host"
         if not on_host:
             order = order.to(self.device)

@@ -167,6 +167,7 @@ def fit(
     amp: bool = False,
     monitors: dict[str, Validation] | None = None,
     optimizer: str = "adam",
+    monitor_every: int = 1,
 ) -> pd.DataFrame:
     """Train ``module`` with Adam on ``batches`` for ``epochs`` epochs; return the per-epoch history.
 
@@ -219,7 +220,8 @@ def fit(
         Named donor sets (e.g. ``{"train": ..., "val": ...}``) whose MAE (years, donor-level when
         they carry donors) is recorded after every epoch as ``<name>_mae``: learning curves. They
         only read the model (eval mode, no randomness drawn), so a run's trajectory is the same with
-        or without them; they take part in the checkpoint identity only when given.
+        or without them; they take part in the checkpoint identity only when given. With
+        ``monitor_every`` > 1 they are read every that many epochs and at the last (NaN between).
     optimizer
         ``"adam"`` (the paper: Adam for every parameter) or ``"authors"`` (the authors' code: SGD for
         the autoencoder, Adam for the age head; the module's ``optimiser_groups()`` returns
@@ -390,7 +392,7 @@ def fit(
                         early["bad_epochs"] += 1
                         if early["bad_epochs"] >= int(early_stopping_patience):
                             early["stopped"] = True
-            if monitors:
+            if monitors and ((epoch + 1) % max(1, int(monitor_every)) == 0 or epoch + 1 == epochs):
                 tic_monitors = time.perf_counter()
                 for name, monitor in monitors.items():
                     row[f"{name}_mae"] = monitor.mae(module)

@@ -178,16 +178,18 @@ def test_cohort_folds_hold_out_each_dataset_once():
 # -- scoring and the results file -----------------------------------------------------------------
 
 
-def test_score_averages_errors_over_repeats_per_donor():
+def test_score_is_the_mae_of_the_reported_repeat_averaged_predictions():
     entry = donor_clocks.score(["a", "b"], [30.0, 50.0], np.array([[32.0, 28.0], [50.0, 56.0]]), "cv")
-    assert entry["mae"] == pytest.approx((2 + 2 + 0 + 6) / 4)
-    assert entry["mae_per_repeat"] == pytest.approx([1.0, 4.0])
-    assert entry["predictions"][0] == {"donor_id": "a", "age": 30.0, "predicted": 30.0, "abs_error": 2.0}
+    # a: mean prediction 30 (error 0); b: 53 (error 3); one MAE definition, recomputable from predictions
+    assert entry["mae"] == pytest.approx((0 + 3) / 2)
+    assert entry["mae"] == pytest.approx(np.mean([abs(p["predicted"] - p["age"]) for p in entry["predictions"]]))
+    assert entry["mae_per_repeat"] == pytest.approx([1.0, 4.0])  # each repeat's own MAE is kept
+    assert entry["predictions"][0] == {"donor_id": "a", "age": 30.0, "predicted": 30.0, "abs_error": 0.0}
     assert entry["mae_ci95"][0] <= entry["mae"] <= entry["mae_ci95"][1]
 
 
 def test_nested_results_validate_and_a_bad_nested_entry_is_named():
-    good = donor_clocks.score(["a", "b"], [30.0, 50.0], np.array([31.0, 45.0]), "cv")
+    good = donor_clocks.score(list("abcde"), [30.0, 50.0, 40.0, 60.0, 70.0], np.array([31.0, 45.0, 40.0, 66.0, 70.0]), "cv")
     doc = {"section": "realdata", "data": {k: 0 for k in results.DATA_KEYS}, "profile": "smoke", "params": {},
            "runtime_s": 1.0, "models": {"cd4t": {"elastic_net": good, "vae_nb": {"skipped": "needs counts"}},
                                         "cd8t": {"skipped": "absent"}}}
@@ -196,6 +198,17 @@ def test_nested_results_validate_and_a_bad_nested_entry_is_named():
     doc["models"]["cd4t"]["mlp"] = bad
     with pytest.raises(results.ResultsError, match="cd4t/mlp"):
         results.validate_results(doc)
+    # one MAE definition: an MAE that is not that of the entry's predictions is refused
+    doc["models"]["cd4t"]["mlp"] = dict(good, mae=good["mae"] + 0.1, mae_ci95=[0.0, 99.0])
+    with pytest.raises(results.ResultsError, match="not the MAE of its predictions"):
+        results.validate_results(doc)
+    # an MAE on fewer than 5 donors is refused; written, it loses its scores but keeps its predictions
+    two = donor_clocks.score(["a", "b"], [30.0, 50.0], np.array([31.0, 45.0]), "cv")
+    doc["models"]["cd4t"]["mlp"] = two
+    with pytest.raises(results.ResultsError, match="too few to score"):
+        results.validate_results(doc)
+    written = results.unscore_small(doc["models"])["cd4t"]["mlp"]
+    assert "mae" not in written and "too few to score" in written["skipped"] and len(written["predictions"]) == 2
 
 
 def test_every_model_runs_by_cv_and_across_cohorts_on_synthetic_donors(synthetic_dir, one_torch_thread):

@@ -161,9 +161,9 @@ def test_rank_genes_puts_ties_in_random_order():
 # -- leaderboard and results schema -----------------------------------------------------------------
 
 
-def _entry(mae, split="test"):
-    preds = [{"donor_id": "a", "age": 50.0, "predicted": 50.0 + mae}]
-    return {"split": split, "mae": mae, "r": None, "mae_ci95": [mae, mae], "n_donors": 1, "predictions": preds}
+def _entry(mae, split="test", n=5):
+    preds = [{"donor_id": f"d{i}", "age": 50.0, "predicted": 50.0 + mae} for i in range(n)]
+    return {"split": split, "mae": mae, "r": None, "mae_ci95": [mae, mae], "n_donors": n, "predictions": preds}
 
 
 def test_leaderboard_reads_test_entries_once_per_null_with_paper_values():
@@ -172,6 +172,8 @@ def test_leaderboard_reads_test_entries_once_per_null_with_paper_values():
     board = summary.leaderboard(docs, own={"vae_latent_pseudobulk": _entry(14.0)})
     assert [r["model"] for r in board] == ["mlp", "vae_latent_pseudobulk", "null", "vae_poisson"]
     assert board[0]["paper_mae"] == 15.97 and board[1]["paper_mae"] is None
+    # a test split of fewer than 5 donors is too small to score: not on the leaderboard
+    assert summary.leaderboard({"baselines": {"models": {"mlp": _entry(9.0, n=2)}}}) == []
     doc = {"section": "summary", "data": {k: 1 for k in results.DATA_KEYS}, "profile": "smoke", "params": {},
            "runtime_s": 1.0, "models": {}, "leaderboard": board,
            "cv": {"null": {"mae": 1.0, "mae_ci95": [0.5, 1.5], "folds": 5, "repeats": 3, "n_donors": 69}}}

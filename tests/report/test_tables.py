@@ -96,3 +96,17 @@ def test_shown_turns_row_names_into_a_column_and_dashes_interval_text():
     mixed = pd.DataFrame({"model": ["a", "b"], "95% CI": ["1.0-2.5", "skipped: no counts"]})
     out = tables.formatted(mixed)
     assert out["95% CI"].tolist() == ["1.0–2.5", "skipped: no counts"]
+
+
+def test_the_papers_numbers_are_labelled_by_source_where_text_and_code_differ():
+    from neuroage_utils import paper
+
+    table = paper.source_table()
+    row = table.set_index("quantity")
+    assert row.loc["neurons", "the paper's text"] == "189,432" and row.loc["neurons", "the authors' code"] == "189,423"
+    assert row.loc["donors: train / validation / test", "the paper's text"] == "50 / 9 / 10"
+    assert row.loc["donors: train / validation / test", "the authors' code"] == "49 / 9 / 11"
+    # the code's numbers agree with the cohort table the book ships
+    cohort = paper.load_paper_cohort()
+    assert cohort["n_cells"].sum() == paper.TEXT["n_cells"] and cohort["age"].min() == paper.TEXT["min_age"]
+    assert cohort["split"].value_counts().to_dict() == paper.TEXT["split_donors"]

@@ -326,3 +326,31 @@ def test_checkpoint_of_a_longer_run_is_not_resumed_into_a_shorter_one(tmp_path):
     assert any("training from scratch" in str(w.message) for w in caught)
     assert len(again.history_) == 2
     np.testing.assert_allclose(again.predict(X), short.predict(X), rtol=1e-5)
+
+
+def test_cells_per_epoch_draws_a_fresh_subset_each_epoch_and_sets_the_steps():
+    from neuroage_utils.train.batches import CellBatches
+
+    X = np.arange(200 * 3, dtype=np.float32).reshape(200, 3)
+    b = CellBatches(X, np.zeros(200), batch_size=8, shuffle=True, cells_per_epoch=32)
+    assert len(b) == 4 and "cells_per_epoch" in b.fingerprint()
+    g = torch.Generator().manual_seed(0)
+    first = torch.cat([x["x"][:, 0] for x in b.iterate(g)])
+    second = torch.cat([x["x"][:, 0] for x in b.iterate(g)])
+    assert len(first) == len(second) == 32 and set(first.tolist()) != set(second.tolist())
+    # without it every cell, and the identity of other runs is unchanged
+    assert "cells_per_epoch" not in CellBatches(X, np.zeros(200), batch_size=8).fingerprint()
+
+
+def test_monitor_every_reads_the_curves_every_k_epochs_and_at_the_end():
+    from neuroage_utils.models.vae import VAEAgeRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2, (60, 20)).astype(np.float32)
+    donors = np.repeat([f"d{i}" for i in range(6)], 10)
+    ages = np.repeat(np.linspace(30, 80, 6), 10)
+    m = VAEAgeRegressor("poisson", hidden=(8,), latent=3, age_hidden=(4,), epochs=5, batch_size=8, seed=0,
+                        progress=False, cells_per_epoch=16, monitor_every=2)
+    m.fit(X, ages, donors=donors, monitors={"train": (X, ages, donors)})
+    read = m.history_["train_mae"].notna().tolist()
+    assert read == [False, True, False, True, True]
