@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))  # neuroage_utils of this checkout (the one wording of the book's time)
 
 
 def _f(x, digits=1):
@@ -135,7 +136,12 @@ def render(results_path: Path, page: Path) -> str:
         how = f" ({b['command']}, commit {b.get('commit', '?')})" if b.get("command") else ""
         total = (f"; all its processes together (the runner, a notebook kernel and its fitting workers) peaked "
                  f"at {b['peak_pss_total_gb']} GB of proportional set size (budget 4 GB)" if "peak_pss_total_gb" in b else "")
-        out += [f"{b['wall_s']:,.0f} s wall{how}, peak {b['peak_rss_gb']} GB in one process{total}; notebooks: "
+        from neuroage_utils.report.benchfacts import facts  # the one wording of the book's time, on every page
+
+        f = facts(r)
+        out += [f"Measured {f['bench_book_date']} UTC at commit `{f['bench_book_commit']}` (the commit of the book you "
+                "are reading is on the [build status](../executed/status.md) page).", "",
+                f"{f['bench_book_time']} wall{how}, peak {b['peak_rss_gb']} GB in one process{total}; notebooks: "
                 + ", ".join(f"{k} {v} s" for k, v in b["notebook_runtime_s"].items()), ""]
     else:
         out += ["Not measured in this run (`make bench BENCH_BOOK=1` times it; about 10 minutes)."

@@ -31,6 +31,7 @@ from pathlib import Path
 from neuroage_utils import profiles
 from neuroage_utils.data.cohort import file_sha256, load_cohort
 from neuroage_utils.errors import DataValidationError
+from neuroage_utils.report.labels import SECTION_TITLES  # one list of chapter titles (re-exported)
 from neuroage_utils.data.simulate import ensure_simulated
 from neuroage_utils.results import atomic_write_text
 
@@ -38,16 +39,6 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 PACKAGE = Path(__file__).resolve().parent
 SECTIONS = profiles.SECTIONS
-SECTION_TITLES = {
-    "data": "The cohort",
-    "svd": "SVD exploration",
-    "baselines": "Baselines: elastic net and MLP",
-    "nmf": "NMF + MLP",
-    "vae": "Variational autoencoders",
-    "dae": "Denoising VAE",
-    "realdata": "Real human donors",
-    "summary": "The verdict",
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,6 +286,10 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
            f"this build executed {len(executed_now)} of them." if executed_now else
            "this build re-used every page (inputs unchanged)."),
         f"- **Machine** of the latest build: {_machine()}.",
+        # the reference time of the whole book comes from its one source (bench/results.json), read at
+        # render time: this page's times are this build's own, on this machine, and may differ
+        "- **Reference time of the quick book** ([benchmarks](../book/benchmarks.md)): {{ bench_book_time }} from a "
+        "fresh clone on {{ bench_machine }} (commit `{{ bench_book_commit }}`, {{ bench_book_date }} UTC).",
     ]
     notes = []
     if hidden:

@@ -123,6 +123,41 @@ def test_download_button_gives_the_executed_notebook(browsed):
             f"{page}: the download lacks the parameters it ran with"
 
 
+def test_no_table_or_figure_runs_past_or_scrolls_in_the_column(browsed):
+    """At 1,366 px (a laptop) every table and figure fits the content column: none is cut off, none
+    scrolls sideways hiding a column."""
+    _, pages = browsed
+    assert sum(r.tables_total for r in pages.values()) > 10 and sum(r.figures_total for r in pages.values()) > 5, \
+        "few tables or figures found: the check would be vacuous"
+    bad = _problems(pages, "overflowing")
+    assert not bad, "tables or figures wider than the content column at 1,366 px:" + str(bad)
+
+
+def _toc_pages() -> list:
+    """Every page of the table of contents, in reading order, as ``folder/name`` (no suffix)."""
+    import yaml
+
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    return [c["file"] for part in toc["parts"] for c in part["chapters"]]
+
+
+def test_the_introduction_links_every_page_in_reading_order(browsed):
+    _, pages = browsed
+    links = [link.split("#")[0] for link in pages["book/intro.html"].links]
+    targets = []
+    for link in links:
+        if link.startswith("../") or not link.startswith(("http", "#", "_")):
+            target = str(Path("book", link).as_posix())
+            target = os.path.normpath(target).removesuffix(".html")
+            if target not in targets:
+                targets.append(target)
+    toc = _toc_pages()
+    missing = [p for p in toc if p not in targets]
+    assert not missing, f"pages of the table of contents the introduction does not link: {missing}"
+    order = [t for t in targets if t in toc]
+    assert order == toc, f"the introduction's links are not in reading order: {order}"
+
+
 def test_the_checks_catch_a_broken_page(tmp_path):
     """A page with every fault the tests look for: each is reported (so a green run means something)."""
     missing = _browser_missing()
@@ -136,7 +171,11 @@ def test_the_checks_catch_a_broken_page(tmp_path):
         "<html><body><main><p>Loss <span class='math notranslate nohighlight'>\\(\\mathcal L\\)</span></p>"
         "<img src='missing.png'><script src='https://example.invalid/x.js'></script>"
         "<script>undefinedFunction()</script>"
-        f"<pre>results written to {tmp_path}/results/x.json</pre></main></body></html>"
+        f"<pre>results written to {tmp_path}/results/x.json</pre>"
+        "<div style='overflow-x:auto;width:300px'><table><tr><td style='white-space:nowrap'>"
+        + "a wide cell " * 40 + "</td></tr></table></div>"
+        "<div style='width:200px'><img style='width:4000px;height:10px' src='data:image/gif;base64,"
+        "R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=='></div></main></body></html>"
     )
     (r,) = browse(tmp_path, forbidden_strings=(str(tmp_path),))
     assert r.math_unrendered and r.raw_tex
@@ -145,4 +184,6 @@ def test_the_checks_catch_a_broken_page(tmp_path):
     assert any("missing.png" in f for f in r.failed_requests)
     assert any("undefinedFunction" in e for e in r.js_errors)
     assert r.absolute_paths
+    assert any(o.startswith("scrolls sideways") for o in r.overflowing), r.overflowing
+    assert any(o.startswith("runs past") and o.startswith("runs past the column") for o in r.overflowing), r.overflowing
     assert Path(r.screenshot).exists() and r.height > 0

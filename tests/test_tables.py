@@ -54,10 +54,10 @@ def test_interval_text_gets_one_dash_and_other_text_is_kept():
 
 
 def test_null_rows_say_what_they_are():
-    assert tables.null_label(["train"]) == "null: mean age of the training donors"
-    assert tables.null_label({"trained_on": ["train", "val"]}) == "null: mean age of the training + validation donors"
+    assert tables.null_label(["train"]) == "null (train mean)"
+    assert tables.null_label({"trained_on": ["train", "val"]}) == "null (train + val mean)"
     out = tables.formatted(scores(), rows={"null": tables.null_label(["train", "val"])})
-    assert out["model"].iloc[-1] == "null: mean age of the training + validation donors"
+    assert out["model"].iloc[-1] == "null (train + val mean)"
     assert out["model"].iloc[0] == "elastic_net"  # only the named rows change
 
 

@@ -23,6 +23,7 @@ from neuroage_utils import metrics
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData, data_record
 from neuroage_utils.report.labels import MODEL_LABELS
+from neuroage_utils.report.tables import format_r
 from neuroage_utils.train.workers import run_tasks, worker_count
 
 __all__ = ["DECLINED", "MODEL_LABELS", "repeated_stratified_folds", "cohort_folds", "run_cell_type", "run_all",
@@ -353,6 +354,13 @@ def declined_table() -> pd.DataFrame:
     return pd.DataFrame([{"model": k, "why not run": v} for k, v in DECLINED.items()])
 
 
+def _verdict(comparison: dict, other: str) -> str:
+    """Better, worse or indistinguishable, from a paired difference (ours minus ``other``)."""
+    if not comparison["excludes_zero"]:
+        return f"the interval includes zero: not distinguishable from {other}"
+    return f"the interval excludes zero: {'better' if comparison['difference'] < 0 else 'worse'} than {other}"
+
+
 def findings(models: dict, seed: int = 0) -> str:
     """Markdown bullets computed from the entries: best model vs null, per cell type, CV and cross."""
     lines = []
@@ -364,8 +372,7 @@ def findings(models: dict, seed: int = 0) -> str:
                 continue
             best = min(ours, key=lambda k: ours[k]["mae"])
             cmp = metrics.paired_difference(ours[best], group["null"], seed=seed)
-            verdict = ("the interval excludes zero" if cmp["excludes_zero"]
-                       else "the interval includes zero: not distinguishable from the null")
+            verdict = _verdict(cmp, "the null")
             lines.append(
                 f"- **{label}, {what}**: lowest of our {len(ours)} models is the {MODEL_LABELS[best]} at "
                 f"{ours[best]['mae']:.2f} years "
@@ -376,8 +383,9 @@ def findings(models: dict, seed: int = 0) -> str:
                 c2 = metrics.paired_difference(ours[best], pc, seed=seed)
                 side = "lower" if c2["difference"] < 0 else "higher"
                 lines.append(
-                    f"  The published clock on the same donors: {pc['mae']:.2f} years ({_ci(pc)}); our best is "
-                    f"{abs(c2['difference']):.2f} years {side} ({c2['ci95'][0]:+.2f} to {c2['ci95'][1]:+.2f}).")
+                    f"  The published clock on the same donors: {pc['mae']:.2f} years ({_ci(pc)}); our best's MAE is "
+                    f"{abs(c2['difference']):.2f} years {side} ({c2['ci95'][0]:+.2f} to {c2['ci95'][1]:+.2f}), "
+                    f"{_verdict(c2, 'the published clock')}.")
             if suffix == "_cross":
                 worst = max(group[best]["by_dataset"].items(), key=lambda kv: kv[1]["mae"])
                 lines.append(f"  Hardest held-out dataset for it: `{worst[0]}` ({worst[1]['n_donors']} donors, "
@@ -434,7 +442,7 @@ def published_clock_note(models: dict) -> str:
                    if overlap else "none of these datasets is among them, so these donors are out of sample for it")
         per = "; ".join(f"`{d}` {v['mae']:.2f}" for d, v in e["by_dataset"].items())
         lines.append(f"- {label}: {e['model']}, trained on {e['trained_on']} (its `metadata.json`); {trained}. "
-                     f"MAE {e['mae']:.2f} years (95% CI {_ci(e)}), r {e['r']:.2f}; per dataset: {per}.")
+                     f"MAE {e['mae']:.2f} years (95% CI {_ci(e)}), r {format_r(e['r'])}; per dataset: {per}.")
     return "\n".join(lines) if lines else "The published clock did not run: the real-donor files are absent."
 
 
