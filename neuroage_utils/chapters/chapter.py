@@ -440,6 +440,30 @@ class Chapter:
             lines.append("- " + metrics.describe_difference(na, nb, metrics.paired_difference(ea, eb, seed=self.seed)))
         return "\n".join(lines)
 
+    # -- downloads ----------------------------------------------------------------------------
+    def download_path(self, name: str) -> Path:
+        """Where download ``name`` of this chapter is written: ``results/<section>-<name>.csv``, next to
+        the results file (a page links it as ``../results/<section>-<name>.csv``)."""
+        return self.out_dir / "results" / f"{self.section}-{name}.csv"
+
+    def download(self, name: str, table: pd.DataFrame) -> Path:
+        """Write ``table`` (e.g. a clock's coefficients) as the CSV download ``name`` (atomically)."""
+        return results.atomic_write_text(self.download_path(name), pd.DataFrame(table).to_csv(index=False))
+
+    def predictions_table(self) -> pd.DataFrame:
+        """Every scored model's per-donor predictions, one row per model and donor: what the page's
+        "per-donor predictions" download holds."""
+        from neuroage_utils.report.labels import MODEL_NAMES
+
+        rows = []
+        for key, entry in self.models.items():
+            for p in entry.get("predictions") or []:
+                rows.append({"model": key, "model_name": tables.null_label(entry) if key.startswith("null")
+                             else MODEL_NAMES.get(key, key), "split": entry.get("split"),
+                             "donor_id": p["donor_id"], "age": p["age"], "predicted": p["predicted"],
+                             "abs_error": abs(p["predicted"] - p["age"])})
+        return pd.DataFrame(rows, columns=["model", "model_name", "split", "donor_id", "age", "predicted", "abs_error"])
+
     # -- the end -------------------------------------------------------------------------------
     @property
     def runtime_s(self) -> float:
@@ -466,6 +490,7 @@ class Chapter:
             "age_key": self.cohort.age_key,
             "split_source": self.cohort.split_source,
         }
+        self.download("predictions", self.predictions_table())  # always written: the page links it
         return results.write_results(
             self.out_dir, self.section, self.data, self.profile, params, self.runtime_s, self.models, extra=extra
         )

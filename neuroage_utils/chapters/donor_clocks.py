@@ -464,11 +464,30 @@ def settings_table(P: dict) -> pd.DataFrame:
     return pd.DataFrame({"setting": rows}).rename_axis("model")
 
 
+def predictions_table(models: dict) -> pd.DataFrame:
+    """Per-donor predictions of every model that ran, long format: cell type, test (within cohorts or
+    across them), model, donor, age, prediction (the repeat mean), absolute error."""
+    rows = []
+    for group, entries in models.items():
+        if not isinstance(entries, dict) or "skipped" in entries:
+            continue
+        cell_type, _, cross = group.partition("_")
+        for key, e in entries.items():
+            for p in (e.get("predictions") or []) if isinstance(e, dict) else []:
+                rows.append({"cell_type": cell_type, "test": "across cohorts" if cross else "within cohorts (CV)",
+                             "model": key, "model_name": MODEL_LABELS.get(key, key), **p})
+    return pd.DataFrame(rows, columns=["cell_type", "test", "model", "model_name", "donor_id", "age", "predicted",
+                                       "abs_error"])
+
+
 def write_page_results(out_dir, rd: RealData, profile: str, P: dict, seed: int, device, device_request: str,
                        runtime_s: float, models: dict) -> Path:
-    """Write ``results/realdata.json`` atomically, recording the device that ran (not the request)."""
+    """Write ``results/realdata.json`` atomically, recording the device that ran (not the request),
+    and the page's download ``results/realdata-predictions.csv`` (every model's per-donor predictions)."""
     from neuroage_utils.models.device_linalg import backends_used
-    from neuroage_utils.results import write_results
+    from neuroage_utils.results import atomic_write_text, write_results
+
+    atomic_write_text(Path(out_dir) / "results" / "realdata-predictions.csv", predictions_table(models).to_csv(index=False))
     from neuroage_utils.train import device_label
 
     params = {**P, "seed": int(seed), "device": device_label(device), "device_requested": str(device_request),

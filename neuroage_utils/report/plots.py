@@ -43,7 +43,8 @@ def predicted_vs_true(table: pd.DataFrame, title: str = "", ax=None, entry: dict
 
     ``table`` is a donor table (``age``, ``predicted``); ``entry`` (a results entry) adds the CI.
     ``stats``: ``"box"`` puts MAE, interval, r and donors in a box in the panel; ``"title"`` writes
-    them under the title instead (small panels, where a box would hide donors); ``"none"`` leaves them out.
+    MAE, interval and r under the title instead (small panels, where a box would hide donors; the
+    caption says how many donors); ``"none"`` leaves them out.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4.0))
@@ -67,7 +68,7 @@ def predicted_vs_true(table: pd.DataFrame, title: str = "", ax=None, entry: dict
         ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=SMALL,
                 bbox={"boxstyle": "round", "fc": "white", "ec": "0.8"})
     elif stats == "title":
-        line = f"MAE {mae:.1f}" + (f" ({interval})" if interval else "") + f", r {tables.format_r(r)}, n {len(x)}"
+        line = f"MAE {mae:.1f}" + (f" ({interval})" if interval else "") + f", r {tables.format_r(r)}"
         title = f"{title}\n{line}" if title else line
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="true age (years)", ylabel="predicted age (years)")
     ax.set_title(title, fontsize=SMALL if stats == "title" else None)
