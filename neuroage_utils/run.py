@@ -31,7 +31,6 @@ from pathlib import Path
 from neuroage_utils import profiles
 from neuroage_utils.data.cohort import file_sha256, load_cohort
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.report.labels import SECTION_TITLES  # one list of chapter titles (re-exported)
 from neuroage_utils.data.simulate import ensure_simulated
 from neuroage_utils.results import atomic_write_text
 
@@ -39,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 PACKAGE = Path(__file__).resolve().parent
 SECTIONS = profiles.SECTIONS
+SECTION_TITLES = profiles.SECTION_TITLES  # one list of chapter titles (profiles)
 
 
 # --------------------------------------------------------------------------------------------------

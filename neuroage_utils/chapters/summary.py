@@ -10,7 +10,8 @@ import pandas as pd
 
 from neuroage_utils import paper, profiles, results
 from neuroage_utils.report import tables
-from neuroage_utils.report.labels import MODEL_NAMES, SECTION_TITLES
+from neuroage_utils.profiles import SECTION_TITLES
+from neuroage_utils.report.labels import MODEL_NAMES
 
 __all__ = ["PAPER_TEST_MAE", "leaderboard", "paper_caveat", "ground_truth", "conclusion", "cv_table",
            "skipped_models", "board_labels", "ground_truth_note"]

@@ -1,18 +1,6 @@
 """Display names of model keys, for tables and figures (one place to rename a model for readers)."""
 
-__all__ = ["MODEL_NAMES", "MODEL_LABELS", "SECTION_TITLES"]
-
-#: Each chapter's title, by section key (the sidebar, the status page, tables that name a chapter).
-SECTION_TITLES = {
-    "data": "The cohort",
-    "svd": "SVD exploration",
-    "baselines": "Baselines: elastic net and MLP",
-    "nmf": "NMF + MLP",
-    "vae": "Variational autoencoders",
-    "dae": "Denoising VAE",
-    "realdata": "Real human donors",
-    "summary": "The verdict",
-}
+__all__ = ["MODEL_NAMES", "MODEL_LABELS"]
 
 #: Names on the simulated-cohort pages.
 MODEL_NAMES = {
