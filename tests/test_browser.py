@@ -133,6 +133,18 @@ def test_no_table_or_figure_runs_past_or_scrolls_in_the_column(browsed):
     assert not bad, "tables or figures wider than the content column at 1,366 px:" + str(bad)
 
 
+def test_every_chapter_offers_its_predictions_as_csv(browsed):
+    """Each chapter links its per-donor predictions (and any other download) to a file in the build."""
+    out, pages = browsed
+    html = out / "_build" / "html"
+    for page in CHAPTERS:
+        csv = [link for link in pages[page].links if link.endswith(".csv")]
+        assert any(link.endswith("-predictions.csv") for link in csv), f"{page}: no per-donor predictions: {csv}"
+        for link in csv:
+            target = ((html / page).parent / link).resolve()
+            assert target.is_file() and target.stat().st_size > 0, f"{page}: {link} is missing from the build"
+
+
 def _toc_pages() -> list:
     """Every page of the table of contents, in reading order, as ``folder/name`` (no suffix)."""
     import yaml

@@ -17,6 +17,7 @@ import pandas as pd
 
 from neuroage_utils import metrics, paper, profiles, results
 from neuroage_utils.report import tables
+from neuroage_utils.report.labels import MODEL_NAMES
 from neuroage_utils.data.cohort import Cohort, file_sha256, load_cohort
 from neuroage_utils.data.simulate import ensure_simulated
 from neuroage_utils.train.device import amp_active, device_label, resolve_device
@@ -297,7 +298,8 @@ class Chapter:
         table = metrics.donor_table(self.fitted[key].predict(X[seen]), c.donors[seen], c.ages[seen])
         ages = c.donor_table.loc[c.donor_table["split"].isin(splits), "age"]
         return pd.Series({"donor MAE on its training donors": metrics.donor_metrics(table)["mae"],
-                          "SD of their ages": float(ages.std()), "training donors": int(len(ages))}, name=key)
+                          "SD of their ages": float(ages.std()), "training donors": int(len(ages))},
+                         name=MODEL_NAMES.get(key, key))  # a reader's name, not the results key
 
     def vae(self, likelihood: str, config: dict, key: str, **extra):
         """A :class:`~neuroage_utils.models.vae.VAEAgeRegressor` for one row of a tuning table.
@@ -453,8 +455,6 @@ class Chapter:
     def predictions_table(self) -> pd.DataFrame:
         """Every scored model's per-donor predictions, one row per model and donor: what the page's
         "per-donor predictions" download holds."""
-        from neuroage_utils.report.labels import MODEL_NAMES
-
         rows = []
         for key, entry in self.models.items():
             for p in entry.get("predictions") or []:

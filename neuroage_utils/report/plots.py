@@ -58,7 +58,8 @@ def predicted_vs_true(table: pd.DataFrame, title: str = "", ax=None, entry: dict
         grid = np.array([lo, hi])
         ax.plot(grid, slope * grid + intercept, color="#C44E52", lw=1.5, label="regression")
     mae = np.mean(np.abs(y - x))
-    r = np.corrcoef(x, y)[0, 1] if np.std(y) > 0 else float("nan")
+    # a clock that predicts one age for everyone (the null) has no correlation: a dash, not "r 0.00"
+    r = np.corrcoef(x, y)[0, 1] if np.ptp(y) > 1e-6 * max(1.0, np.abs(y).max()) else float("nan")
     interval = (tables.format_interval(entry["mae_ci95"]) if entry is not None and entry.get("mae_ci95") is not None
                 else None)
     if stats == "box":
@@ -251,12 +252,11 @@ def svd_components(scores, ages, corr: pd.DataFrame, paper_abs_r: float, max_cel
     fig.colorbar(sc, ax=ax, label="age (years)", fraction=0.06, pad=0.02)
     ax = axes[1]
     comp = np.asarray(corr["component"], dtype=float) + (1 if corr["component"].min() == 0 else 0)
-    ax.scatter(comp, corr["r_cell"].abs(), s=12, color="#4C72B0", label="over cells", alpha=0.8)
-    ax.scatter(comp, corr["r_donor"].abs(), s=12, color="#DD8452", marker="s", label="over donors", alpha=0.8)
-    ax.axhline(paper_abs_r, color="#C44E52", ls="--", lw=1, label=f"paper's top |r| = {paper_abs_r:.2f}")
+    ax.scatter(comp, corr["r_cell"].abs(), s=12, color="#4C72B0", label="cells", alpha=0.8)
+    ax.scatter(comp, corr["r_donor"].abs(), s=12, color="#DD8452", marker="s", label="donors", alpha=0.8)
+    ax.axhline(paper_abs_r, color="#C44E52", ls="--", lw=1, label=f"paper's top ({paper_abs_r:.2f})")
     if chance is not None:  # the best of k components by chance (shuffled donor ages, 95th percentile)
-        ax.axhline(chance["q95_donor"], color="#DD8452", ls=":", lw=1.5,
-                   label=f"chance, over donors ({chance['q95_donor']:.2f})")
+        ax.axhline(chance["q95_donor"], color="#DD8452", ls=":", lw=1.5, label=f"chance, donors ({chance['q95_donor']:.2f})")
     ax.set(xlabel="component", ylabel="|r| with age", ylim=(0, 1.25), yticks=np.linspace(0, 1, 6),
            title="each component's correlation with age")
     # above the data: |r| is at most 1, the legend sits in the band above it

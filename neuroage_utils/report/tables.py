@@ -137,10 +137,15 @@ def format_interval(value, decimals: int = 1, missing: str = MISSING) -> str:
         lo, hi = value
         if _is_missing(lo) or _is_missing(hi):
             return missing
-        return f"{format_number(lo, decimals)}{DASH}{format_number(hi, decimals)}"
+        a, b = format_number(lo, decimals), format_number(hi, decimals)
+        # "-1.6 to 3.5", not "-1.6–3.5": a dash beside a minus sign reads as a range of negatives
+        return f"{a} to {b}" if a.startswith("-") or b.startswith("-") else f"{a}{DASH}{b}"
     if isinstance(value, str):
         match = _INTERVAL_TEXT.match(value)
-        return f"{match.group(1)}{DASH}{match.group(2)}" if match else value
+        if not match:
+            return value
+        a, b = match.group(1), match.group(2)
+        return f"{a} to {b}" if a.startswith("-") or b.startswith("-") else f"{a}{DASH}{b}"
     return missing if _is_missing(value) else str(value)
 
 
