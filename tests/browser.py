@@ -67,6 +67,7 @@ class PageReport:
     download_link: str = ""
     overflowing: list = field(default_factory=list)
     links: list = field(default_factory=list)
+    chapter_links: list = field(default_factory=list)
     tables_total: int = 0
     figures_total: int = 0
 
@@ -153,6 +154,9 @@ async () => {
     }
   }
   const links = Array.from(column.querySelectorAll("a[href]")).map(a => a.getAttribute("href"));
+  // the introduction's list of chapters (its section "Chapters"), in the order a reader meets it
+  const list = document.querySelector("section#chapters");
+  const chapterLinks = list ? Array.from(list.querySelectorAll("a[href]")).map(a => a.getAttribute("href")) : [];
   const tables = column.querySelectorAll("table").length;
   const figures = column.querySelectorAll("img").length;
   return {
@@ -162,7 +166,7 @@ async () => {
     mathTotal: math.length, unrendered, mathErrors,
     prose, text: whole.textContent,
     download: download ? download.getAttribute("href") : "",
-    overflowing: Array.from(new Set(overflowing)), links, tables, figures,
+    overflowing: Array.from(new Set(overflowing)), links, chapterLinks, tables, figures,
   };
 }
 """
@@ -240,6 +244,7 @@ def browse(out: Path, pages: list | None = None, screenshots: Path | None = None
                 report.download_link = seen["download"]
                 report.overflowing = seen["overflowing"]
                 report.links = seen["links"]
+                report.chapter_links = seen["chapterLinks"]
                 report.tables_total = seen["tables"]
                 report.figures_total = seen["figures"]
                 report.raw_tex = [_context_of(seen["prose"], m) for m in RAW_TEX.finditer(seen["prose"])][:10]
@@ -273,7 +278,7 @@ def main(argv=None) -> int:
     problems = 0
     for r in reports:
         issues = {k: v for k, v in asdict(r).items()
-                  if isinstance(v, list) and v and k != "links"}
+                  if isinstance(v, list) and v and k not in ("links", "chapter_links")}
         problems += bool(issues)
         print(f"{r.page:28s} {r.height:6d} px  maths {r.math_total - len(r.math_unrendered)}/{r.math_total}"
               + ("".join(f"\n    {k}: {v[:3]}" for k, v in issues.items())))

@@ -58,6 +58,19 @@ def test_comparison_sentence_indistinguishable_and_equal():
     assert "0.00 years" not in same
 
 
+def test_chapter_verdict_bullets_name_models_never_keys():
+    from neuroage_utils.chapters.chapter import verdict_line
+
+    def entry(errors):
+        return {"predictions": [{"donor_id": f"d{i}", "age": 50.0, "predicted": 50.0 + e} for i, e in enumerate(errors)]}
+
+    better = verdict_line("NMF + MLP", "the null model", entry([1, 2, 1, 2, 1, 1]), entry([9, 8, 9, 7, 9, 8]))
+    assert better.startswith("- NMF + MLP misses the 6 donors by") and better.endswith("better, the interval excludes zero.")
+    missing = verdict_line("NMF + MLP", "the MLP on genes", entry([1, 2]), None)
+    assert missing == "- NMF + MLP vs the MLP on genes: not compared (the MLP on genes was not run on these data)."
+    assert "::" not in missing
+
+
 def test_real_donor_verdicts_say_better_worse_or_not_distinguishable():
     assert donor_clocks._verdict(_cmp(-3.0, -5.0, -1.0), "the null") == \
         "the interval excludes zero: better than the null"
@@ -109,7 +122,7 @@ def test_no_negative_zero_and_p_values_have_a_floor():
     assert tables.format_interval([-0.04, 2.0]) == "0.0–2.0"
     out = tables.formatted(pd.DataFrame({"method": ["a", "b"], "r": [-0.001, 0.5], "p_value": [1e-9, 0.2]}))
     assert list(out["r"]) == ["0.00", "0.50"]
-    assert list(out["p (hypergeometric, one-sided)"]) == ["< 0.001", "0.200"]
+    assert list(out["p (one-sided)"]) == ["< 0.001", "0.200"]
 
 
 def test_null_rows_are_short_with_the_definition_in_a_footnote():

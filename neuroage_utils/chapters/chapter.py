@@ -23,7 +23,7 @@ from neuroage_utils.data.simulate import ensure_simulated
 from neuroage_utils.train.device import amp_active, device_label, resolve_device
 from neuroage_utils.train.workers import run_tasks, worker_count
 
-__all__ = ["Chapter", "glue", "default_out_dir"]
+__all__ = ["Chapter", "glue", "default_out_dir", "verdict_line"]
 
 
 def default_out_dir() -> Path:
@@ -64,6 +64,15 @@ def _fit_predict(model, args: dict):
     task of :meth:`Chapter.fit_score_many` (module-level, so worker processes can run it)."""
     model.fit(args["X"], args["ages"], donors=args["donors"], **args["options"])
     return model, model.predict(args["X_eval"])
+
+
+def verdict_line(name_a: str, name_b: str, entry_a: dict | None, entry_b: dict | None, seed: int = 0) -> str:
+    """One Markdown bullet comparing two scored models by name (paired bootstrap over their shared
+    donors: better, worse or indistinguishable), or saying which of them did not run on these data."""
+    if entry_a is None or entry_b is None:
+        missing = name_a if entry_a is None else name_b
+        return f"- {name_a} vs {name_b}: not compared ({missing} was not run on these data)."
+    return "- " + metrics.describe_difference(name_a, name_b, metrics.paired_difference(entry_a, entry_b, seed=seed))
 
 
 class Chapter:
@@ -432,15 +441,9 @@ class Chapter:
         """Markdown bullets comparing models pairwise on shared donors (paired bootstrap), one per
         pair whose two models exist; a pair with a missing model says so."""
         names = names or {}
-        lines = []
-        for a, b in pairs:
-            ea, eb = self.entry(a), self.entry(b)
-            na, nb = names.get(a, a), names.get(b, b)
-            if ea is None or eb is None:
-                lines.append(f"- {na} vs {nb}: not compared ({a if ea is None else b} was not run on this data).")
-                continue
-            lines.append("- " + metrics.describe_difference(na, nb, metrics.paired_difference(ea, eb, seed=self.seed)))
-        return "\n".join(lines)
+        return "\n".join(verdict_line(names.get(a, MODEL_NAMES.get(a.split("::")[-1], a)),
+                                       names.get(b, MODEL_NAMES.get(b.split("::")[-1], b)),
+                                       self.entry(a), self.entry(b), seed=self.seed) for a, b in pairs)
 
     # -- downloads ----------------------------------------------------------------------------
     def download_path(self, name: str) -> Path:

@@ -43,13 +43,13 @@ LABELS = {
     # ground-truth recovery (summary chapter)
     "method": "ranking",
     "k": "top k genes",
-    "hits": "planted age genes in top k",
+    "hits": "age genes in top k",
     "precision": "precision",
     "chance_precision": "precision by chance",
     "recall": "recall",
     "chance_recall": "recall by chance",
     "enrichment": "precision / chance",
-    "p_value": "p (hypergeometric, one-sided)",
+    "p_value": "p (one-sided)",
 }
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 MISSING = "–"  # an en dash: no value
