@@ -289,7 +289,7 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
         # the reference time of the whole book comes from its one source (bench/results.json), read at
         # render time: this page's times are this build's own, on this machine, and may differ
         "- **Reference time of the quick book** ([benchmarks](../book/benchmarks.md)): {{ bench_book_time }} from a "
-        "fresh clone on {{ bench_machine }} (commit `{{ bench_book_commit }}`, {{ bench_book_date }} UTC).",
+        "fresh clone on {{ bench_machine }} (commit {{ bench_book_commit }}, {{ bench_book_date }} UTC).",
     ]
     notes = []
     if hidden:

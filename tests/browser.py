@@ -37,6 +37,8 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 # TeX that MathJax should have turned into maths; seen in text outside code, it was not rendered.
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:mathcal|mathbf|mathrm|frac|sum|log|exp|mid|sigma|mu|"
                      r"theta|phi|lambda|alpha|beta|operatorname|left|right|begin|end|text|hat|bar|cdot)\b")
+# Template text a reader should never see: an unexpanded substitution, glue role or format field.
+TEMPLATE_LEAK = re.compile(r"\{\{|\}\}|\{glue:|\{download\}|\{cite:|\{ref\}")
 # An absolute path of a build machine: the usual roots of temporary and working folders.
 ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:tmp|home|root|work|Users|private|var|mnt|opt|srv|scratch)/[\w.@+-]")
 
@@ -66,6 +68,7 @@ class PageReport:
     absolute_paths: list = field(default_factory=list)
     download_link: str = ""
     overflowing: list = field(default_factory=list)
+    template_leaks: list = field(default_factory=list)
     links: list = field(default_factory=list)
     chapter_links: list = field(default_factory=list)
     tables_total: int = 0
@@ -247,6 +250,7 @@ def browse(out: Path, pages: list | None = None, screenshots: Path | None = None
                 report.chapter_links = seen["chapterLinks"]
                 report.tables_total = seen["tables"]
                 report.figures_total = seen["figures"]
+                report.template_leaks = [_context_of(seen["prose"], m) for m in TEMPLATE_LEAK.finditer(seen["prose"])][:10]
                 report.raw_tex = [_context_of(seen["prose"], m) for m in RAW_TEX.finditer(seen["prose"])][:10]
                 text = seen["text"]
                 matches = list(ABS_PATH.finditer(text))

@@ -79,6 +79,12 @@ def test_maths_is_rendered_offline(browsed):
     assert not bad, "raw TeX visible in the rendered text:" + str(bad)
 
 
+def test_no_template_text_in_pages(browsed):
+    _, pages = browsed
+    bad = _problems(pages, "template_leaks")
+    assert not bad, "unexpanded template text ({{ }}, a glue or cite role) in the page:" + str(bad)
+
+
 def test_no_request_leaves_the_machine(browsed):
     _, pages = browsed
     bad = _problems(pages, "external_requests")
@@ -184,7 +190,7 @@ def test_the_checks_catch_a_broken_page(tmp_path):
         "<html><body><main><p>Loss <span class='math notranslate nohighlight'>\\(\\mathcal L\\)</span></p>"
         "<img src='missing.png'><script src='https://example.invalid/x.js'></script>"
         "<script>undefinedFunction()</script>"
-        f"<pre>results written to {tmp_path}/results/x.json</pre>"
+        f"<pre>results written to {tmp_path}/results/x.json</pre><p>built in {{{{ bench_book_time }}}}</p>"
         "<div style='overflow-x:auto;width:300px'><table><tr><td style='white-space:nowrap'>"
         + "a wide cell " * 40 + "</td></tr></table></div>"
         "<div style='width:200px'><img style='width:4000px;height:10px' src='data:image/gif;base64,"
@@ -197,6 +203,7 @@ def test_the_checks_catch_a_broken_page(tmp_path):
     assert any("missing.png" in f for f in r.failed_requests)
     assert any("undefinedFunction" in e for e in r.js_errors)
     assert r.absolute_paths
+    assert r.template_leaks
     assert any(o.startswith("scrolls sideways") for o in r.overflowing), r.overflowing
     assert any(o.startswith("runs past") and o.startswith("runs past the column") for o in r.overflowing), r.overflowing
     assert Path(r.screenshot).exists() and r.height > 0
