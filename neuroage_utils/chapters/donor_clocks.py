@@ -331,9 +331,14 @@ def cv_table(models: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _mae_text(e: dict) -> str:
+    """``10.57 (9.0–12.1), n 99``: an MAE with its 95% interval and donors, for a table cell."""
+    return f"{e['mae']:.2f} ({e['mae_ci95'][0]:.1f}–{e['mae_ci95'][1]:.1f}), n {e['n_donors']}"
+
+
 def cross_table(models: dict) -> pd.DataFrame:
     """Cross-cohort MAE per held-out dataset (columns) and pooled, per model and cell type:
-    ``MAE [95% CI] (donors)``."""
+    ``MAE (95% interval), n donors``."""
     rows = []
     for ct in CELL_TYPES:
         group = models.get(f"{ct}_cross", {})
@@ -344,8 +349,8 @@ def cross_table(models: dict) -> pd.DataFrame:
                 continue
             row = {"cell type": ct.upper(), "model": MODEL_LABELS.get(k, k)}
             for name, d in e.get("by_dataset", {}).items():
-                row[name] = f"{d['mae']:.2f} [{d['mae_ci95'][0]:.1f}, {d['mae_ci95'][1]:.1f}] ({d['n_donors']})"
-            row["all donors"] = f"{e['mae']:.2f} [{e['mae_ci95'][0]:.1f}, {e['mae_ci95'][1]:.1f}] ({e['n_donors']})"
+                row[name] = _mae_text(d)
+            row["all donors"] = _mae_text(e)
             rows.append(row)
     return pd.DataFrame(rows)
 
