@@ -69,6 +69,8 @@ def render(results_path: Path, page: Path) -> str:
     vae = r.get("vae") or {}
     if vae:
         out += ["## Our Poisson VAE and scvi-tools' SCVI", "", *_when(vae),
+                "SCVI {cite:p}`lopez2018scvi` as implemented in [scvi-tools](https://scvi-tools.org) "
+                "{cite:p}`gayoso2022scvitools`.",
                 "Same shape: encoder and decoder 2 x 256, latent 100, Poisson likelihood, same batch size, 2 torch",
                 "threads, synthetic counts (10% non-zero) read from CSR per batch; best timed epoch after a",
                 "warm-up. Each tool runs in float32 and in bf16 mixed precision (ours: autocast, with the",
