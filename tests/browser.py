@@ -156,6 +156,10 @@ async () => {
       }
     }
   }
+  if (document.documentElement.scrollWidth > document.documentElement.clientWidth + 1) {
+    overflowing.push("the page scrolls sideways (" + document.documentElement.scrollWidth + " px in " +
+                     document.documentElement.clientWidth + " px)");
+  }
   const links = Array.from(column.querySelectorAll("a[href]")).map(a => a.getAttribute("href"));
   // the introduction's list of chapters (its section "Chapters"), in the order a reader meets it
   const list = document.querySelector("section#chapters");
