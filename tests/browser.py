@@ -276,6 +276,35 @@ def browse(out: Path, pages: list | None = None, screenshots: Path | None = None
     return reports
 
 
+def interactive_tables(out: Path, page_path: str, javascript: bool = True) -> list:
+    """The interactive tables (itables) of one page as a reader sees them, with or without JavaScript:
+    per table, whether it is sortable (DataTables ran), its visible rows and whether it has a search box."""
+    from playwright.sync_api import sync_playwright
+
+    html = Path(out) / "_build" / "html"
+    with BookServer(html) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            context = browser.new_context(viewport=VIEWPORT, java_script_enabled=javascript, service_workers="block")
+            page = context.new_page()
+            page.goto(server.url + page_path, wait_until="networkidle", timeout=60_000)
+            if javascript:
+                page.wait_for_timeout(500)  # the bundle loads after DOMContentLoaded
+            found = page.evaluate("""() => Array.from(document.querySelectorAll("main table")).filter(t => {
+                const r = t.getBoundingClientRect(); return r.width > 0 && r.height > 0;
+              }).map(t => ({
+                sortable: t.classList.contains("dataTable"),
+                rows: Array.from(t.querySelectorAll("tbody tr")).filter(r => r.getBoundingClientRect().height > 0).length,
+                search: !!(t.closest(".dt-container") && t.closest(".dt-container").querySelector("input[type=search]")),
+                header: (t.querySelector("thead") || t).textContent,
+              }))""")
+        finally:
+            browser.close()
+    for table in found:  # the header's words only (DataTables adds sort buttons, the fallback an info mark)
+        table["header"] = re.sub(r"[^A-Za-z0-9%]", "", table["header"])[:80]
+    return found
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:

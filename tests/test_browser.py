@@ -151,6 +151,20 @@ def test_every_chapter_offers_its_predictions_as_csv(browsed):
             assert target.is_file() and target.stat().st_size > 0, f"{page}: {link} is missing from the build"
 
 
+def test_interactive_tables_sort_and_search_and_read_without_javascript(browsed):
+    """The verdict's leaderboard and CV table are sortable and searchable; with JavaScript off the same
+    tables are there in full, as plain HTML."""
+    from .browser import interactive_tables
+
+    out, _ = browsed
+    on = [t for t in interactive_tables(out, "executed/summary.html") if t["sortable"]]
+    assert len(on) >= 2 and all(t["search"] and t["rows"] > 3 for t in on), on
+    off = interactive_tables(out, "executed/summary.html", javascript=False)
+    assert not any(t["sortable"] for t in off)
+    for table in on:  # each interactive table has its plain twin, every row shown
+        assert any(t["header"] == table["header"] and t["rows"] >= table["rows"] for t in off), (table, off)
+
+
 def _toc_pages() -> list:
     """Every page of the table of contents, in reading order, as ``folder/name`` (no suffix)."""
     import yaml
