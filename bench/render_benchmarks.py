@@ -35,7 +35,8 @@ GPU_RUN = [
     "- **torch models** (MLPs, VAEs): the count matrix goes to the GPU once, as CSR when it does not fit dense",
     "  (checked against `torch.cuda.mem_get_info`, keeping half the free memory for the model), and each batch is",
     "  densified there; the shuffle is one permutation per epoch; no step waits for the host between batches;",
-    "  bf16 autocast (`amp`, on in the `paper` and `quick` profiles, off with `--no-amp`; on a CPU only with AMX) with the",
+    "  bf16 autocast (`amp`, on in the `paper` and `quick` profiles, off with `--no-amp`; on a CPU with AMX, or with",
+    "  AVX512-BF16 where a bf16 product measured at start-up is at least 1.3x float32) with the",
     "  likelihoods and KL in float32; fused Adam; deterministic kernels where torch has them.",
     "- **NMF and SVD** (their chapters, the summary's cross-validation, the real-donor models): the torch",
     "  versions above (`linalg_backend: \"auto\"`).",
@@ -75,7 +76,7 @@ def render(results_path: Path, page: Path) -> str:
                 "threads, synthetic counts (10% non-zero) read from CSR per batch; best timed epoch after a",
                 "warm-up. Each tool runs in float32 and in bf16 mixed precision (ours: autocast, with the",
                 "likelihood and KL in float32; SCVI: Lightning's `bf16-mixed`); this CPU multiplies bf16 in",
-                "hardware (AMX). Achieved FLOP/s counts the Linear layers only; the matmul reference is a",
+                "hardware (AVX512-BF16). Achieved FLOP/s counts the Linear layers only; the matmul reference is a",
                 "batch x genes by genes x 256 product in the run's precision, timed in the same process.", "",
                 "| genes | batch | precision | ours, cells/s | SCVI, cells/s | ratio | ours, GFLOP/s | matmul, GFLOP/s "
                 "| share of matmul |",
@@ -122,6 +123,7 @@ def render(results_path: Path, page: Path) -> str:
                 "(`\"auto\"`: torch on CUDA; on a CPU, HALS for NMF (faster there too, at an objective within 0.1% of scikit-learn's) and ARPACK for the SVD).", ""]
     elif lin:
         out += ["## Linear algebra", "", f"Not measured: {_err(lin)}", ""]
+    out += _ddp_section(r.get("ddp"))
     d = r.get("data_path") or {}
     if d:
         out += ["## Paper-scale data path", "", *_when(d)]
@@ -175,6 +177,38 @@ def render(results_path: Path, page: Path) -> str:
     text = "\n".join(out)
     page.write_text(text)
     return text
+
+
+def _ddp_section(ddp) -> list[str]:
+    """Data-parallel VAE epochs (bench_ddp.py): cells per second per rank at 1 and 2 ranks."""
+    if not ddp:
+        return []
+    out = ["## Data-parallel training (torch.distributed)", "", *_when(ddp)]
+    if "runs" not in ddp:
+        return out + [f"Not measured: {_err(ddp)}", ""]
+    single = ddp["runs"]["single_process"]
+    out += [f"{ddp['model']}, {ddp['genes']:,} genes, {ddp['cells']:,} cells, global batch {ddp['batch_size']:,}, "
+            f"best of {ddp['epochs_timed']} timed epochs after a warm-up, {ddp['cores']} cores (1-minute load average "
+            f"{ddp['load_average_1min_start']} at the start, {ddp['load_average_1min_end']} at the end). The ranks are "
+            "started by `torchrun` (gloo) and share the cores, so on this machine the table measures the cost of",
+            "data parallelism (gradient all-reduce, BatchNorm over the global batch, reduced sums), not a speed-up:",
+            "that needs a core, a GPU or a machine per rank.", "",
+            "Wall times on a shared machine are upper bounds; processor time summed over the ranks is what other",
+            "processes inflate least, so the last column (processor time per cell against one process) is the overhead.", "",
+            "| run | ranks x threads | precision | best epoch, s | cells/s per rank | cells/s in all | epoch time vs one process "
+            "| cells per CPU-second | CPU time vs one process |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| one process, no torch.distributed | 1 x {single['threads_per_rank']} | {single['precision']} | "
+            f"{_f(single['epoch_seconds_best'], 2)} | {_f(single['cells_per_s_per_rank'], 0)} | "
+            f"{_f(single['cells_per_s_per_rank'], 0)} | 1.00 | {_f(single.get('cells_per_cpu_s'), 0)} | 1.00 |"]
+    for key, run in sorted(ddp["runs"].items()):
+        if not key.startswith("ranks_"):
+            continue
+        out.append(f"| DDP, {run['world_size']} rank(s) | {run['world_size']} x {run['threads_per_rank']} | {run['precision']} | "
+                   f"{_f(run['epoch_seconds_best'], 2)} | {_f(run['cells_per_s_per_rank'], 0)} | "
+                   f"{_f(run['cells_per_s_total'], 0)} | {_f(run['epoch_time_vs_single_process'], 2)} | "
+                   f"{_f(run.get('cells_per_cpu_s'), 0)} | {_f(run.get('cpu_time_vs_single_process'), 2)} |")
+    return out + ["", "Reproduce: `.venv/bin/python bench/bench_ddp.py` (or `make bench`).", ""]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks, write bench/results.json, render book/benchmarks.md.
 
-    .venv/bin/python bench/run_bench.py [--book] [--data-fraction 1.0] [--skip vae scvi linalg data]
+    .venv/bin/python bench/run_bench.py [--book] [--data-fraction 1.0] [--skip vae scvi linalg data ddp]
 
 Each item runs in its own process (bounded, a few tens of seconds on 2 cores, the paper-scale data
 path about a minute) and prints one JSON line; a failing item is recorded with its error, not fatal.
@@ -55,7 +55,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--book", action="store_true", help="also time the quick book from scratch (~10 min)")
     p.add_argument("--data-fraction", type=float, default=1.0, help="cell fraction of the data-path benchmark")
-    p.add_argument("--skip", nargs="*", default=[], choices=["vae", "scvi", "linalg", "data"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["vae", "scvi", "linalg", "data", "ddp"])
     p.add_argument("--out", type=Path, default=BENCH / "results.json")
     p.add_argument("--repeat", type=int, default=1, help="VAE throughput runs per tool and shape (best kept)")
     p.add_argument("--estimates-only", action="store_true",
@@ -75,11 +75,11 @@ def main() -> int:
     # items skipped now keep their previous results (with their own date), so a partial rerun refreshes
     # only what it measures
     previous = json.loads(args.out.read_text()) if args.skip and args.out.exists() else {}
-    res = {k: v for k, v in previous.items() if k in ("vae", "linalg", "data_path", "book") and
-           {"vae": "vae", "linalg": "linalg", "data_path": "data", "book": "book"}[k] in args.skip + ["book"]}
+    res = {k: v for k, v in previous.items() if k in ("vae", "linalg", "data_path", "book", "ddp") and
+           {"vae": "vae", "linalg": "linalg", "data_path": "data", "book": "book", "ddp": "ddp"}[k] in args.skip + ["book"]}
     if previous:
         # every kept item carries the date it was measured (older results files: the run's date)
-        for key in ("vae", "linalg", "data_path", "book"):
+        for key in ("vae", "linalg", "data_path", "book", "ddp"):
             if key in res and isinstance(res[key], dict):
                 res[key].setdefault("date_utc", previous.get("date_utc"))
     res |= {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -129,6 +129,12 @@ def main() -> int:
         res["data_path"]["cell_fraction"] = args.data_fraction
         res["data_path"]["date_utc"] = now
         print("data", res["data_path"], flush=True)
+
+    if "ddp" not in args.skip:
+        # data-parallel VAE epochs at 1 and 2 ranks (torchrun, gloo) beside one plain process
+        res["ddp"] = run_json([py, BENCH / "bench_ddp.py", "--epochs", "3"], timeout=1800)
+        res["ddp"]["date_utc"] = now
+        print("ddp", res["ddp"], flush=True)
 
     if args.book:
         res["book"] = run_json([py, BENCH / "bench_book.py", "--profile", "quick"], timeout=3600)

@@ -77,7 +77,7 @@ class Profile:
     kl_cycle: tuple = tuple(paper.TRAINING["kl_cycle"].values())  # epochs at 0 / rising / at 1
     t0: int = paper.TRAINING["t0"]
     # the device path: bf16 autocast of the torch models (applies where the device multiplies bf16 in
-    # hardware: a CUDA GPU or a CPU with AMX; elsewhere it stays off), and the NMF / SVD solvers
+    # hardware: a CUDA GPU, or a CPU with AMX or a measured-fast AVX512-BF16; elsewhere it stays off), and the NMF / SVD solvers
     # ("auto": torch on CUDA; HALS NMF, ARPACK SVD on a CPU)
     amp: bool = False
     linalg_backend: str = "auto"

@@ -429,7 +429,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="accept values that are not raw counts; count models are then skipped")
     p.add_argument("--no-amp", action="store_true",
                    help="turn off bf16 mixed precision (on in the quick and paper profiles where the device multiplies bf16 in "
-                        "hardware: CUDA, or a CPU with AMX)")
+                        "hardware: CUDA, or a CPU with AMX or a measured-fast AVX512-BF16)")
     p.add_argument("--list", action="store_true", help="print the sections and exit")
     return p.parse_args(argv)
 

@@ -56,3 +56,19 @@ def test_linear_algebra_benchmark_runs_on_tiny_data():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["nmf"]["torch_hals"]["objective"] <= 1.005 * report["nmf"]["sklearn_cd"]["objective"]
     assert report["svd"]["min_cosine_top10_subspace"] > 0.99
+
+
+def test_page_shows_the_data_parallel_runs(tmp_path):
+    run = {"world_size": 2, "threads_per_rank": 1, "precision": "fp32", "epoch_seconds_best": 0.8,
+           "cells_per_s_per_rank": 6400.0, "cells_per_s_total": 12800.0, "epoch_time_vs_single_process": 1.6}
+    results = {"date_utc": "2026-01-01 00:00", "machine": "test", "load_average_1min_at_start": 0.0,
+               "ddp": {"model": "Poisson VAE", "genes": 2000, "cells": 10240, "batch_size": 1024, "epochs_timed": 3,
+                       "cores": 2, "load_average_1min_start": 1.0, "load_average_1min_end": 1.2,
+                       "runs": {"single_process": {"threads_per_rank": 2, "precision": "fp32", "epoch_seconds_best": 0.5,
+                                                   "cells_per_s_per_rank": 20480.0}, "ranks_2": run}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    text = render(path, tmp_path / "page.md")
+    assert "## Data-parallel training (torch.distributed)" in text
+    assert "| DDP, 2 rank(s) | 2 x 1 | fp32 | 0.80 | 6,400 | 12,800 | 1.60 | - | - |" in text
+    assert "not a speed-up" in text

@@ -8,6 +8,7 @@ GPU is compared, bit for bit, with the host path.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_linalg_backend_auto_is_the_reference_on_a_cpu_except_where_torch_is_fas
 def test_results_record_device_amp_and_backend(tmp_path, h5ad_path):
     path = h5ad_path(make_adata(n_donors=12, cells_per_donor=6, n_genes=10))
     chapter = Chapter("nmf", data_path=str(path), profile="paper", device="cpu", out_dir=str(tmp_path))
-    runs_amp = native_bf16(torch.device("cpu"))  # the paper profile asks; a CPU runs it only with AMX
+    runs_amp = native_bf16(torch.device("cpu"))  # the paper profile asks; a CPU runs it with AMX or a fast AVX512-BF16
     assert chapter.amp_requested is True and chapter.amp is runs_amp
     assert chapter.linalg("svd") == {"backend": "sklearn", "device": torch.device("cpu")}
     assert chapter.linalg() == {"backend": "torch", "device": torch.device("cpu")}  # the chapter's own step: NMF
@@ -240,3 +241,46 @@ def test_an_empty_cell_is_log_normalised_to_zeros_not_nan():
     out = transform(torch.tensor([[0.0, 0.0, 0.0], [1.0, 3.0, 0.0]]))
     assert torch.equal(out[0], torch.zeros(3)) and torch.isfinite(out).all()
     assert out[1, 0] == pytest.approx(np.log1p(2500.0)) and out[1, 2] == 0
+
+
+def test_cpu_bf16_is_decided_from_the_flags_and_one_measured_product(monkeypatch):
+    """AMX: bf16. AVX512-BF16: bf16 only where a bf16 product measured beats float32 by BF16_MIN_SPEEDUP. Neither:
+    float32 without measuring. The decision is written to the environment (workers and ranks inherit it), and
+    the variable decides by hand."""
+    import neuroage_utils.train.device as device_module
+
+    cpu = torch.device("cpu")
+
+    def decide(flags, speedup):
+        monkeypatch.delenv(device_module.BF16_ENV, raising=False)
+        monkeypatch.setattr(device_module, "cpu_bf16_flags", lambda: flags)
+        calls = []
+        monkeypatch.setattr(device_module, "measured_bf16_speedup", lambda: calls.append(1) or speedup)
+        decided = native_bf16(cpu)
+        assert os.environ[device_module.BF16_ENV] == ("1" if decided else "0")
+        assert native_bf16(cpu) is decided and len(calls) <= 1  # measured once, then read back
+        return decided, len(calls)
+
+    assert decide({"amx": True, "avx512_bf16": True}, 0.5) == (True, 0)
+    assert decide({"amx": False, "avx512_bf16": True}, 2.4) == (True, 1)
+    assert decide({"amx": False, "avx512_bf16": True}, 1.1) == (False, 1)
+    assert decide({"amx": False, "avx512_bf16": False}, 9.0) == (False, 0)
+    monkeypatch.setenv(device_module.BF16_ENV, "0")
+    monkeypatch.setattr(device_module, "cpu_bf16_flags", lambda: {"amx": True, "avx512_bf16": True})
+    assert native_bf16(cpu) is False
+    monkeypatch.setenv(device_module.BF16_ENV, "1")
+    assert native_bf16(cpu) is True and amp_active(True, cpu) and not amp_active(False, cpu)
+
+
+def test_the_float32_path_measures_nothing(monkeypatch):
+    import neuroage_utils.train.device as device_module
+
+    monkeypatch.delenv(device_module.BF16_ENV, raising=False)
+    monkeypatch.setattr(device_module, "measured_bf16_speedup", lambda: pytest.fail("measured without amp"))
+    assert amp_active(False, torch.device("cpu")) is False
+
+
+def test_measured_bf16_speedup_is_a_positive_ratio():
+    from neuroage_utils.train.device import measured_bf16_speedup
+
+    assert measured_bf16_speedup(size=64, repeats=2) > 0

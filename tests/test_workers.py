@@ -74,3 +74,50 @@ def test_fit_score_many_scores_as_fit_score_does(tmp_path, h5ad_path):
         assert b["mae"] == pytest.approx(a["mae"], abs=0.5)
     assert list(two.models) == ["m0", "m1", "m2"]
     assert np.array_equal(np.asarray(two.cell_predictions["m0"]).shape, np.asarray(one.cell_predictions["m0"]).shape)
+
+
+def _fold_fit(X, y, train, test, alpha):
+    """One CV fold of an elastic net (a module-level function: it travels to the workers)."""
+    from sklearn.linear_model import ElasticNet
+
+    model = ElasticNet(alpha=alpha, l1_ratio=0.5, max_iter=5000).fit(X[train], y[train])
+    try:
+        from distributed import get_worker
+
+        where = get_worker().address
+    except (ImportError, ValueError):
+        where = None
+    return float(np.abs(model.predict(X[test]) - y[test]).mean()), where
+
+
+def test_independent_fits_run_on_a_dask_cluster_with_one_setting(monkeypatch):
+    """CV folds x a penalty grid sent to a local Dask cluster (in-process, no sockets) by NEUROAGE_DASK_SCHEDULER alone:
+    the same errors as fitted in order here, and every fit ran on a worker of that cluster."""
+    distributed = pytest.importorskip("distributed")
+    from sklearn.model_selection import KFold
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 8))
+    y = X[:, 0] * 2 - X[:, 1] + rng.normal(scale=0.3, size=120)
+    tasks = [(X, y, tr, te, a) for tr, te in KFold(4, shuffle=True, random_state=0).split(X) for a in (0.01, 0.1)]
+    expected = [(mae, None) for mae, _ in run_tasks(_fold_fit, tasks, workers=1)]
+    threads = torch.get_num_threads()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,  # in-process: no network
+                                  dashboard_address=None) as cluster:
+        monkeypatch.setenv(workers.DASK_ENV, cluster.scheduler_address)
+        seen = []
+        got = run_tasks(_fold_fit, tasks, workers=1, progress=lambda done, total: seen.append(done))
+        addresses = set(cluster.scheduler_info["workers"])
+    torch.set_num_threads(threads)  # the in-process workers set one thread per task
+    assert [mae for mae, _ in got] == pytest.approx([mae for mae, _ in expected], rel=1e-12)
+    assert {where for _, where in got} <= addresses and None not in {where for _, where in got}
+    assert seen[-1] == len(tasks)
+
+
+def test_dask_backend_without_a_cluster_says_how_to_name_one(monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.delenv(workers.DASK_ENV, raising=False)
+    with pytest.raises(RuntimeError, match="NEUROAGE_DASK_SCHEDULER"):
+        run_tasks(_square_and_threads, [(1,), (2,)], backend="dask")
+    with pytest.raises(ValueError, match="unknown backend"):
+        run_tasks(_square_and_threads, [(1,), (2,)], backend="threads")

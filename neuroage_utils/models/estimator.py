@@ -16,6 +16,7 @@ from neuroage_utils.train import (
     predict_batches,
     resolve_device,
 )
+from neuroage_utils.train import distributed as ddp
 from neuroage_utils.train.batches import as_float32_matrix, check_finite_matrix
 from neuroage_utils.train.device import amp_active
 
@@ -92,7 +93,11 @@ class TorchAgeRegressor:
 
     # -- API ---------------------------------------------------------------------------------------
     def _held_out(self, data, what: str) -> Validation:
-        """A :class:`Validation` from ``(X, ages)`` or ``(X, ages, donors)``, ages scaled as the training ages."""
+        """A :class:`Validation` from ``(X, ages)`` or ``(X, ages, donors)``, ages scaled as the training
+        ages; in a data-parallel run ``(X, ages, donors, shard)`` with this rank's rows of the set."""
+        shard = None
+        if isinstance(data, (tuple, list)) and len(data) == 4:
+            *data, shard = data
         if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
             raise ValueError(f"{what} must be (X, ages) or (X, ages, donors)")
         Xv = as_float32_matrix(data[0])
@@ -101,11 +106,12 @@ class TorchAgeRegressor:
         dv = data[2] if len(data) == 3 else None
         av = _check_ages(data[1], Xv.shape[0], dv, f"{what} ages")
         yv = (av - self.age_mean_) / self.age_std_
-        vb = CellBatches(Xv, yv, extras=self._extras(Xv), batch_size=max(self.batch_size, 4096), shuffle=False,
-                         device=self.device_, max_dense_bytes=self.max_dense_bytes, device_csr=self.device_csr)
+        options = dict(extras=self._extras(Xv), batch_size=max(self.batch_size, 4096), shuffle=False,
+                       device=self.device_, max_dense_bytes=self.max_dense_bytes, device_csr=self.device_csr)
+        vb = CellBatches(Xv, yv, **options) if shard is None else shard.batches(Xv, yv, **options)
         return Validation(vb, dv, self.age_mean_, self.age_std_)
 
-    def fit(self, X, ages, donors=None, validation=None, library_size=None, monitors=None):
+    def fit(self, X, ages, donors=None, validation=None, library_size=None, monitors=None, *, shard=None):
         """Fit on ``X`` (cells x features) and per-cell ``ages`` in years.
 
         ``donors`` (optional, one id per cell) only checks that every donor has one age.
@@ -113,6 +119,10 @@ class TorchAgeRegressor:
         MAE (donor-level when donors are given) are recorded per epoch in ``history_``.
         ``monitors`` maps names to such tuples (e.g. ``{"train": ..., "val": ...}``): their MAE alone
         is recorded per epoch as ``<name>_mae`` (learning curves; the run itself is unchanged).
+        ``shard`` (a :class:`~neuroage_utils.train.distributed.Shard`, inside a run started by
+        :func:`~neuroage_utils.models.data_parallel.fit_distributed`): ``X``, ``ages``, ``donors`` and
+        ``library_size`` are this rank's rows; age and input scaling come from all ranks' rows and
+        training is data-parallel (:mod:`neuroage_utils.train.distributed`).
         """
         X = as_float32_matrix(X)
         check_finite_matrix(X)
@@ -123,12 +133,17 @@ class TorchAgeRegressor:
         self.n_features_ = int(X.shape[1])
         self.device_ = resolve_device(self.device)
         self.amp_ = amp_active(self.amp, self.device_)  # what ran: off without native bf16, whatever was asked
-        self.age_mean_ = float(ages.mean())
-        self.age_std_ = float(ages.std()) or 1.0  # one age only: avoid dividing by zero
+        if shard is None:
+            self.age_mean_ = float(ages.mean())
+            self.age_std_ = float(ages.std()) or 1.0  # one age only: avoid dividing by zero
+        else:  # the moments of every rank's cells
+            total, n = ddp.all_reduce_sum([ages.sum(), len(ages)])
+            self.age_mean_ = float(total / n)
+            self.age_std_ = float(np.sqrt(ddp.all_reduce_sum(((ages - self.age_mean_) ** 2).sum()) / n)) or 1.0
         y = (ages - self.age_mean_) / self.age_std_
-        batches = CellBatches(X, y, library_size=library_size, extras=self._extras(X), batch_size=self.batch_size,
-                              shuffle=True, device=self.device_, max_dense_bytes=self.max_dense_bytes,
-                              device_csr=self.device_csr)
+        options = dict(library_size=library_size, extras=self._extras(X), batch_size=self.batch_size, shuffle=True,
+                       device=self.device_, max_dense_bytes=self.max_dense_bytes, device_csr=self.device_csr)
+        batches = CellBatches(X, y, **options) if shard is None else shard.batches(X, y, **options)
         torch.manual_seed(self.seed)  # parameter initialisation
         module = self._build_module(X, batches)
         val = None if validation is None else self._held_out(validation, "validation")

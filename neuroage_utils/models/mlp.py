@@ -14,6 +14,7 @@ import numpy as np
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.features import SparseStandardScaler
 from neuroage_utils.train import DEFAULT_MAX_DENSE_BYTES, CellBatches
+from neuroage_utils.train.distributed import column_sums
 from neuroage_utils.models.estimator import TorchAgeRegressor
 from neuroage_utils.nn.networks import AgeMLP
 
@@ -38,7 +39,7 @@ class MLPRegressor(TorchAgeRegressor):
     device, seed, checkpoint_path, checkpoint_every, progress
         See :func:`neuroage_utils.train.loop.fit`.
     amp
-        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
+        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX or a measured-fast AVX512-BF16); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
 
     Attributes after ``fit``: ``module_`` (the AgeMLP), ``history_`` (per-epoch losses),
     ``age_mean_``, ``age_std_``.
@@ -72,18 +73,29 @@ class MLPRegressor(TorchAgeRegressor):
     def _build_module(self, X, batches: CellBatches) -> AgeMLP:
         if X.shape[1] < 1:
             raise DataValidationError("X has no features: pass a matrix with at least one column")
-        module = AgeMLP(X.shape[1], self.hidden, self.dropout)
+        module = self.blank_module(X.shape[1])
         if self.scale_inputs:
-            scaler = SparseStandardScaler().fit(X)
-            module.input_transform.set_scaling(scaler.mean_, scaler.scale_)
+            if getattr(batches, "sharded", False):  # a data-parallel run: moments of every rank's rows
+                total, total_sq, n = column_sums(X)
+                mean = total / n
+                scale = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))  # as features.column_moments
+                scale[scale == 0] = 1.0
+                module.input_transform.set_scaling(mean.astype(np.float32), scale.astype(np.float32))
+            else:
+                scaler = SparseStandardScaler().fit(X)
+                module.input_transform.set_scaling(scaler.mean_, scaler.scale_)
         return module
 
-    def fit(self, X, ages, donors=None, validation=None):
+    def blank_module(self, n_features: int) -> AgeMLP:
+        """The untrained network for ``n_features`` inputs (a saved state_dict is loaded into it)."""
+        return AgeMLP(int(n_features), self.hidden, self.dropout)
+
+    def fit(self, X, ages, donors=None, validation=None, monitors=None, *, shard=None):
         """Fit on ``X`` (cells x features, sparse or dense) and per-cell ``ages`` (years).
 
         See :meth:`neuroage_utils.models.estimator.TorchAgeRegressor.fit` for ``donors`` and ``validation``.
         """
-        return super().fit(X, ages, donors=donors, validation=validation)
+        return super().fit(X, ages, donors=donors, validation=validation, monitors=monitors, shard=shard)
 
     def predict(self, X) -> np.ndarray:
         """Predicted age (years) of every cell of ``X``."""

@@ -22,6 +22,7 @@ from neuroage_utils.train import (
     predict_batches,
     transformed_stats,
 )
+from neuroage_utils.train.distributed import sharded_transformed_stats
 from neuroage_utils.models.estimator import TorchAgeRegressor
 from neuroage_utils.nn.likelihoods import LIKELIHOODS
 from neuroage_utils.nn.networks import AgeVAE, layer_table
@@ -57,7 +58,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         See :func:`neuroage_utils.train.loop.fit`. With a ``checkpoint_path`` a re-run resumes, and a
         run can be extended by raising ``epochs``.
     amp
-        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX; likelihood and KL in float32); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
+        bf16 autocast where the device has native bf16 (a CUDA GPU, a CPU with AMX or a measured-fast AVX512-BF16; likelihood and KL in float32); ignored elsewhere. See :func:`neuroage_utils.train.loop.fit`.
 
     The count likelihoods need raw UMI counts; ``fit`` raises ``DataValidationError`` otherwise.
     """
@@ -127,6 +128,10 @@ class VAEAgeRegressor(TorchAgeRegressor):
             gaussian_variance=self.gaussian_variance, log_normalize=self.log_normalize, target_sum=self.target_sum,
         )
 
+    def blank_module(self, n_features: int) -> AgeVAE:
+        """The untrained network for ``n_features`` genes (a saved state_dict is loaded into it)."""
+        return self._make_module(int(n_features))
+
     def _check_X(self, X, fitting: bool) -> None:
         if not fitting:
             super()._check_X(X, fitting)
@@ -171,7 +176,8 @@ class VAEAgeRegressor(TorchAgeRegressor):
         module = self._make_module(X.shape[1]).to(batches.device)
         needs_max = self.input_noise > 0 and self.noise_reference == "max"
         if self.likelihood == "gaussian" or needs_max:
-            stats = transformed_stats(batches, module.input_transform.unscaled)
+            stats_of = sharded_transformed_stats if getattr(batches, "sharded", False) else transformed_stats
+            stats = stats_of(batches, module.input_transform.unscaled)
             if self.likelihood == "gaussian":
                 scale = np.where(stats["std"] > 0, stats["std"], 1.0)  # constant genes map to 0, not NaN
                 module.input_transform.set_scaling(stats["mean"], scale)
@@ -192,7 +198,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         return self.kl_schedule
 
     # -- API ---------------------------------------------------------------------------------------
-    def fit(self, X, ages, donors=None, validation=None, library_size=None, monitors=None):
+    def fit(self, X, ages, donors=None, validation=None, library_size=None, monitors=None, *, shard=None):
         """Fit on ``X`` (cells x genes; raw counts for the count likelihoods) and per-cell ages (years).
 
         ``library_size`` (count likelihoods): per-cell offset; default the row sums of ``X`` (the
@@ -202,7 +208,7 @@ class VAEAgeRegressor(TorchAgeRegressor):
         if library_size is not None and self.likelihood not in ("poisson", "nb"):
             raise ValueError("library_size is used by the count likelihoods only (likelihood='poisson' or 'nb')")
         return super().fit(X, ages, donors=donors, validation=validation, library_size=library_size,
-                           monitors=monitors)
+                           monitors=monitors, shard=shard)
 
     def predict(self, X) -> np.ndarray:
         """Predicted age (years) per cell, from the deterministic latent layer."""

@@ -28,7 +28,7 @@ from neuroage_utils.errors import DataValidationError
 from neuroage_utils.train.device import resolve_device
 
 __all__ = ["DEFAULT_MAX_DENSE_BYTES", "CellBatches", "transformed_stats", "as_float32_matrix", "check_finite_matrix",
-           "densify_rows", "device_csr_fits"]
+           "densify_rows", "device_csr_fits", "partial_moments", "merge_moments"]
 
 #: Densify the whole matrix once when its float32 copy is at most this many bytes (2 GiB).
 DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
@@ -312,22 +312,29 @@ def transformed_stats(batches: CellBatches, transform: Callable[[torch.Tensor], 
     :math:`E[x^2] - E[x]^2` cancels. Used to fit z-scoring on a transform that is only ever applied
     per batch (e.g. log-normalisation), so the full transformed matrix never exists.
     """
-    source = batches.with_options(shuffle=False)
-    count, mean, m2, lo, hi = 0, None, None, None, None
-    for batch in source.iterate():
-        z = transform(batch["x"]).double()
-        nb = z.shape[0]
-        bmean = z.mean(dim=0)
-        bm2 = ((z - bmean) ** 2).sum(dim=0)
-        bmin, bmax = z.min(dim=0).values, z.max(dim=0).values
-        if mean is None:
-            count, mean, m2, lo, hi = nb, bmean, bm2, bmin, bmax
-            continue
-        total = count + nb
-        delta = bmean - mean
-        mean = mean + delta * (nb / total)
-        m2 = m2 + bm2 + delta**2 * (count * nb / total)
-        lo, hi = torch.minimum(lo, bmin), torch.maximum(hi, bmax)
-        count = total
+    count, mean, m2, lo, hi = partial_moments(batches, transform)
     std = torch.sqrt(m2 / count)
     return {k: v.cpu().numpy() for k, v in {"mean": mean, "std": std, "min": lo, "max": hi}.items()}
+
+
+def merge_moments(a: tuple, b: tuple) -> tuple:
+    """Chan et al.'s merge of two ``(count, mean, M2, min, max)`` partial moments (float64)."""
+    count, mean, m2, lo, hi = a
+    nb, bmean, bm2, bmin, bmax = b
+    total = count + nb
+    delta = bmean - mean
+    return (total, mean + delta * (nb / total), m2 + bm2 + delta**2 * (count * nb / total),
+            torch.minimum(lo, bmin), torch.maximum(hi, bmax))
+
+
+@torch.no_grad()
+def partial_moments(batches: CellBatches, transform: Callable[[torch.Tensor], torch.Tensor]) -> tuple:
+    """``(count, mean, M2, min, max)`` of ``transform(x)`` over the rows of ``batches`` in order."""
+    source = batches.with_options(shuffle=False)
+    merged = (0, None, None, None, None)
+    for batch in source.iterate():
+        z = transform(batch["x"]).double()
+        bmean = z.mean(dim=0)
+        part = (z.shape[0], bmean, ((z - bmean) ** 2).sum(dim=0), z.min(dim=0).values, z.max(dim=0).values)
+        merged = part if merged[1] is None else merge_moments(merged, part)
+    return merged

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import torch
 
 from neuroage_utils.errors import DataValidationError
 
-__all__ = ["resolve_device", "device_label", "make_deterministic", "autocast", "amp_active", "native_bf16"]
+__all__ = ["resolve_device", "device_label", "make_deterministic", "autocast", "amp_active", "native_bf16",
+           "cpu_bf16_flags", "measured_bf16_speedup", "BF16_ENV", "BF16_MIN_SPEEDUP"]
+
+#: ``0`` or ``1``: whether this CPU runs the torch models in bf16, decided by hand (no measurement).
+#: Set by the first decision of a process, so its workers and ranks decide the same.
+BF16_ENV = "NEUROAGE_CPU_BF16"
+#: How much faster a bf16 matrix product must be than a float32 one for a CPU to train in bf16.
+BF16_MIN_SPEEDUP = 1.3
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -67,25 +75,81 @@ def make_deterministic(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def cpu_bf16_flags() -> dict:
+    """The CPU's bf16 matrix instructions: ``amx`` (AMX tiles, Intel Sapphire Rapids and later) and
+    ``avx512_bf16`` (bf16 dot products, e.g. AMD Zen 4 and later), from ``/proc/cpuinfo`` (Linux) and
+    torch's AMX probe."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: guard it
+    try:
+        amx = bool(probe()) if probe is not None else False
+    except RuntimeError:
+        amx = False
+    return {"amx": amx or "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}
+
+
+def measured_bf16_speedup(size: int = 768, repeats: int = 5) -> float:
+    """float32 time / bf16 time of a ``size``-square matrix product on this CPU (the best of
+    ``repeats``, the two interleaved so that a busy machine slows both alike)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    pairs = {torch.float32: (a, b), torch.bfloat16: (a.bfloat16(), b.bfloat16())}
+    best = {dtype: float("inf") for dtype in pairs}
+    for dtype, (x, y) in pairs.items():
+        torch.mm(x, y)  # warm-up: kernels chosen, memory touched
+    for _ in range(int(repeats)):
+        for dtype, (x, y) in pairs.items():
+            tic = time.perf_counter()
+            torch.mm(x, y)
+            best[dtype] = min(best[dtype], time.perf_counter() - tic)
+    return best[torch.float32] / max(best[torch.bfloat16], 1e-12)
+
+
+def _cpu_native_bf16() -> bool:
+    """The CPU's decision, once per process tree: ``$NEUROAGE_CPU_BF16`` when set; else AMX, or
+    AVX512-BF16 with a measured bf16 product at least :data:`BF16_MIN_SPEEDUP` times as fast as
+    float32 (on the 2-core AMD development machine about 2.5x). Written to the environment so that
+    worker processes and torchrun ranks started later decide the same without measuring."""
+    told = os.environ.get(BF16_ENV, "").strip()
+    if told in ("0", "1"):
+        return told == "1"
+    flags = cpu_bf16_flags()
+    if flags["amx"]:
+        decided = True
+    elif flags["avx512_bf16"]:
+        decided = measured_bf16_speedup() >= BF16_MIN_SPEEDUP
+    else:
+        decided = False
+    os.environ[BF16_ENV] = "1" if decided else "0"
+    return decided
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with bf16 support, or a CPU
-    with AMX tiles (Intel Sapphire Rapids and later; 5-6x its float32 matmul rate on the 2-core
-    development machine). Elsewhere bf16 is emulated and slower than float32."""
+    """Whether ``device`` multiplies bf16 matrices in hardware, fast enough to train in bf16: a CUDA GPU
+    with bf16 support, or a CPU with AMX tiles (5-6x its float32 rate) or with AVX512-BF16 where a
+    measured bf16 product beats float32 (:func:`_cpu_native_bf16`). Elsewhere bf16 is emulated and
+    slower than float32."""
     device = torch.device(device)
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: guard it
-        try:
-            return bool(probe()) if probe is not None else False
-        except RuntimeError:
-            return False
+        return _cpu_native_bf16()
     return False
 
 
 def amp_active(amp: bool, device: torch.device) -> bool:
     """Mixed precision runs only where asked for and where the device has native bf16 matrix units
-    (:func:`native_bf16`): asked for on a CPU without them, it stays off (it would be slower)."""
+    (:func:`native_bf16`): asked for on a CPU without them, it stays off (it would be slower). Not
+    asked for, nothing is measured: the float32 path does not depend on the machine's load."""
     return bool(amp) and native_bf16(device)
 
 

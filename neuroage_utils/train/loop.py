@@ -36,6 +36,7 @@ from neuroage_utils.train.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from neuroage_utils.train import distributed as ddp
 from neuroage_utils.train.device import amp_active, autocast, make_deterministic
 from neuroage_utils.train.schedules import kl_schedule_fn
 
@@ -73,6 +74,11 @@ class Validation:
                     f"validation donors has {len(self.donors)} values for {self.batches.n_cells} cells: "
                     "pass one per cell"
                 )
+        # A rank's share (train.distributed): scores are reduced over ranks, so every donor's cells
+        # count wherever they live; the donor list is gathered once, here.
+        self.sharded = bool(getattr(self.batches, "sharded", False))
+        if self.sharded and self.donors is not None:
+            self._donor_names = sorted(set().union(*ddp.all_gather_objects(sorted(set(self.donors)))))
 
     def fingerprint(self) -> dict:
         n_donors = None if self.donors is None else int(len(set(self.donors)))
@@ -82,6 +88,11 @@ class Validation:
     def _mae(self, pred: np.ndarray, true: np.ndarray) -> float:
         pred = pred * self.target_std + self.target_mean
         true = true * self.target_std + self.target_mean
+        if self.sharded:
+            if self.donors is not None:
+                return ddp.donor_mae(pred, self.donors, true, self._donor_names)
+            total = ddp.all_reduce_sum([np.abs(pred - true).sum(), len(pred)])
+            return float(total[0] / total[1])
         if self.donors is not None:  # the paper's donor-level MAE, as every chapter scores it
             return donor_metrics(donor_table(pred, self.donors, true))["mae"]
         return float(np.mean(np.abs(pred - true)))
@@ -117,6 +128,10 @@ class Validation:
             preds.append(module.predict(batch["x"]).reshape(-1).double())
             ys.append(batch["y"].double())
         module.train(was_training)
+        if self.sharded:
+            keys = sorted(sums)
+            total = ddp.all_reduce_sum([float(sums[k]) for k in keys] + [n_total])
+            sums, n_total = dict(zip(keys, total[:-1])), float(total[-1])
         out = {f"val_{k}": float(v) / n_total for k, v in sums.items()}
         out["val_mae"] = self._mae(torch.cat(preds).cpu().numpy(), torch.cat(ys).cpu().numpy())
         return out
@@ -190,7 +205,8 @@ def fit(
     config
         Extra JSON-able settings that identify the run (e.g. a regressor's hyper-parameters).
     amp
-        Mixed precision where the device multiplies bf16 in hardware (a CUDA GPU, or a CPU with AMX;
+        Mixed precision where the device multiplies bf16 in hardware (a CUDA GPU, or a CPU with AMX or
+        with AVX512-BF16 where a measured bf16 product beats float32;
         :func:`~neuroage_utils.train.device.native_bf16`): the forward pass and loss under bf16
         autocast (the models compute their likelihoods and KL in float32); parameters, gradients and
         Adam's state stay float32. Off, or on a device without native bf16, nothing changes.
@@ -234,6 +250,12 @@ def fit(
     device = batches.device
     make_deterministic(device)
     module.to(device)
+    # A rank's share of a data-parallel run (train.distributed): DDP, BatchNorm over the global
+    # batch, epoch sums reduced over ranks, checkpoints written by rank 0.
+    sharded = bool(getattr(batches, "sharded", False))
+    if sharded and not ddp.is_distributed():
+        raise RuntimeError("sharded batches need a torch.distributed process group: start the run with launch()")
+    lead = not sharded or ddp.rank() == 0
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -307,13 +329,19 @@ def fit(
         )
 
     n_batches = max(len(batches), 1)
-    bar = _progress_bar(epochs, min(start, epochs), progress, desc or type(module).__name__)
+    bar = _progress_bar(epochs, min(start, epochs), progress and lead, desc or type(module).__name__)
+    loss_of = module.loss
+    if sharded:
+        loss_of = ddp.wrap_ddp(ddp.sync_batchnorm(module))
+        world = ddp.world_size()
     try:
         for epoch in range(start, epochs):
             if early["stopped"]:
                 break
             tic = time.perf_counter()
             kl_weight = float(kl_fn(epoch))
+            if sharded:  # per rank and epoch: a resumed run draws what an uninterrupted one would
+                torch.manual_seed(ddp.rank_seed(seed, epoch))
             module.train()
             sums: dict[str, torch.Tensor] = {}
             n_seen = 0
@@ -323,11 +351,15 @@ def fit(
                     scheduler.step(epoch + i / n_batches)
                 if lr_first is None:
                     lr_first = optimizers[0].param_groups[0]["lr"]
+                n_global = batch.pop("n_global", None)
                 with autocast(amp, device):
-                    parts = module.loss(batch, kl_weight)
+                    parts = loss_of(batch, kl_weight)
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
+                loss = parts["loss"]
+                if n_global is not None:  # DDP averages over ranks: this makes it the global batch's mean
+                    loss = loss * (batch["x"].shape[0] * world / n_global)
+                loss.backward()
                 for opt in optimizers:
                     opt.step()
                 n = batch["x"].shape[0]
@@ -335,6 +367,10 @@ def fit(
                     value = value.detach() * n
                     sums[name] = sums[name] + value if name in sums else value
                 n_seen += n
+            if sharded:
+                keys = sorted(sums)
+                reduced = ddp.all_reduce_sum([float(sums[k]) for k in keys] + [n_seen])
+                sums, n_seen = dict(zip(keys, reduced[:-1])), float(reduced[-1])
             row = {"epoch": epoch}
             row.update({name: float(total) / n_seen for name, total in sums.items()})
             if not math.isfinite(row["loss"]):
@@ -362,12 +398,14 @@ def fit(
             row["seconds"] = time.perf_counter() - tic
             history.append(row)
             done = epoch + 1
-            if path is not None and (done % int(checkpoint_every) == 0 or done == epochs or early["stopped"]):
+            if lead and path is not None and (done % int(checkpoint_every) == 0 or done == epochs or early["stopped"]):
                 save(done)
             bar.update(1)
             bar.set_postfix(_postfix(row), refresh=False)
     finally:
         bar.close()
+        if sharded:
+            ddp.plain_batchnorm(module)
     if early_stopping_patience is not None and best_state is not None:
         module.load_state_dict(best_state)  # the best validation epoch, not the last
     module.eval()

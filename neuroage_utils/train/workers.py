@@ -10,6 +10,11 @@ the calling process (the device is the shared resource).
 Each task is seeded by its caller, so the models do not depend on the order the workers finish in;
 with one thread instead of two, floating-point sums may round differently in the last digits.
 Large numpy arrays reach the workers memory-mapped (joblib), not copied per task.
+
+On a Dask cluster: one setting, ``NEUROAGE_DASK_SCHEDULER=tcp://host:8786`` (or ``backend="dask"``,
+with ``scheduler=`` or a ``distributed.Client`` already made in the session), sends the same chunks to
+the cluster through joblib's dask backend, whatever ``workers`` says: grids and CV folds then spread
+over every machine of the cluster (which needs this package installed, as its workers import ``fn``).
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import torch
 
 from neuroage_utils.train.device import resolve_device
 
-__all__ = ["worker_count", "run_tasks"]
+__all__ = ["worker_count", "run_tasks", "dask_scheduler"]
 
 #: Environment override of the number of worker processes (e.g. ``NEUROAGE_WORKERS=1`` for one fit
 #: at a time in the calling process).
 WORKERS_ENV = "NEUROAGE_WORKERS"
+#: Address of a Dask scheduler (``tcp://host:8786``): independent fits go to that cluster.
+DASK_ENV = "NEUROAGE_DASK_SCHEDULER"
 
 
 def _cores() -> int:
@@ -52,8 +59,29 @@ def _single_threaded(fn: Callable, chunk: Sequence[Sequence]) -> list:
         return [fn(*task) for task in chunk]
 
 
+def dask_scheduler() -> str | None:
+    """The scheduler address of ``$NEUROAGE_DASK_SCHEDULER``, or None."""
+    return os.environ.get(DASK_ENV, "").strip() or None
+
+
+def _dask_client(scheduler: str | None):
+    """A client of ``scheduler``, else the session's current client (one made by the caller)."""
+    try:
+        from distributed import Client, get_client
+    except ImportError:
+        raise RuntimeError("backend='dask' needs dask[distributed]: pip install the version in requirements.txt") from None
+    if scheduler:
+        return Client(scheduler, set_as_default=False), True
+    try:
+        return get_client(), False
+    except ValueError:
+        raise RuntimeError(f"backend='dask' found no cluster: set {DASK_ENV}=tcp://host:port, pass scheduler=, "
+                           "or make a distributed.Client first") from None
+
+
 def run_tasks(fn: Callable, tasks: Iterable[Sequence], workers: int = 1,
-              progress: Callable[[int, int], None] | None = None, chunks_per_worker: int = 3) -> list:
+              progress: Callable[[int, int], None] | None = None, chunks_per_worker: int = 3,
+              backend: str | None = None, scheduler: str | None = None) -> list:
     """``[fn(*task) for task in tasks]``, in ``workers`` processes when ``workers > 1``.
 
     Results come back in the order of ``tasks``. Tasks are dealt round-robin into at most
@@ -62,10 +90,21 @@ def run_tasks(fn: Callable, tasks: Iterable[Sequence], workers: int = 1,
     gives every chunk the same mix of cheap and expensive tasks when they come grouped.
     ``progress(done, total)`` is called in the calling process as chunks finish. ``fn`` and the
     tasks must be picklable when ``workers > 1`` (module-level functions, plain data, estimators).
+
+    ``backend``: ``None`` (default) is ``"dask"`` when ``$NEUROAGE_DASK_SCHEDULER`` is set, else
+    joblib's ``"loky"`` processes on this machine; ``"dask"`` sends the chunks to a Dask cluster
+    (``scheduler`` address, that variable, or the session's client), as many chunks as the cluster
+    has threads times ``chunks_per_worker``.
     """
     tasks = [tuple(t) for t in tasks]
     total = len(tasks)
     out: list = [None] * total
+    scheduler = scheduler or dask_scheduler()
+    backend = backend or ("dask" if scheduler else "loky")
+    if backend not in ("loky", "dask"):
+        raise ValueError(f"unknown backend {backend!r}: use 'loky' or 'dask'")
+    if backend == "dask" and total > 1:
+        return _run_on_dask(fn, tasks, out, progress, chunks_per_worker, scheduler)
     if workers <= 1 or total <= 1:
         for i, task in enumerate(tasks):
             out[i] = fn(*task)
@@ -86,3 +125,32 @@ def run_tasks(fn: Callable, tasks: Iterable[Sequence], workers: int = 1,
         if progress is not None:
             progress(done, total)
     return out
+
+
+def _chunks(total: int, n_chunks: int) -> list[list[int]]:
+    """Task indices dealt round-robin into ``n_chunks`` chunks."""
+    return [list(range(start, total, n_chunks)) for start in range(n_chunks)]
+
+
+def _run_on_dask(fn, tasks, out, progress, chunks_per_worker, scheduler) -> list:
+    from joblib import Parallel, delayed, parallel_config
+
+    client, owned = _dask_client(scheduler)
+    try:
+        threads = max(1, sum(client.nthreads().values()))
+        index = _chunks(len(tasks), min(len(tasks), max(1, int(chunks_per_worker)) * threads))
+        with parallel_config(backend="dask", client=client):
+            results = Parallel(n_jobs=-1, return_as="generator")(
+                delayed(_single_threaded)(fn, [tasks[i] for i in chunk]) for chunk in index)
+            done = 0
+            for chunk, values in zip(index, results):
+                for i, value in zip(chunk, values):
+                    out[i] = value
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(tasks))
+    finally:
+        if owned:
+            client.close()
+    return out
+
