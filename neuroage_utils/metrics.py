@@ -18,6 +18,7 @@ __all__ = [
     "donor_metrics",
     "bootstrap_mae_ci",
     "model_entry",
+    "repeated_entry",
     "null_table",
     "skipped_entry",
     "table_from_donor_predictions",
@@ -118,6 +119,32 @@ def model_entry(table: pd.DataFrame, split: str, seed: int = 0, **extra) -> dict
     }
     entry.update(extra)
     return entry
+
+
+def repeated_entry(donors, ages, predicted, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The one scorer of out-of-fold predictions (repeated cross-validation, held-out cohorts).
+
+    ``predicted`` is donors x repeats (one out-of-fold prediction per repeat; a vector for one). A
+    donor's error is its absolute error averaged over repeats; the MAE is the mean over donors, with a
+    percentile bootstrap interval over donors; ``r`` is Pearson's r of the repeat-mean prediction with
+    age (None where undefined); ``mae_per_repeat`` the MAE of each repeat (the spread from refolding).
+    """
+    predicted = np.asarray(predicted, float)
+    if predicted.ndim == 1:
+        predicted = predicted[:, None]
+    if not np.isfinite(predicted).all():
+        raise ValueError("some predictions are NaN or infinite (the model diverged)")
+    ages = np.asarray(ages, float)
+    abs_errors = np.abs(predicted - ages[:, None])
+    errors = abs_errors.mean(axis=1)
+    mean_pred = predicted.mean(axis=1)
+    return {
+        "mae": float(errors.mean()), "r": pearson_or_none(mean_pred, ages),
+        "mae_ci95": bootstrap_mean_ci(errors, n_boot=n_boot, seed=seed), "n_donors": int(len(ages)),
+        "mae_per_repeat": [float(v) for v in abs_errors.mean(axis=0)],
+        "predictions": [{"donor_id": str(d), "age": float(a), "predicted": float(p), "abs_error": float(e)}
+                        for d, a, p, e in zip(donors, ages, mean_pred, errors)],
+    }
 
 
 def null_table(train_donor_ages: Iterable[float], eval_donors, eval_ages) -> pd.DataFrame:

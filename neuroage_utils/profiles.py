@@ -5,14 +5,17 @@
   cells, genes, widths and epochs; every chapter prints the configuration that actually ran;
 - ``paper``: the paper's exact settings on the full-size cohort (meant for a GPU).
 
-A profile is a typed :class:`Profile` (scales are multipliers of the paper's values, counts are
-counts); :func:`section_params` gives a chapter its parameters as a plain dict. The simulated
+Settings come in one typed style: frozen dataclasses with a comment per field, a :class:`Profile`
+per profile for the chapters on the cohort (scales are multipliers of the paper's values, counts are
+counts), :class:`CVSettings` for the conclusion page's cross-validation and :class:`RealdataSettings`
+for the real-donor chapter; :func:`section_params` gives a chapter its parameters as plain data. The simulated
 cohort's size also comes from the profile (``simulate``); on user data only the model settings apply.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,58 +171,126 @@ SETTINGS = {
 PROFILES = {name: profile.sections() for name, profile in SETTINGS.items()}
 
 
-# The conclusion page (``summary``): repeated donor-grouped CV over all donors, every fit refitted per
-# fold on the training fold's donors only. Per-fold models are cheaper than the chapters' (fewer cells,
-# epochs, components, iterations) so that folds x repeats fit the time budget; the page shows them.
-_SUMMARY = {
-    "smoke": {"folds": 3, "repeats": 2, "max_cells": 600, "en_max_cells": 600, "en_alphas": 5, "en_l1": [0.5], "inner_splits": 3,
-              "svd_k": 5, "nmf_k": 4, "nmf_iter": 30, "mlp_hidden": [16, 16], "mlp_epochs": 2, "batch_size": 256,
-              "pseudocells": {"n_per_donor": 4, "cells_per_pseudocell": 8},
-              "vae": {"hidden": [32, 16], "latent": 4, "epochs": 2, "max_cells": 600, "likelihood": "auto"},
-              "probe_alphas": 10, "boot": 500, "recovery_k": [5, 10]},
-    "quick": {"folds": 5, "repeats": 3, "max_cells": 1500, "en_max_cells": 1500, "en_alphas": 8, "en_l1": [0.5],
-              "inner_splits": 3, "svd_k": 20, "nmf_k": 15, "nmf_iter": 40, "mlp_hidden": [100, 100], "mlp_epochs": 6,
-              "batch_size": 256, "pseudocells": {"n_per_donor": 5, "cells_per_pseudocell": 30},
-              "vae": {"hidden": [128, 64], "latent": 16, "epochs": 10, "max_cells": 2000, "likelihood": "auto"},
-              "probe_alphas": 20, "boot": 2000, "recovery_k": [20, 60, 100]},
-    "paper": {"folds": 5, "repeats": 5, "max_cells": 20_000, "en_max_cells": 10_000, "en_alphas": 20, "en_l1": [0.1, 0.5, 0.9, 1.0],
-              "inner_splits": 5, "svd_k": 100, "nmf_k": 100, "nmf_iter": 200, "mlp_hidden": [500, 500],
-              "mlp_epochs": 30, "batch_size": 4096, "pseudocells": {"n_per_donor": 100, "cells_per_pseudocell": 50},
-              "vae": {"hidden": [300, 150], "latent": 100, "epochs": 100, "max_cells": 20_000, "likelihood": "auto"},
-              "probe_alphas": 20, "boot": 2000, "recovery_k": [50, 200, 500]},
+def _plain(value):
+    """Tuples as lists, recursively: section parameters are plain JSON-like data (what results files record)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class CVSettings:
+    """The conclusion page (``summary``): repeated donor-grouped CV over all donors, every fit refitted
+    per fold on the training fold's donors only. Per-fold models are cheaper than the chapters' (fewer
+    cells, epochs, components, iterations) so that folds x repeats fit the time budget; the page shows
+    them. Models are built from these by the recipes registry (``crossval.cv_settings``)."""
+
+    folds: int  # donor folds per repeat (age-stratified)
+    repeats: int  # repeats, each dealing new folds
+    max_cells: int  # training cells per fold of the MLP, NMF + MLP and SVD + ridge, drawn at random
+    en_max_cells: int  # training cells per fold of the cell-level elastic net
+    en_alphas: int  # elastic-net penalties per L1 ratio
+    en_l1: tuple  # elastic-net L1 ratios tried
+    inner_splits: int  # inner CV folds over the training fold's donors (penalties, probes)
+    svd_k: int  # SVD components (then a ridge on donor-mean scores)
+    nmf_k: int  # NMF programmes
+    nmf_iter: int  # NMF iterations
+    mlp_hidden: tuple  # MLP widths (cell level and on NMF usages)
+    mlp_epochs: int  # MLP epochs
+    batch_size: int  # cells per optimiser step of the torch models
+    pseudocells: dict  # n_per_donor pseudocells of cells_per_pseudocell summed cells
+    vae: dict  # the VAE clock: hidden, latent, epochs, max_cells, likelihood ("auto": Poisson on counts)
+    probe_alphas: int  # penalties of the donor-level probes (SVD ridge, VAE clock's elastic net)
+    boot: int  # bootstrap resamples of donors for intervals and paired differences
+    recovery_k: tuple  # k of precision / recall at k of the planted age genes
+
+    def section(self, profile: Profile) -> dict:
+        """The ``summary`` section's parameters, with the profile's device-path settings."""
+        return {**_plain(dataclasses.asdict(self)), "amp": profile.amp, "linalg_backend": profile.linalg_backend}
+
+
+CV = {
+    "smoke": CVSettings(folds=3, repeats=2, max_cells=600, en_max_cells=600, en_alphas=5, en_l1=(0.5,), inner_splits=3,
+                        svd_k=5, nmf_k=4, nmf_iter=30, mlp_hidden=(16, 16), mlp_epochs=2, batch_size=256,
+                        pseudocells={"n_per_donor": 4, "cells_per_pseudocell": 8},
+                        vae={"hidden": [32, 16], "latent": 4, "epochs": 2, "max_cells": 600, "likelihood": "auto"},
+                        probe_alphas=10, boot=500, recovery_k=(5, 10)),
+    "quick": CVSettings(folds=5, repeats=3, max_cells=1500, en_max_cells=1500, en_alphas=8, en_l1=(0.5,),
+                        inner_splits=3, svd_k=20, nmf_k=15, nmf_iter=40, mlp_hidden=(100, 100), mlp_epochs=6,
+                        batch_size=256, pseudocells={"n_per_donor": 5, "cells_per_pseudocell": 30},
+                        vae={"hidden": [128, 64], "latent": 16, "epochs": 10, "max_cells": 2000, "likelihood": "auto"},
+                        probe_alphas=20, boot=2000, recovery_k=(20, 60, 100)),
+    "paper": CVSettings(folds=5, repeats=5, max_cells=20_000, en_max_cells=10_000, en_alphas=20,
+                        en_l1=(0.1, 0.5, 0.9, 1.0), inner_splits=5, svd_k=100, nmf_k=100, nmf_iter=200,
+                        mlp_hidden=(500, 500), mlp_epochs=30, batch_size=4096,
+                        pseudocells={"n_per_donor": 100, "cells_per_pseudocell": 50},
+                        vae={"hidden": [300, 150], "latent": 100, "epochs": 100, "max_cells": 20_000, "likelihood": "auto"},
+                        probe_alphas=20, boot=2000, recovery_k=(50, 200, 500)),
 }
-for _name, _params in _SUMMARY.items():
-    _params.update(amp=SETTINGS[_name].amp, linalg_backend=SETTINGS[_name].linalg_backend)
-    PROFILES[_name]["summary"] = _params
+for _name, _cv in CV.items():
+    PROFILES[_name]["summary"] = _cv.section(SETTINGS[_name])
 
 
-def _realdata(n_repeats, en_alphas, en_l1, mlp_hidden, mlp_epochs, svd_k, nmf_k, nmf_iter, nmf_hidden, vae_hidden,
-              vae_latent, vae_epochs, kl_cycle, t0, max_donors=None, max_genes=None,
-              batch_size=64, n_jobs=2):
-    """The real-donor chapter (rows are donors, not cells): its models are sized for a few hundred rows."""
-    mlp = {"hidden": mlp_hidden, "dropout": 0.4, "epochs": mlp_epochs, "lr": 1e-3, "batch_size": batch_size}
-    return {
-        "n_splits": 5, "n_repeats": n_repeats, "n_jobs": n_jobs,  # worker processes for the independent fits
-        "max_donors": max_donors, "max_genes": max_genes,  # None: every donor, every gene
-        "linalg_backend": "auto",  # NMF / SVD: torch on CUDA; HALS NMF, ARPACK SVD on a CPU
-        "models": ["null", "elastic_net", "mlp", "svd_ridge", "nmf_mlp", "vae_gaussian"],
-        "elastic_net": {"n_alphas": en_alphas, "l1_ratios": en_l1, "eps": 1e-2, "n_splits": 5, "max_iter": 2000,
-                        "tol": 1e-4},
-        "mlp": mlp,
-        "svd_ridge": {"n_components": svd_k},
-        "nmf_mlp": {**mlp, "hidden": nmf_hidden, "n_components": nmf_k, "max_iter": nmf_iter},
-        "vae_gaussian": {"hidden": vae_hidden, "latent": vae_latent, "age_hidden": [20, 20], "dropout": 0.0,
-                         "epochs": vae_epochs, "lr": 1e-3, "batch_size": batch_size, "t0": t0,
-                         "kl_cycle": {"zero_epochs": kl_cycle[0], "rise_epochs": kl_cycle[1], "hold_epochs": kl_cycle[2]}},
-    }
+@dataclass(frozen=True)
+class RealdataSettings:
+    """The real-donor chapter (rows are donors, not cells): its models are sized for a few hundred rows.
+    Each model's block of the section is the recipe settings of the registry (level ``"donors"``)."""
+
+    n_repeats: int  # repeats of the 5-fold age-stratified CV, each dealing new folds
+    en_alphas: int  # elastic-net penalties per L1 ratio
+    en_l1: tuple  # elastic-net L1 ratios tried
+    mlp_hidden: tuple  # MLP widths
+    mlp_epochs: int  # MLP epochs
+    svd_k: int  # SVD components (then a ridge on the scores)
+    nmf_k: int  # NMF programmes
+    nmf_iter: int  # NMF iterations
+    nmf_hidden: tuple  # widths of the MLP on NMF usages
+    vae_hidden: tuple  # Gaussian VAE encoder widths
+    vae_latent: int  # Gaussian VAE latent dimensions
+    vae_epochs: int  # Gaussian VAE epochs
+    kl_cycle: tuple  # its cyclical KL weight: epochs at 0 / rising / at 1
+    t0: int  # its cosine warm-restart period (epochs)
+    max_donors: int | None = None  # donors per cell type at most, drawn within datasets (None: every donor)
+    max_genes: int | None = None  # most variable genes at most (None: every gene)
+    batch_size: int = 64  # donors per optimiser step of the torch models
+    n_jobs: int = 2  # worker processes for the independent fits
+
+    def section(self) -> dict:
+        """The ``realdata`` section's parameters."""
+        mlp = {"hidden": list(self.mlp_hidden), "dropout": 0.4, "epochs": self.mlp_epochs, "lr": 1e-3,
+               "batch_size": self.batch_size}
+        kl = dict(zip(("zero_epochs", "rise_epochs", "hold_epochs"), self.kl_cycle))
+        return {
+            "n_splits": 5, "n_repeats": self.n_repeats, "n_jobs": self.n_jobs,
+            "max_donors": self.max_donors, "max_genes": self.max_genes,
+            "linalg_backend": "auto",  # NMF / SVD: torch on CUDA; HALS NMF, ARPACK SVD on a CPU
+            "models": ["null", "elastic_net", "mlp", "svd_ridge", "nmf_mlp", "vae_gaussian"],
+            "elastic_net": {"n_alphas": self.en_alphas, "l1_ratios": list(self.en_l1), "eps": 1e-2, "n_splits": 5,
+                            "max_iter": 2000, "tol": 1e-4},
+            "mlp": mlp,
+            "svd_ridge": {"n_components": self.svd_k},
+            "nmf_mlp": {**mlp, "hidden": list(self.nmf_hidden), "n_components": self.nmf_k, "max_iter": self.nmf_iter},
+            "vae_gaussian": {"hidden": list(self.vae_hidden), "latent": self.vae_latent, "age_hidden": [20, 20],
+                             "dropout": 0.0, "epochs": self.vae_epochs, "lr": 1e-3, "batch_size": self.batch_size,
+                             "t0": self.t0, "kl_cycle": kl},
+        }
 
 
-PROFILES["smoke"]["realdata"] = _realdata(1, 4, [0.5], [16], 3, 5, 4, 30, [8], [16], 4, 2, (1, 1, 1), 2,
-                                          max_donors=120, max_genes=300, n_jobs=1)
-PROFILES["quick"]["realdata"] = _realdata(2, 8, [0.5, 0.9], [64, 64], 20, 20, 10, 40, [32, 32], [128, 64], 16,
-                                          20, (5, 5, 5), 10, batch_size=128)
-PROFILES["paper"]["realdata"] = _realdata(5, 20, [0.1, 0.5, 0.9, 1.0], [500, 500], 60, 100, 50, 200, [500, 500],
-                                          [300, 100], 50, 100, (20, 10, 10), 20)
+REALDATA = {
+    "smoke": RealdataSettings(n_repeats=1, en_alphas=4, en_l1=(0.5,), mlp_hidden=(16,), mlp_epochs=3, svd_k=5, nmf_k=4,
+                              nmf_iter=30, nmf_hidden=(8,), vae_hidden=(16,), vae_latent=4, vae_epochs=2,
+                              kl_cycle=(1, 1, 1), t0=2, max_donors=120, max_genes=300, n_jobs=1),
+    "quick": RealdataSettings(n_repeats=2, en_alphas=8, en_l1=(0.5, 0.9), mlp_hidden=(64, 64), mlp_epochs=20, svd_k=20,
+                              nmf_k=10, nmf_iter=40, nmf_hidden=(32, 32), vae_hidden=(128, 64), vae_latent=16,
+                              vae_epochs=20, kl_cycle=(5, 5, 5), t0=10, batch_size=128),
+    "paper": RealdataSettings(n_repeats=5, en_alphas=20, en_l1=(0.1, 0.5, 0.9, 1.0), mlp_hidden=(500, 500),
+                              mlp_epochs=60, svd_k=100, nmf_k=50, nmf_iter=200, nmf_hidden=(500, 500),
+                              vae_hidden=(300, 100), vae_latent=50, vae_epochs=100, kl_cycle=(20, 10, 10), t0=20),
+}
+for _name, _rd in REALDATA.items():
+    PROFILES[_name]["realdata"] = _rd.section()
 
 
 def section_params(profile: str, section: str) -> dict:

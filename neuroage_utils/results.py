@@ -28,7 +28,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_results", "read_results", "validate_results", "atomic_write_text", "atomic_write", "atomic_path", "ResultsError"]
+__all__ = ["tuning_key", "write_results", "read_results", "validate_results", "atomic_write_text", "atomic_write", "atomic_path", "ResultsError"]
 
 TOP_LEVEL_KEYS = ("section", "data", "profile", "params", "runtime_s", "models")
 DATA_KEYS = ("path", "sha256", "simulated", "n_cells", "n_genes", "n_donors")
@@ -36,6 +36,12 @@ ENTRY_KEYS = ("split", "mae", "r", "mae_ci95", "n_donors", "predictions")
 # Optional top-level keys of the summary chapter: ``cv`` (model -> repeated-CV score) and ``leaderboard``.
 CV_KEYS = ("mae", "mae_ci95", "folds", "repeats", "n_donors")
 LEADERBOARD_KEYS = ("model", "section", "mae", "mae_ci95", "r", "n_donors", "paper_mae")
+
+
+def tuning_key(model: str, table: int, row: int) -> str:
+    """The results key of row ``row`` (1-based) of the paper's tuning table ``table`` for ``model``:
+    ``tuning_key("vae_poisson", 3, 2) == "vae_poisson_t3_m2"``. The one place this key is spelt."""
+    return f"{model}_t{int(table)}_m{int(row)}"
 
 
 class ResultsError(ValueError):

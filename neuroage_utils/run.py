@@ -32,6 +32,7 @@ from neuroage_utils import profiles
 from neuroage_utils.data.cohort import file_sha256, load_cohort
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.data.sources import source_for
 from neuroage_utils.results import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -487,10 +488,9 @@ def main(argv=None) -> int:
     total = time.perf_counter()
     for i, section in enumerate(sections, 1):
         inputs = notebook_inputs(section, parameters, data_sha, pkg_sha)
-        if section == "realdata":  # its data are the real-donor files, not the book's cohort
-            from neuroage_utils.data.realdata import fingerprint
-
-            inputs["realdata_files"] = fingerprint(out)
+        source = source_for(section)  # a section with its own data (not the cohort): their fingerprint
+        if source is not None:
+            inputs[f"{section}_files"] = source.fingerprint(out)
         label = f"[{i}/{len(sections)}] {section:10s}"
         if not args.force and is_up_to_date(out, section, inputs):
             print(f"{label} up to date (inputs unchanged; --force re-runs it)", flush=True)

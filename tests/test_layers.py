@@ -132,7 +132,7 @@ def test_the_named_rules_of_the_layout_hold():
 def test_the_import_parser_sees_relative_and_function_level_imports():
     mods = _modules()
     assert {"models.estimator", "nn.networks", "train", "data.features"} <= _imports("models.mlp", mods["models.mlp"])
-    assert "models.vae" in _imports("chapters.chapter", mods["chapters.chapter"])  # imported inside a method
+    assert "models.vae" in _imports("evaluation.recipes", mods["evaluation.recipes"])  # imported inside a function
 
 
 # -- the device ---------------------------------------------------------------------------------
@@ -188,3 +188,12 @@ def test_every_entry_point_uses_the_one_age_check():
     homes = [p.name for p in PACKAGE.rglob("*.py") if "has more than one age" in p.read_text()]
     assert homes == ["checks.py"]
     assert np.isfinite(ages).all()
+
+
+def test_the_tests_mirror_the_packages():
+    """Each folder of tests/ is named after a package of neuroage_utils (tests/data/ tests data/ ...)."""
+    tests = Path(__file__).resolve().parent
+    package = tests.parent / "neuroage_utils"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    packages = {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders and folders <= packages, f"test folders without a package: {sorted(folders - packages)}"

@@ -59,7 +59,7 @@ def test_comparison_sentence_indistinguishable_and_equal():
 
 
 def test_chapter_verdict_bullets_name_models_never_keys():
-    from neuroage_utils.chapters.chapter import verdict_line
+    from neuroage_utils.report.chapter_page import verdict_line
 
     def entry(errors):
         return {"predictions": [{"donor_id": f"d{i}", "age": 50.0, "predicted": 50.0 + e} for i, e in enumerate(errors)]}
@@ -322,16 +322,26 @@ def test_build_time_has_one_source():
         assert not re.search(r"about \d+ minutes", text), page
 
 
-def test_real_donor_predictions_download_has_every_model():
+def test_predictions_download_has_every_model_flat_or_grouped():
+    from neuroage_utils.report.chapter_page import predictions_table
+
+    flat = {"mlp": {"split": "test", "predictions": [{"donor_id": "a", "age": 30.0, "predicted": 41.5}]},
+            "null": {"split": "test", "trained_on": ["train", "val"], "predictions": [{"donor_id": "a", "age": 30.0,
+                                                                                       "predicted": 50.0}]},
+            "vae_nb": {"skipped": "not counts"}}
+    table = predictions_table(flat, {"mlp": "MLP (cells)"})
+    assert list(table["model_name"]) == ["MLP (cells)", "null (train + val mean)"]
+    assert list(table["abs_error"]) == [11.5, 20.0]
+
     models = {"cd4t": {"null": {"predictions": [{"donor_id": "a", "age": 30.0, "predicted": 40.0, "abs_error": 10.0}]},
                        "mlp": {"skipped": "no"}},
               "cd4t_cross": {"elastic_net": {"predictions": [{"donor_id": "a", "age": 30.0, "predicted": 35.0,
                                                               "abs_error": 5.0}]}},
               "cd8t": {"skipped": "files absent"}}
-    table = donor_clocks.predictions_table(models)
-    assert list(table["test"]) == ["within cohorts (CV)", "across cohorts"]
-    assert list(table["model_name"]) == ["null (training mean)", "elastic net"]
-    assert donor_clocks.predictions_table({}).columns.tolist()[-1] == "abs_error"
+    table = predictions_table(models, group_names=donor_clocks.MODEL_LABELS)
+    assert list(table["group"]) == ["cd4t", "cd4t_cross"]
+    assert list(table["model"]) == ["null", "elastic_net"] and table["model_name"].iloc[1] == "elastic net"
+    assert predictions_table({}).columns.tolist()[-1] == "abs_error"
 
 
 def test_interactive_table_is_readable_without_javascript_and_offline():

@@ -10,20 +10,23 @@ their donor tables with ``chapter.add(...)``.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from neuroage_utils import metrics, paper, profiles, results
-from neuroage_utils.report import tables
-from neuroage_utils.report.labels import MODEL_NAMES
+from neuroage_utils.report import chapter_page as pages
+from neuroage_utils.report.labels import MODEL_LABELS, MODEL_NAMES
 from neuroage_utils.data.cohort import Cohort, file_sha256, load_cohort
 from neuroage_utils.data.simulate import ensure_simulated
+from neuroage_utils.data.sources import source_for
+from neuroage_utils.evaluation import recipes
 from neuroage_utils.train.device import amp_active, device_label, resolve_device
 from neuroage_utils.train.workers import run_tasks, worker_count
 
-__all__ = ["Chapter", "glue", "default_out_dir", "verdict_line"]
+__all__ = ["Chapter", "FitTask", "glue", "default_out_dir"]
 
 
 def default_out_dir() -> Path:
@@ -59,20 +62,27 @@ PARAMETERS = ("data_path", "profile", "device", "seed", "donor_key", "age_key", 
 OPTIONAL_PARAMETERS = ("amp",)
 
 
+@dataclass
+class FitTask:
+    """One fit of :meth:`Chapter.fit_score_many` (the arguments of :meth:`Chapter.fit_score`)."""
+
+    key: str  # the results key the entry is recorded under
+    model: object  # an unfitted regressor: fit(X, ages, donors=...), predict(X)
+    X: object  # cells x features of the whole cohort; the task takes the rows of its splits
+    fit: tuple = ("train",)  # splits whose cells it is fitted on
+    on: str = "val"  # split whose donors score it
+    watch: str | None = None  # split a torch model follows per epoch (validation loss, early stopping)
+    monitor: tuple | None = None  # splits whose donor MAE is logged per epoch (learning curves)
+    monitor_cells: int | None = None  # cells read per monitored split (None: all)
+    score: bool = True  # False: fitted and kept (Chapter.fitted_model), no results entry
+    extra: dict = field(default_factory=dict)  # more fields of the results entry (e.g. its config)
+
+
 def _fit_predict(model, args: dict):
     """Fit ``model`` on ``args`` (see :meth:`Chapter._fit_args`) and predict its evaluation cells: one
     task of :meth:`Chapter.fit_score_many` (module-level, so worker processes can run it)."""
     model.fit(args["X"], args["ages"], donors=args["donors"], **args["options"])
     return model, model.predict(args["X_eval"])
-
-
-def verdict_line(name_a: str, name_b: str, entry_a: dict | None, entry_b: dict | None, seed: int = 0) -> str:
-    """One Markdown bullet comparing two scored models by name (paired bootstrap over their shared
-    donors: better, worse or indistinguishable), or saying which of them did not run on these data."""
-    if entry_a is None or entry_b is None:
-        missing = name_a if entry_a is None else name_b
-        return f"- {name_a} vs {name_b}: not compared ({missing} was not run on these data)."
-    return "- " + metrics.describe_difference(name_a, name_b, metrics.paired_difference(entry_a, entry_b, seed=seed))
 
 
 class Chapter:
@@ -115,15 +125,29 @@ class Chapter:
         self.device_label = device_label(self.device)
         # Independent fits (tuning grids, CV folds) run in this many single-threaded worker processes:
         # one per core on a CPU, 1 on a GPU (see neuroage_utils.train.workers).
-        self.workers = worker_count(self.device, workers)
         self.out_dir = Path(out_dir) if out_dir else default_out_dir()
         self.params = profiles.section_params(profile, section)
+        self.workers = worker_count(self.device, workers if workers is not None else self.params.get("n_jobs"))
         # bf16 autocast of this chapter's torch models: the profile's setting unless the run turns it
         # off; it runs only where the device has native bf16, and the results file records whether it ran.
         self.amp_requested = bool(self.params.get("amp", False)) if amp is None else bool(amp)
         self.amp = amp_active(self.amp_requested, self.device)
         if "amp" in self.params:  # what the chapter's recipes read (e.g. the summary's CV)
             self.params["amp"] = self.amp_requested
+        self.models: dict = {}
+        self.fitted: dict = {}
+        self.cell_predictions: dict = {}
+        self.extra_params: dict = {}
+        # A section with its own data (data.sources: the real-donor profiles) loads them through its
+        # source's hook instead of the cohort of cells; ``data_path`` does not apply to it.
+        self.source = source_for(section)
+        if self.source is not None:
+            self.donor_data = self.source.load(self.out_dir)
+            self.cohort, self.data_path, self.simulated = None, None, False
+            self.data = self.source.record(self.donor_data)
+            np.random.seed(self.seed)
+            return
+        self.donor_data = None
         if data_path:
             path = Path(data_path)
         else:
@@ -143,29 +167,15 @@ class Chapter:
             "n_genes": self.cohort.n_genes,
             "n_donors": self.cohort.n_donors,
         }
-        self.models: dict = {}
-        self.fitted: dict = {}
-        self.cell_predictions: dict = {}
-        self.extra_params: dict = {}
         np.random.seed(self.seed)
 
     # -- what the page says about its data ----------------------------------------------------
     def data_summary(self) -> str:
         """One Markdown paragraph naming the data this page ran on."""
-        d = self.data
-        if self.simulated:
-            origin = (
-                f"the **simulated cohort** built on the study's {paper.TEXT['n_donors']} real donors (profile `{self.profile}`, "
-                f"seed {self.seed}; not the study's access-controlled data)"
-            )
-        else:
-            origin = f"**`{Path(d['path']).name}`** (user data)"
-        kind = "raw UMI counts" if self.cohort.is_counts else "values that are not counts (count models skipped)"
-        return (
-            f"This page ran on {origin}: {d['n_cells']:,} cells x {d['n_genes']:,} genes from "
-            f"{d['n_donors']} donors, {kind}; donor split: {self.cohort.split_source}; "
-            f"file SHA-256 `{d['sha256'][:12]}`."
-        )
+        if self.source is not None:
+            return self.source.summary(self.donor_data, self.params, self.profile)
+        return pages.data_summary(self.data, simulated=self.simulated, profile=self.profile, seed=self.seed,
+                                  is_counts=self.cohort.is_counts, split_source=self.cohort.split_source)
 
     def show_data_summary(self):
         from IPython.display import Markdown, display
@@ -209,37 +219,57 @@ class Chapter:
         model, pred = _fit_predict(model, self._fit_args(X, fit, on, watch, monitor, monitor_cells))
         return self._record_fit(key, model, pred, fit, on, extra)
 
-    def fit_score_many(self, jobs: list[dict]) -> list[dict]:
-        """:meth:`fit_score` for several models at once: ``jobs`` holds its keyword arguments, one
-        dict per model (``"score": False``: fit only, kept in :attr:`fitted`, no entry). The fits (and
-        their predictions) run in :attr:`workers` single-threaded processes on a CPU, in order on a
-        GPU; entries come back in the order of ``jobs``. Per-epoch progress bars are off in workers;
-        one bar counts finished fits."""
+    def fit_score_many(self, tasks: list[FitTask]) -> list[dict | None]:
+        """:meth:`fit_score` for several models at once, one :class:`FitTask` each (``score=False``:
+        fit only, kept for :meth:`fitted_model`, no entry). The fits (and their predictions) run in
+        :attr:`workers` single-threaded processes on a CPU, in order on a GPU; entries come back in
+        the order of ``tasks``. Per-epoch progress bars are off in workers; one bar counts finished fits."""
         from tqdm import tqdm  # plain text bar: rendered statically in the book (no widget)
 
-        tasks = []
-        for job in jobs:
-            job = dict(job)
-            model, X = job.pop("model"), job.pop("X")
-            fit, on = job.pop("fit", ("train",)), job.pop("on", "val")
-            args = self._fit_args(X, fit, on, job.pop("watch", None), job.pop("monitor", None),
-                                  job.pop("monitor_cells", None))
+        for task in tasks:
+            if not isinstance(task, FitTask):
+                raise TypeError(f"fit_score_many takes FitTask objects, not {type(task).__name__}")
             if self.workers > 1:
-                model.progress = False
-            tasks.append((job.pop("key"), model, args, fit, on, job, job.pop("score", True)))
+                task.model.progress = False
+        args = [self._fit_args(t.X, t.fit, t.on, t.watch, t.monitor, t.monitor_cells) for t in tasks]
         bar = tqdm(total=len(tasks), desc=f"fits ({self.workers} worker{'s' if self.workers > 1 else ''})",
                    disable=self.workers <= 1 or len(tasks) < 2)
-        done = run_tasks(_fit_predict, [task[1:3] for task in tasks], self.workers,
+        done = run_tasks(_fit_predict, [(t.model, a) for t, a in zip(tasks, args)], self.workers,
                          progress=lambda i, n: bar.update(i - bar.n))
         bar.close()
         entries = []
-        for (key, _, _, fit, on, extra, score), (model, pred) in zip(tasks, done):
-            if score:
-                entries.append(self._record_fit(key, model, pred, fit, on, extra))
+        for task, (model, pred) in zip(tasks, done):
+            if task.score:
+                entries.append(self._record_fit(task.key, model, pred, task.fit, task.on, task.extra))
             else:
-                self.fitted[key] = model
+                self.fitted[task.key] = model
                 entries.append(None)
         return entries
+
+    # -- what other modules read and add (typed, instead of reaching into the dicts) -----------
+    def fitted_model(self, key: str):
+        """The fitted model recorded under ``key`` (by :meth:`fit_score` or :meth:`fit_score_many`)."""
+        if key not in self.fitted:
+            raise KeyError(f"no fitted model {key!r} in chapter {self.section!r}")
+        return self.fitted[key]
+
+    def has_fitted(self, key: str) -> bool:
+        return key in self.fitted
+
+    def release(self, key: str):
+        """Forget fitted model ``key`` (its memory) and return it; its results entry stays."""
+        return self.fitted.pop(key)
+
+    def add_models(self, models: dict) -> None:
+        """Record scored entries (or groups of them, e.g. the real-donor chapter's per cell type) as they are."""
+        self.models.update(models)
+
+    def annotate(self, key: str, **fields) -> dict:
+        """Add ``fields`` to the results entry of model ``key`` (e.g. an experiment's steps and timing)."""
+        if key not in self.models:
+            raise KeyError(f"no results entry {key!r} in chapter {self.section!r}")
+        self.models[key].update(fields)
+        return self.models[key]
 
     def _fit_args(self, X, fit, on, watch, monitor, monitor_cells) -> dict:
         """What one fit reads: its training cells, options (validation, monitors) and evaluation cells."""
@@ -268,24 +298,24 @@ class Chapter:
             rows = np.sort(np.random.default_rng(self.seed).choice(rows, int(max_cells), replace=False))
         return X[rows], c.ages[rows], c.donors[rows]
 
+    def build(self, key: str, settings=None, **overrides):
+        """Model ``key`` of the registry (:func:`neuroage_utils.evaluation.recipes.build`) on this
+        chapter's device and seed, from ``settings`` (its settings dataclass or a mapping of its fields)."""
+        return recipes.build(key, settings, device=self.device, seed=self.seed, **overrides)
+
     def mlp(self, config: dict, **overrides):
-        """A :class:`~neuroage_utils.models.mlp.MLPRegressor` for one row of a tuning grid.
+        """The registry's ``"mlp"`` (:mod:`~neuroage_utils.evaluation.recipes`) for one row of a tuning grid.
 
         ``config`` holds the row (``hidden``, ``lr``); epochs, batch size and dropout come from the
         chapter's profile (``mlp_epochs``, ``batch_size``, ``dropout`` when the profile sets one);
-        ``overrides`` replace any of them.
+        ``overrides`` replace any option of the underlying ``MLPRegressor``.
         """
-        from neuroage_utils.models.mlp import MLPRegressor
-
         P = self.params
-        options = {"hidden": config["hidden"], "lr": config["lr"], "epochs": P["mlp_epochs"],
-                   "batch_size": P["batch_size"], "device": self.device, "seed": self.seed}
+        settings = {"hidden": config["hidden"], "lr": config["lr"], "epochs": P["mlp_epochs"],
+                    "batch_size": P["batch_size"], "amp": self.amp}
         if "dropout" in P:
-            options["dropout"] = P["dropout"]
-        if self.amp:
-            options["amp"] = True
-        options.update(overrides)
-        return MLPRegressor(**options)
+            settings["dropout"] = P["dropout"]
+        return self.build("mlp", settings, **overrides)
 
     def linalg(self, step: str | None = None) -> dict:
         """Keyword arguments of ``fit_nmf`` / ``fit_svd`` for this chapter: the profile's
@@ -311,40 +341,27 @@ class Chapter:
                          name=MODEL_NAMES.get(key, key))  # a reader's name, not the results key
 
     def vae(self, likelihood: str, config: dict, key: str, **extra):
-        """A :class:`~neuroage_utils.models.vae.VAEAgeRegressor` for one row of a tuning table.
+        """The registry's VAE of ``likelihood`` (``"vae_<likelihood>"``) for one row of a tuning table.
 
         ``config`` holds the row (``hidden``, ``latent``, ``age_hidden``, ``dropout``, ``epochs``);
         the optimiser and schedules come from the chapter's profile (Adam, batch size, cyclical KL,
-        cosine warm restarts), and the model checkpoints under ``key``; ``extra`` replaces any option.
+        cosine warm restarts), and the model checkpoints under ``key``; ``extra`` replaces any option
+        of the underlying ``VAEAgeRegressor`` (another batch size or age weight for an experiment;
+        ``likelihood="mse"`` for the authors' coded reconstruction).
         """
-        from neuroage_utils.models.vae import VAEAgeRegressor
-
         P = self.params
-        options = dict(
-            likelihood=likelihood, hidden=config["hidden"], latent=config["latent"],
-            age_hidden=config["age_hidden"], dropout=config["dropout"], epochs=config["epochs"],
-            lr=P["lr"], batch_size=P["batch_size"], kl_schedule="cyclical", kl_cycle=P["kl_cycle"],
-            lr_schedule="cosine_warm_restarts", T_0=P["t0"], log_normalize=self.cohort.is_counts,
-            device=self.device, seed=self.seed, checkpoint_path=self.checkpoint(key),
-            checkpoint_every=P["checkpoint_every"], **({"amp": True} if self.amp else {}),
-        )
-        options.update(extra)  # e.g. another batch size or age weight for an experiment
-        return VAEAgeRegressor(**options)
+        settings = {name: config[name] for name in ("hidden", "latent", "age_hidden", "dropout", "epochs")}
+        settings.update(lr=P["lr"], batch_size=P["batch_size"], kl_cycle=P["kl_cycle"], t0=P["t0"],
+                        log_normalize=self.cohort.is_counts, checkpoint_path=self.checkpoint(key),
+                        checkpoint_every=P["checkpoint_every"], amp=self.amp)
+        base = likelihood if likelihood in ("gaussian", "poisson", "nb") else "poisson"
+        if likelihood != base:
+            extra = {"likelihood": likelihood, **extra}
+        return self.build(f"vae_{base}", settings, **extra)
 
     def training_settings(self) -> pd.DataFrame:
         """The VAE training settings as run under this profile, beside the paper's."""
-        P, T = self.params, paper.TRAINING
-        kl = P["kl_cycle"]
-        return pd.DataFrame(
-            {
-                "as run": [f"Adam, {P['lr']:g}", P["batch_size"],
-                           f"{kl['zero_epochs']} / {kl['rise_epochs']} / {kl['hold_epochs']}", P["t0"]],
-                "paper": [f"{T['optimiser']}, {T['lr']:g}", T["batch_size"],
-                          " / ".join(str(v) for v in T["kl_cycle"].values()), T["t0"]],
-            },
-            index=["optimiser, learning rate", "batch size (cells)",
-                   "KL cycle: epochs at 0 / rising / at 1", "cosine warm-restart period (epochs)"],
-        )
+        return pages.training_settings(self.params)
 
     def checkpoint(self, key: str) -> Path:
         """Where model ``key`` of this chapter checkpoints; tied to the data so a checkpoint
@@ -352,38 +369,13 @@ class Chapter:
         return self.out_dir / "checkpoints" / self.data["sha256"][:16] / self.section / f"{key}.pt"
 
     def tuning_table(self, runs, paper_mae=None) -> tuple[pd.DataFrame, int]:
-        """A tuning table (the paper's Tables 1-4) from ``(config, entry)`` pairs scored on validation
-        donors: the configuration as run, our MAE and interval, the paper's MAE beside it, and the
-        null model's validation row last. Returns the table and the index of the best run."""
-        rows = []
-        for i, (config, entry) in enumerate(runs, 1):
-            lo, hi = entry["mae_ci95"]
-            rows.append({"model": str(i), **{k: str(v) for k, v in config.items()}, "MAE": entry["mae"],
-                         "95% CI": f"{lo:.1f}-{hi:.1f}"})
-        table = pd.DataFrame(rows)
-        best = int(table["MAE"].idxmin())
-        if paper_mae is not None:
-            table["paper MAE"] = list(paper_mae)[: len(table)]
+        """:func:`neuroage_utils.report.chapter_page.tuning_table` of ``(config, entry)`` pairs, with this
+        chapter's null model on the validation donors as its last row."""
         if "null_val" not in self.models:
             self.add_null("val", key="null_val")
-        null = self.models["null_val"]
-        null_row = {"model": tables.null_label(null), "MAE": null["mae"],
-                    "95% CI": f"{null['mae_ci95'][0]:.1f}-{null['mae_ci95'][1]:.1f}"}
-        if paper_mae is not None:
-            null_row["paper MAE"] = paper.TEXT["null_val_mae"]
-        table = pd.concat([table, pd.DataFrame([null_row])], ignore_index=True)
-        config_columns = [c for c in table.columns if c not in ("MAE", "95% CI", "paper MAE")]
-        table[config_columns] = table[config_columns].fillna("")
-        return table, best
+        return pages.tuning_table(runs, self.models["null_val"], paper_mae)
 
-    @staticmethod
-    def paper_comparison(ours: dict, theirs: dict) -> pd.DataFrame:
-        """Test MAE and r of our models (column -> results entry, or None when not run) beside the
-        paper's (column -> ``(mae, r)``), rounded for display."""
-        columns = {label: [e["mae"] if e else np.nan, e["r"] if e and e["r"] is not None else np.nan]
-                   for label, e in ours.items()}
-        columns.update({label: list(values) for label, values in theirs.items()})
-        return pd.DataFrame(columns, index=["test MAE (years)", "test r"]).round(2)
+    paper_comparison = staticmethod(pages.paper_comparison)
 
     def record(self, **params) -> None:
         """Add parameters (e.g. a statistic worth keeping) to the results file's ``params``."""
@@ -405,22 +397,7 @@ class Chapter:
             entry = self.entry(ref)
             if entry is not None:
                 chosen.append((label, entry))
-        rows = []
-        for key, e in chosen:
-            if "skipped" in e:
-                rows.append({"model": key, "split": "-", "MAE": np.nan, "95% CI": "skipped: " + e["skipped"],
-                             "r": np.nan, "donors": 0})
-                continue
-            lo, hi = e["mae_ci95"]
-            rows.append({"model": key, "split": e["split"], "MAE": round(e["mae"], 2), "95% CI": f"{lo:.1f}-{hi:.1f}",
-                         "r": np.nan if e["r"] is None else round(e["r"], 2), "donors": e["n_donors"]})
-        table = pd.DataFrame(rows)
-        if paper is not None:
-            table["paper MAE"] = table["model"].map(paper)
-        if len(table):  # a null row says which donors' mean age it predicts (two different nulls exist)
-            table["model"] = [tables.null_label(e) if str(key).startswith("null") and "trained_on" in e else key
-                              for key, e in chosen]
-        return table
+        return pages.score_rows(chosen, paper)
 
     # -- comparisons ---------------------------------------------------------------------------
     def entry(self, ref: str) -> dict | None:
@@ -440,10 +417,8 @@ class Chapter:
     def verdicts(self, pairs, names: dict | None = None) -> str:
         """Markdown bullets comparing models pairwise on shared donors (paired bootstrap), one per
         pair whose two models exist; a pair with a missing model says so."""
-        names = names or {}
-        return "\n".join(verdict_line(names.get(a, MODEL_NAMES.get(a.split("::")[-1], a)),
-                                       names.get(b, MODEL_NAMES.get(b.split("::")[-1], b)),
-                                       self.entry(a), self.entry(b), seed=self.seed) for a, b in pairs)
+        names = {**{ref: MODEL_NAMES.get(ref.split("::")[-1], ref) for pair in pairs for ref in pair}, **(names or {})}
+        return pages.verdict_lines([(a, self.entry(a), b, self.entry(b)) for a, b in pairs], names, seed=self.seed)
 
     # -- downloads ----------------------------------------------------------------------------
     def download_path(self, name: str) -> Path:
@@ -454,18 +429,6 @@ class Chapter:
     def download(self, name: str, table: pd.DataFrame) -> Path:
         """Write ``table`` (e.g. a clock's coefficients) as the CSV download ``name`` (atomically)."""
         return results.atomic_write_text(self.download_path(name), pd.DataFrame(table).to_csv(index=False))
-
-    def predictions_table(self) -> pd.DataFrame:
-        """Every scored model's per-donor predictions, one row per model and donor: what the page's
-        "per-donor predictions" download holds."""
-        rows = []
-        for key, entry in self.models.items():
-            for p in entry.get("predictions") or []:
-                rows.append({"model": key, "model_name": tables.null_label(entry) if key.startswith("null")
-                             else MODEL_NAMES.get(key, key), "split": entry.get("split"),
-                             "donor_id": p["donor_id"], "age": p["age"], "predicted": p["predicted"],
-                             "abs_error": abs(p["predicted"] - p["age"])})
-        return pd.DataFrame(rows, columns=["model", "model_name", "split", "donor_id", "age", "predicted", "abs_error"])
 
     # -- the end -------------------------------------------------------------------------------
     @property
@@ -489,11 +452,12 @@ class Chapter:
             "amp": self.amp,  # bf16 autocast ran (native bf16 only); the profile's request is amp_requested
             "amp_requested": self.amp_requested,
             "workers": self.workers,
-            "donor_key": self.cohort.donor_key,
-            "age_key": self.cohort.age_key,
-            "split_source": self.cohort.split_source,
         }
-        self.download("predictions", self.predictions_table())  # always written: the page links it
+        if self.cohort is not None:
+            params.update(donor_key=self.cohort.donor_key, age_key=self.cohort.age_key,
+                          split_source=self.cohort.split_source)
+        # always written (the page links it): every scored model's per-donor predictions
+        self.download("predictions", pages.predictions_table(self.models, MODEL_NAMES, group_names=MODEL_LABELS))
         return results.write_results(
             self.out_dir, self.section, self.data, self.profile, params, self.runtime_s, self.models, extra=extra
         )

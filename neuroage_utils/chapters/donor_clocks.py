@@ -1,6 +1,8 @@
 """Clocks on donor-level data (the real-donor chapter): every chapter model that accepts continuous
 donor-level values, evaluated where every split is a split of donors.
 
+Models are built by the one registry (:mod:`neuroage_utils.evaluation.recipes`, level ``"donors"``).
+
 * repeated K-fold cross-validation stratified by age (:func:`repeated_stratified_folds`); a donor's
   error is its mean absolute out-of-fold error over the repeats;
 * cross-cohort: train on two datasets, test on the third, each in turn (:func:`cohort_folds`);
@@ -14,20 +16,22 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from neuroage_utils import metrics
-from neuroage_utils.errors import DataValidationError
-from neuroage_utils.data.realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData, data_record
-from neuroage_utils.report.labels import MODEL_LABELS
+from neuroage_utils.data.realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData
+from neuroage_utils.evaluation import recipes
+from neuroage_utils.evaluation.crossval import repeated_folds
 from neuroage_utils.report.tables import format_r
 from neuroage_utils.train.workers import run_tasks, worker_count
 
+#: Names of the real-donor models for readers (from the one registry).
+MODEL_LABELS = recipes.names("donors")
+
 __all__ = ["DECLINED", "MODEL_LABELS", "repeated_stratified_folds", "cohort_folds", "run_cell_type", "run_all",
-           "published_clock", "cv_table", "cross_table", "findings", "skipped_models", "write_page_results"]
+           "published_clock", "cv_table", "cross_table", "findings", "skipped_models"]
 
 
 #: Chapter models that cannot run on these files, and why.
@@ -53,25 +57,13 @@ def skipped_models(reason: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def repeated_stratified_folds(ages, n_splits: int = 5, n_repeats: int = 1, seed: int = 0, n_bins: int | None = None):
-    """``(repeat, fold, train_index, test_index)`` for ``n_repeats`` K-fold splits stratified by age.
-
-    Ages are cut into quantile bins (at most ``n_splits`` donors' worth per bin is avoided: each bin
-    holds at least ``n_splits`` donors) and every fold takes its share of each bin, so no fold is all
-    young or all old. Each donor is tested exactly once per repeat.
-    """
-    from sklearn.model_selection import StratifiedKFold
-
-    ages = np.asarray(ages, dtype=float)
-    if len(ages) < n_splits:
-        raise DataValidationError(f"{len(ages)} donors cannot fill {n_splits} folds: lower n_splits")
-    n_bins = n_bins or max(1, min(10, len(ages) // (2 * n_splits)))
-    ranks = pd.Series(ages).rank(method="first").to_numpy()
-    strata = np.minimum((ranks - 1) * n_bins // len(ages), n_bins - 1).astype(int)
-    for r in range(n_repeats):
-        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed + r)
-        for f, (train, test) in enumerate(splitter.split(np.zeros(len(ages)), strata)):
-            yield r, f, train, test
+def repeated_stratified_folds(ages, n_splits: int = 5, n_repeats: int = 1, seed: int = 0):
+    """``(repeat, fold, train_index, test_index)`` for ``n_repeats`` K-fold splits stratified by age:
+    the book's one age-stratified donor split (:func:`neuroage_utils.evaluation.crossval.repeated_folds`)
+    on row positions (each row is a donor). Each donor is tested exactly once per repeat."""
+    ages = pd.Series(np.asarray(ages, dtype=float))
+    for r, f, train, test in repeated_folds(ages, n_splits=n_splits, n_repeats=n_repeats, seed=seed):
+        yield r, f, np.sort(train.astype(int)), np.sort(test.astype(int))
 
 
 def cohort_folds(datasets):
@@ -88,73 +80,28 @@ def cohort_folds(datasets):
 # --------------------------------------------------------------------------------------------------
 
 
-def _ridge(features_train, y, seed):
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 30))).fit(features_train, y)
+def donor_settings(key: str, P: dict) -> dict:
+    """The registry settings (:mod:`neuroage_utils.evaluation.recipes`, level ``"donors"``) of model
+    ``key`` from the real-donor section's parameters ``P``."""
+    backend = {"linalg_backend": P.get("linalg_backend", "auto")}
+    if key == "nmf_mlp":
+        M = P["nmf_mlp"]
+        mlp = {k: M[k] for k in ("hidden", "dropout", "epochs", "lr", "batch_size", "weight_decay") if k in M}
+        return {"n_components": M["n_components"], "max_iter": M["max_iter"], "mlp": mlp, **backend}
+    if key == "svd_ridge":
+        return {**P["svd_ridge"], **backend}
+    if key == "vae_gaussian":
+        return {**P["vae_gaussian"], "log_normalize": False}  # the values already are log1p(CPM): only z-scored
+    return dict(P.get(key, {}))
 
 
 def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) -> np.ndarray:
     """Fit model ``key`` (settings ``P``) on training donors; predicted ages of the test donors."""
-    from threadpoolctl import threadpool_limits
-
-    if key == "null":
-        return np.full(len(Xte), float(np.mean(ytr)))
-    if key == "elastic_net":
-        # Random coordinate order: with thousands of strongly correlated log-CPM genes and fewer donors,
-        # cyclic coordinate descent hit its iteration cap on every fold; random order converges in a
-        # fraction of the time to the same objective. Penalty and L1 ratio by 5-fold CV over donors.
-        from sklearn.linear_model import ElasticNetCV
-        from sklearn.model_selection import KFold
-
-        from neuroage_utils.models.linear import ElasticNetClock, column_scale
-
-        EN = P["elastic_net"]
-        scale = column_scale(Xtr)
-        model = ElasticNetCV(l1_ratio=list(EN["l1_ratios"]), alphas=EN["n_alphas"], eps=EN["eps"],
-                             cv=KFold(EN["n_splits"], shuffle=True, random_state=seed), selection="random",
-                             random_state=seed, max_iter=EN["max_iter"], tol=EN["tol"])
-        with threadpool_limits(1), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence is reported per fit below, not as noise
-            model.fit(Xtr / scale.astype(Xtr.dtype), ytr)
-        return ElasticNetClock(model=model, scale_=scale).predict(Xte)
-    if key in ("mlp", "nmf_mlp"):
-        from neuroage_utils.models.mlp import MLPRegressor
-
-        M = P[key]
-        if key == "nmf_mlp":
-            from neuroage_utils.models.nmf import fit_nmf
-
-            nmf = fit_nmf(Xtr, n_components=M["n_components"], max_iter=M["max_iter"], seed=seed,
-                          backend=P.get("linalg_backend", "auto"), device=device)
-            Xtr, Xte = nmf.transform(Xtr).astype(np.float32), nmf.transform(Xte).astype(np.float32)
-        model = MLPRegressor(hidden=M["hidden"], dropout=M["dropout"], epochs=M["epochs"], lr=M["lr"],
-                             batch_size=M["batch_size"], weight_decay=M.get("weight_decay", 0.0),
-                             device=device, seed=seed, progress=False)
-        model.fit(Xtr, ytr, donors=dtr)
-        return model.predict(Xte)
-    if key == "svd_ridge":
-        from neuroage_utils.models.svd import fit_svd
-
-        k = min(P["svd_ridge"]["n_components"], min(Xtr.shape) - 1)
-        svd = fit_svd(Xtr, n_components=k, seed=seed, backend=P.get("linalg_backend", "auto"), device=device)
-        ridge = _ridge(svd.transform(Xtr), ytr, seed)
-        return ridge.predict(svd.transform(Xte))
-    if key == "vae_gaussian":
-        from neuroage_utils.models.vae import VAEAgeRegressor
-
-        V = P["vae_gaussian"]
-        model = VAEAgeRegressor(
-            likelihood="gaussian", hidden=V["hidden"], latent=V["latent"], age_hidden=V["age_hidden"],
-            dropout=V["dropout"], epochs=V["epochs"], lr=V["lr"], batch_size=V["batch_size"],
-            kl_schedule="cyclical", kl_cycle=V["kl_cycle"], T_0=V["t0"],
-            log_normalize=False,  # the values already are log1p(CPM): only z-scored
-            device=device, seed=seed, progress=False)
-        model.fit(Xtr, ytr, donors=dtr)
-        return model.predict(Xte)
-    raise ValueError(f"unknown real-data model {key!r}")
+    recipe = recipes.get(key, level="donors")
+    model = recipe.build(donor_settings(key, P), device=device, seed=seed,
+                         **({"progress": False} if recipe.torch else {}))
+    model.fit(Xtr, ytr, donors=dtr)
+    return model.predict(Xte)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,25 +110,13 @@ def _fit_predict(key: str, P: dict, Xtr, ytr, dtr, Xte, seed: int, device: str) 
 
 
 def score(donors, ages, predicted: np.ndarray, split: str, seed: int = 0, **extra) -> dict:
-    """A results entry. ``predicted`` is donors x repeats (one out-of-fold prediction per repeat):
-    a donor's error is its mean absolute error over repeats, the MAE the mean over donors, and the
-    interval a percentile bootstrap over donors. ``predicted`` in the entry is the repeat mean."""
+    """A results entry from :func:`neuroage_utils.metrics.repeated_entry` (the book's one scorer of
+    out-of-fold predictions). ``predicted`` is donors x repeats; ``predicted`` in the entry is the
+    repeat mean, and ``mae_per_repeat`` is kept only when there are several repeats."""
     predicted = np.asarray(predicted, float)
-    if predicted.ndim == 1:
-        predicted = predicted[:, None]
-    if not np.isfinite(predicted).all():
-        raise ValueError("some predictions are NaN or infinite (the model diverged)")
-    ages = np.asarray(ages, float)
-    errors = np.abs(predicted - ages[:, None]).mean(axis=1)
-    mean_pred = predicted.mean(axis=1)
-    entry = {
-        "split": split, "mae": float(errors.mean()), "r": metrics.pearson_or_none(mean_pred, ages),
-        "mae_ci95": metrics.bootstrap_mean_ci(errors, seed=seed), "n_donors": int(len(ages)),
-        "predictions": [{"donor_id": str(d), "age": float(a), "predicted": float(p), "abs_error": float(e)}
-                        for d, a, p, e in zip(donors, ages, mean_pred, errors)],
-    }
-    if predicted.shape[1] > 1:
-        entry["mae_per_repeat"] = [float(v) for v in np.abs(predicted - ages[:, None]).mean(axis=0)]
+    entry = {"split": split, **metrics.repeated_entry(donors, ages, predicted, seed=seed)}
+    if predicted.ndim == 1 or predicted.shape[1] == 1:
+        del entry["mae_per_repeat"]
     entry.update(extra)
     return entry
 
@@ -467,35 +402,3 @@ def settings_table(P: dict) -> pd.DataFrame:
                         f"batch {V['batch_size']}, cyclical KL",
     }
     return pd.DataFrame({"setting": rows}).rename_axis("model")
-
-
-def predictions_table(models: dict) -> pd.DataFrame:
-    """Per-donor predictions of every model that ran, long format: cell type, test (within cohorts or
-    across them), model, donor, age, prediction (the repeat mean), absolute error."""
-    rows = []
-    for group, entries in models.items():
-        if not isinstance(entries, dict) or "skipped" in entries:
-            continue
-        cell_type, _, cross = group.partition("_")
-        for key, e in entries.items():
-            for p in (e.get("predictions") or []) if isinstance(e, dict) else []:
-                rows.append({"cell_type": cell_type, "test": "across cohorts" if cross else "within cohorts (CV)",
-                             "model": key, "model_name": MODEL_LABELS.get(key, key), **p})
-    return pd.DataFrame(rows, columns=["cell_type", "test", "model", "model_name", "donor_id", "age", "predicted",
-                                       "abs_error"])
-
-
-def write_page_results(out_dir, rd: RealData, profile: str, P: dict, seed: int, device, device_request: str,
-                       runtime_s: float, models: dict) -> Path:
-    """Write ``results/realdata.json`` atomically, recording the device that ran (not the request),
-    and the page's download ``results/realdata-predictions.csv`` (every model's per-donor predictions)."""
-    from neuroage_utils.models.device_linalg import backends_used
-    from neuroage_utils.results import atomic_write_text, write_results
-
-    atomic_write_text(Path(out_dir) / "results" / "realdata-predictions.csv", predictions_table(models).to_csv(index=False))
-    from neuroage_utils.train import device_label
-
-    params = {**P, "seed": int(seed), "device": device_label(device), "device_requested": str(device_request),
-              "amp": False,  # models of a few hundred donor rows: no mixed precision
-              "linalg_backend_used": backends_used(P.get("linalg_backend", "auto"), device)}
-    return write_results(out_dir, "realdata", data_record(rd), profile, params, runtime_s, models)

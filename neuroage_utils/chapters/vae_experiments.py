@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 
 from neuroage_utils import paper
+from neuroage_utils.chapters.chapter import FitTask
 from neuroage_utils.metrics import paired_difference, table_from_donor_predictions
 from neuroage_utils.models.probe import probe_scores
+from neuroage_utils.results import tuning_key
 
 __all__ = ["step_budget", "paper_step_budget", "learning_curves", "run_experiments", "experiment_table",
            "display_table", "paired_comparisons", "findings", "EXPERIMENT_KEYS"]
@@ -81,9 +83,10 @@ def run_experiments(chapter, X) -> dict:
     E = P["experiments"]
     row = int(E["row"])
     cfg = P["poisson_grid"][row]
-    base_key = f"vae_poisson_t3_m{row + 1}"
+    base_key = tuning_key("vae_poisson", 3, row + 1)
+    last_key = tuning_key("vae_poisson", 3, len(P["poisson_grid"]))
     age_keys = [f"vae_exp_age_w{w:g}" for w in E["age_weights"]]
-    if not c.is_counts or base_key not in chapter.fitted:
+    if not c.is_counts or not chapter.has_fitted(base_key):
         reason = "the data are not raw counts" if not c.is_counts else "the Table 3 run was not fitted"
         for key in (*EXPERIMENT_KEYS, *age_keys):
             chapter.skip(key, reason)
@@ -91,8 +94,8 @@ def run_experiments(chapter, X) -> dict:
 
     started = time.perf_counter()
     n_train = int(c.mask("train").sum())
-    monitor = {"monitor": ("train", "val"), "monitor_cells": E["monitor_cells"]}
-    base_hist = chapter.fitted[base_key].history_
+    monitor = {"monitor": ("train", "val"), "monitor_cells": E["monitor_cells"]}  # FitTask fields
+    base_hist = chapter.fitted_model(base_key).history_
     meta = {base_key: {"experiment": f"Table 3 configuration ({cfg['epochs']} epochs, as the paper describes)",
                        "kind": "table3", "epochs": cfg["epochs"], "batch_size": P["batch_size"],
                        "steps": step_budget(n_train, P["batch_size"], cfg["epochs"]), "age_weight": 1.0,
@@ -109,27 +112,27 @@ def run_experiments(chapter, X) -> dict:
     for key, _, _, checkpoint, options in runs:
         options = dict(options)
         likelihood = options.pop("likelihood", "poisson")
-        jobs.append({"key": key, "model": chapter.vae(likelihood, cfg, checkpoint, **options), "X": X,
-                     "fit": ("train",), "on": "val", "config": cfg, **monitor})
+        jobs.append(FitTask(key, chapter.vae(likelihood, cfg, checkpoint, **options), X, fit=("train",), on="val",
+                            extra={"config": cfg}, **monitor))
     # the probe's unsupervised VAE (age weight 0) trains alongside; it is not scored as a clock
-    jobs.append({"key": "vae_exp_unsupervised", "model": chapter.vae("poisson", cfg, "exp_unsupervised", age_weight=0.0),
-                 "X": X, "fit": ("train",), "on": "val", "score": False})
+    jobs.append(FitTask("vae_exp_unsupervised", chapter.vae("poisson", cfg, "exp_unsupervised", age_weight=0.0), X,
+                        fit=("train",), on="val", score=False))
     chapter.fit_score_many(jobs)
     for key, label, kind, _, options in runs:
-        h = chapter.fitted[key].history_
+        h = chapter.fitted_model(key).history_
         batch = options.get("batch_size", P["batch_size"])
         meta[key] = {"experiment": label, "kind": kind, "epochs": cfg["epochs"], "batch_size": batch,
                      "steps": step_budget(n_train, batch, cfg["epochs"]),
                      "age_weight": options.get("age_weight", 1.0), "train_mae": _last(h, "train_mae"),
                      "seconds": float(h["seconds"].sum())}
-        chapter.models[key].update({k: v for k, v in meta[key].items() if k not in ("experiment", "kind")})
+        chapter.annotate(key, **{k: v for k, v in meta[key].items() if k not in ("experiment", "kind")})
 
     # The probes: one feature space each, the same ridge on donor means, training -> validation donors.
     train, used = c.mask("train"), c.mask("train", "val")
     table = c.donor_table
     train_ids = table.loc[table["split"] == "train", "donor_id"]
     val_ids = table.loc[table["split"] == "val", "donor_id"]
-    unsupervised = chapter.fitted.pop("vae_exp_unsupervised")
+    unsupervised = chapter.release("vae_exp_unsupervised")
     k = int(min(cfg["latent"], X.shape[1] - 1, n_train - 1))
     X_norm = log_normalize(X)
     svd = fit_svd(X_norm[train], n_components=k, seed=chapter.seed)
@@ -145,7 +148,7 @@ def run_experiments(chapter, X) -> dict:
         meta[key] = {"experiment": label, "kind": "probe", "epochs": np.nan, "batch_size": np.nan, "steps": np.nan,
                      "age_weight": np.nan, "train_mae": np.nan, "seconds": np.nan}
 
-    curves = learning_curves(chapter.fitted[f"vae_poisson_t3_m{len(P['poisson_grid'])}"].history_)
+    curves = learning_curves(chapter.fitted_model(last_key).history_)
     steps = {"run": {"cells": n_train, "batch_size": int(P["batch_size"]),
                      "epochs": int(P["poisson_grid"][-1]["epochs"]),
                      "steps": step_budget(n_train, P["batch_size"], P["poisson_grid"][-1]["epochs"])},
@@ -153,7 +156,7 @@ def run_experiments(chapter, X) -> dict:
                             "steps": meta["vae_exp_steps"]["steps"]},
              "paper": paper_step_budget(("train",)), "paper_final": paper_step_budget(("train", "val"))}
     # Table 3 rows resume one run: the longest row's history holds every epoch's monitor time
-    monitor_seconds = float(chapter.fitted[f"vae_poisson_t3_m{len(P['poisson_grid'])}"].history_.get(
+    monitor_seconds = float(chapter.fitted_model(last_key).history_.get(
         "monitor_seconds", pd.Series(dtype=float)).sum())
     timing = {"experiments_s": time.perf_counter() - started, "table3_monitors_s": monitor_seconds}
     chapter.record(vae_experiments={

@@ -11,8 +11,10 @@ over donors, with a percentile bootstrap interval over donors. Two models are co
 donors by the paired bootstrap of their per-donor errors. The bootstrap treats the fitted models as
 fixed, so the intervals show donor-to-donor variation, not the variation of refitting.
 
-Model recipes are functions ``recipe(data, train_donors, test_donors, params, seed, device) ->
-pandas.Series`` (predicted age per held-out donor); :data:`RECIPES` holds the book's models.
+Models are built by the one registry (:mod:`neuroage_utils.evaluation.recipes`) from the summary
+section's parameters (:func:`cv_settings`); :data:`RECIPES` holds one fold function per model,
+``recipe(data, train_donors, test_donors, params, seed, device) -> pandas.Series`` (predicted age per
+held-out donor).
 """
 
 from __future__ import annotations
@@ -24,17 +26,14 @@ import numpy as np
 import pandas as pd
 
 from neuroage_utils import metrics
-from neuroage_utils.data.cohort import subsample_cells
-from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.features import log_normalize
+from neuroage_utils.errors import DataValidationError
+from neuroage_utils.evaluation import recipes
+from neuroage_utils.evaluation.recipes import NeedsCounts
 from neuroage_utils.train.workers import run_tasks
 
-__all__ = ["CVData", "age_stratified_folds", "repeated_folds", "RECIPES", "run_cv",
+__all__ = ["CVData", "age_stratified_folds", "repeated_folds", "RECIPES", "MODELS", "cv_settings", "build_model", "run_cv",
            "cv_summary", "paired_cv_difference", "cv_comparisons", "NeedsCounts"]
-
-
-class NeedsCounts(DataValidationError):
-    """A model that sums or models raw counts was given values that are not counts."""
 
 
 @dataclass
@@ -88,147 +87,82 @@ def age_stratified_folds(donor_ages: pd.Series, n_splits: int = 5, seed: int = 0
 
 
 def repeated_folds(donor_ages: pd.Series, n_splits: int = 5, n_repeats: int = 3, seed: int = 0):
-    """``[(repeat, fold, train_donor_ids, test_donor_ids), ...]`` for every repeat and fold."""
+    """``[(repeat, fold, train_donors, test_donors), ...]`` for every repeat and fold: the one
+    age-stratified donor split of the book (the cross-validation here and the real-donor clocks).
+    ``donor_ages`` is indexed by donor (ids, or row positions when each row is a donor); the folds
+    hold those index values. Repeat ``r`` deals with seed ``seed * 1000 + r``."""
     out = []
     for repeat in range(n_repeats):
         folds = age_stratified_folds(donor_ages, n_splits, seed=seed * 1000 + repeat)
         for fold in range(n_splits):
-            test = folds.index[folds == fold].astype(str).to_numpy()
-            train = folds.index[folds != fold].astype(str).to_numpy()
+            test = folds.index[folds == fold].to_numpy()
+            train = folds.index[folds != fold].to_numpy()
             out.append((repeat, fold, train, test))
     return out
 
 
 # --------------------------------------------------------------------------------------------------
-# Model recipes: fit on the training fold's donors, predict the held-out donors
+# Model recipes (built by the registry, neuroage_utils.evaluation.recipes): fit on the training
+# fold's donors, predict the held-out donors
 # --------------------------------------------------------------------------------------------------
 
-
-def _fit_cells(data: CVData, train, P, seed, key: str = "max_cells"):
-    return subsample_cells(data.cells(train), P.get(key), seed=seed)
-
-
-def _donor_mean(pred, donors) -> pd.Series:
-    s = pd.Series(np.asarray(pred, float)).groupby(np.asarray(donors)).mean()
-    s.index.name = "donor_id"
-    return s.rename("predicted")
+#: The models of the cross-validation, in the order of its tables.
+MODELS = ("null", "elastic_net", "pseudobulk_elastic_net", "pseudocell_elastic_net", "svd_ridge", "mlp", "nmf_mlp",
+          "vae_latent_pseudobulk")
 
 
-def _require_counts(data: CVData, what: str):
-    if not data.is_counts:
-        raise NeedsCounts(f"{what} sums raw counts and the data are not raw counts")
+def cv_settings(key: str, P: dict) -> dict:
+    """The registry settings of model ``key`` from the summary section's parameters ``P`` (the names
+    the page shows: ``en_alphas``, ``mlp_hidden``, ...)."""
+    inner = P.get("inner_splits", 5)
+    enet = {"n_alphas": P["en_alphas"], "l1_ratios": P["en_l1"], "n_splits": inner}
+    mlp = {"hidden": P["mlp_hidden"], "epochs": P["mlp_epochs"], "batch_size": P["batch_size"],
+           "amp": P.get("amp", False)}
+    backend = P.get("linalg_backend", "auto")  # "auto": torch on CUDA; HALS NMF, ARPACK SVD on a CPU
+    V = P["vae"]
+    return {
+        "null": {},
+        "elastic_net": {**enet, "max_cells": P.get("en_max_cells")},
+        "pseudobulk_elastic_net": enet,
+        "pseudocell_elastic_net": {**enet, **P["pseudocells"]},
+        "svd_ridge": {"n_components": P["svd_k"], "n_alphas": P["probe_alphas"], "n_splits": inner,
+                      "max_cells": P.get("max_cells"), "linalg_backend": backend},
+        "mlp": {**mlp, "max_cells": P.get("max_cells")},
+        "nmf_mlp": {"n_components": P["nmf_k"], "max_iter": P["nmf_iter"], "max_cells": P.get("max_cells"),
+                    "linalg_backend": backend, "mlp": mlp},
+        "vae_latent_pseudobulk": {"likelihood": V["likelihood"], "hidden": V["hidden"], "latent": V["latent"],
+                                  "epochs": V["epochs"], "batch_size": P["batch_size"], "max_cells": V["max_cells"],
+                                  "probe_alphas": P["probe_alphas"], "probe_splits": inner, "amp": P.get("amp", False)},
+    }[key]
 
 
-def _inner(train, P) -> int:
-    return int(min(P.get("inner_splits", 5), len(train)))
-
-
-def recipe_null(data, train, test, P, seed, device):
-    ages = data.donor_ages()
-    return pd.Series(float(ages.loc[train].mean()), index=pd.Index(sorted(test), name="donor_id"), name="predicted")
-
-
-def recipe_elastic_net(data, train, test, P, seed, device):
-    from neuroage_utils.models.linear import fit_elastic_net
-
-    cells, held = _fit_cells(data, train, P, seed, "en_max_cells"), data.cells(test)
-    clock = fit_elastic_net(data.X_norm[cells], data.ages[cells], data.donors[cells], l1_ratios=P["en_l1"],
-                            n_alphas=P["en_alphas"], n_splits=_inner(train, P), seed=seed)
-    return clock.predict_donors(data.X_norm[held], data.donors[held])
-
-
-def _aggregated_clock(fit, what: str, data, train, test, P, seed, **options):
-    """An elastic net on summed counts (pseudobulk or pseudocells) fitted on the training donors."""
-    _require_counts(data, what)
-    tr, held = data.cells(train), data.cells(test)
-    clock = fit(data.X[tr], data.ages[tr], data.donors[tr], l1_ratios=P["en_l1"], n_alphas=P["en_alphas"],
-                n_splits=_inner(train, P), seed=seed, **options)
-    return clock.predict_donors(data.X[held], data.donors[held])
-
-
-def recipe_pseudobulk(data, train, test, P, seed, device):
-    from neuroage_utils.models.linear import fit_pseudobulk_elastic_net
-
-    return _aggregated_clock(fit_pseudobulk_elastic_net, "the pseudobulk elastic net", data, train, test, P, seed)
-
-
-def recipe_pseudocell(data, train, test, P, seed, device):
-    from neuroage_utils.models.linear import fit_pseudocell_elastic_net
-
-    return _aggregated_clock(fit_pseudocell_elastic_net, "the pseudocell elastic net", data, train, test, P, seed,
-                             **P["pseudocells"])
-
-
-def recipe_svd_ridge(data, train, test, P, seed, device):
-    from neuroage_utils.models.svd import fit_svd
-    from neuroage_utils.models.probe import probe_scores
-
-    cells = _fit_cells(data, train, P, seed)
-    k = int(min(P["svd_k"], min(int(cells.sum()), data.X_norm.shape[1]) - 2))
-    svd = fit_svd(data.X_norm[cells], n_components=max(k, 1), seed=seed, **_linalg(P, device))
-    used = data.cells(np.concatenate([train, test]))
-    return probe_scores(svd.transform(data.X_norm[used]), data.donors[used], data.ages[used], train, test,
-                        kind="ridge", n_alphas=P["probe_alphas"], n_splits=_inner(train, P), seed=seed)
-
-
-def _linalg(P, device) -> dict:
-    """NMF / SVD solver of the recipes: the profile's ``linalg_backend`` ("auto": torch on CUDA; on a CPU
-    HALS for NMF, ARPACK for the SVD) on the run's device."""
-    return {"backend": P.get("linalg_backend", "auto"), "device": device}
-
-
-def _mlp(P, seed, device):
-    from neuroage_utils.models.mlp import MLPRegressor
-
-    return MLPRegressor(hidden=P["mlp_hidden"], epochs=P["mlp_epochs"], batch_size=P["batch_size"], dropout=0.4,
-                        device=device, seed=seed, progress=False, amp=P.get("amp", False))
-
-
-def recipe_mlp(data, train, test, P, seed, device):
-    cells, held = _fit_cells(data, train, P, seed), data.cells(test)
-    model = _mlp(P, seed, device).fit(data.X_norm[cells], data.ages[cells], donors=data.donors[cells])
-    return _donor_mean(model.predict(data.X_norm[held]), data.donors[held])
-
-
-def recipe_nmf_mlp(data, train, test, P, seed, device):
-    from neuroage_utils.models.nmf import fit_nmf
-
-    cells, held = _fit_cells(data, train, P, seed), data.cells(test)
-    k = int(min(P["nmf_k"], data.X.shape[1] - 1, int(cells.sum()) - 1))
-    nmf = fit_nmf(data.X[cells], n_components=k, seed=seed, max_iter=P["nmf_iter"],  # raw input, as the paper
-                  **_linalg(P, device))
-    model = _mlp(P, seed, device).fit(nmf.transform(data.X[cells]), data.ages[cells], donors=data.donors[cells])
-    return _donor_mean(model.predict(nmf.transform(data.X[held])), data.donors[held])
+def build_model(key: str, P: dict, seed: int, device):
+    """Model ``key`` of the cross-validation, unfitted (progress bars off: folds run in workers)."""
+    recipe = recipes.get(key)
+    return recipe.build(cv_settings(key, P), device=device, seed=seed, **({"progress": False} if recipe.torch else {}))
 
 
 def vae_clock_from_params(P, seed, device):
-    from neuroage_utils.models.vae_clock import VAELatentClock
-
-    V = P["vae"]
-    return VAELatentClock(likelihood=V["likelihood"], hidden=V["hidden"], latent=V["latent"], epochs=V["epochs"],
-                          batch_size=P["batch_size"], max_cells=V["max_cells"], probe="elastic_net",
-                          probe_alphas=P["probe_alphas"], probe_splits=P.get("inner_splits", 5),
-                          kl_cycle={"zero_epochs": 1, "rise_epochs": max(1, V["epochs"] // 3), "hold_epochs": V["epochs"]},
-                          T_0=max(2, V["epochs"]), device=device, seed=seed, amp=P.get("amp", False))
+    """The VAE clock of the summary section's parameters ``P``."""
+    return build_model("vae_latent_pseudobulk", P, seed, device)
 
 
-def recipe_vae_clock(data, train, test, P, seed, device):
-    tr, held = data.cells(train), data.cells(test)
-    clock = vae_clock_from_params(P, seed, device).fit(data.X[tr], data.ages[tr], data.donors[tr])
-    return clock.predict_donors(data.X[held], data.donors[held])
+class FoldRecipe:
+    """``recipe(data, train_donors, test_donors, params, seed, device) -> pandas.Series``: model
+    ``key`` fitted on the training donors' cells, its predicted age per held-out donor."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, data: CVData, train, test, P, seed, device) -> pd.Series:
+        recipe = recipes.get(self.key)
+        X = data.X_norm if recipe.input is recipes.Input.LOG_CELLS else data.X
+        tr, held = data.cells(train), data.cells(test)
+        model = build_model(self.key, P, seed, device).fit(X[tr], data.ages[tr], data.donors[tr])
+        return model.predict_donors(X[held], data.donors[held])
 
 
-RECIPES = {
-    "null": recipe_null,
-    "elastic_net": recipe_elastic_net,
-    "pseudobulk_elastic_net": recipe_pseudobulk,
-    "pseudocell_elastic_net": recipe_pseudocell,
-    "svd_ridge": recipe_svd_ridge,
-    "mlp": recipe_mlp,
-    "nmf_mlp": recipe_nmf_mlp,
-    "vae_latent_pseudobulk": recipe_vae_clock,
-}
-
+RECIPES = {key: FoldRecipe(key) for key in MODELS}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,7 +225,8 @@ def _donor_errors(predictions: pd.DataFrame, model: str) -> pd.Series:
 
 
 def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed: int = 0) -> dict:
-    """``{model: {mae, mae_ci95, folds, repeats, n_donors, mae_repeats, r, predictions}}``.
+    """``{model: {mae, mae_ci95, folds, repeats, n_donors, mae_repeats, r, predictions}}``, scored by
+    :func:`neuroage_utils.metrics.repeated_entry` (donors in id order).
 
     ``mae_repeats`` is the MAE of each repeat (the spread from refolding); ``r`` the Pearson r of
     the repeat-averaged prediction with age (None when undefined); ``predictions`` the
@@ -300,22 +235,14 @@ def cv_summary(predictions: pd.DataFrame, params: dict, n_boot: int = 2000, seed
     out = {}
     for model in predictions["model"].unique():
         sub = predictions[predictions["model"] == model]
-        errors = _donor_errors(predictions, model)
-        mean_pred = sub.groupby("donor_id").agg(age=("age", "first"), predicted=("predicted", "mean"))
-        per_repeat = sub.assign(err=(sub["predicted"] - sub["age"]).abs()).groupby("repeat")["err"].mean()
-        r = None
-        if mean_pred["predicted"].std() > 0:
-            r = float(np.corrcoef(mean_pred["age"], mean_pred["predicted"])[0, 1])
+        wide = sub.pivot_table(index="donor_id", columns="repeat", values="predicted", aggfunc="mean")
+        ages = sub.groupby("donor_id")["age"].first().loc[wide.index]
+        e = metrics.repeated_entry(wide.index, ages.to_numpy(), wide.to_numpy(), n_boot=n_boot, seed=seed)
         out[model] = {
-            "mae": float(errors.mean()),
-            "mae_ci95": metrics.bootstrap_mean_ci(errors.to_numpy(), n_boot=n_boot, seed=seed),
-            "folds": int(params["folds"]),
-            "repeats": int(params["repeats"]),
-            "n_donors": int(len(errors)),
-            "mae_repeats": [float(v) for v in per_repeat],
-            "r": r,
-            "predictions": [{"donor_id": d, "age": float(row.age), "predicted": float(row.predicted)}
-                            for d, row in mean_pred.iterrows()],
+            "mae": e["mae"], "mae_ci95": e["mae_ci95"], "folds": int(params["folds"]),
+            "repeats": int(params["repeats"]), "n_donors": e["n_donors"], "mae_repeats": e["mae_per_repeat"],
+            "r": e["r"],
+            "predictions": [{k: p[k] for k in ("donor_id", "age", "predicted")} for p in e["predictions"]],
         }
     return out
 

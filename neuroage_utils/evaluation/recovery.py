@@ -82,14 +82,13 @@ def gene_rankings(data, train_donors, params: dict, seed: int = 0, vae_clock=Non
     age direction. Returns ``(rankings, notes)``; a model that cannot run on the data is left out,
     with its reason in ``notes``."""
     from neuroage_utils.data.cohort import subsample_cells
-    from neuroage_utils.models.linear import fit_elastic_net
+    from neuroage_utils.evaluation.crossval import build_model
     from neuroage_utils.models.nmf import fit_nmf
 
     P = params
     rankings, notes = {}, {}
-    cells = subsample_cells(data.cells(train_donors), P.get("en_max_cells"), seed=seed)
-    enet = fit_elastic_net(data.X_norm[cells], data.ages[cells], data.donors[cells], l1_ratios=P["en_l1"],
-                           n_alphas=P["en_alphas"], n_splits=min(P["inner_splits"], len(train_donors)), seed=seed)
+    train = data.cells(train_donors)  # the cross-validation's elastic net (the registry's), on these donors
+    enet = build_model("elastic_net", P, seed, "cpu").fit(data.X_norm[train], data.ages[train], data.donors[train]).clock_
     rankings["elastic net |coefficient|"] = rank_genes(np.abs(enet.coef_), seed=seed)
     notes["elastic net |coefficient|"] = f"{enet.n_nonzero_} non-zero genes; genes beyond them in random order"
     cells = subsample_cells(data.cells(train_donors), P.get("max_cells"), seed=seed)

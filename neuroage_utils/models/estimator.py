@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -178,3 +179,9 @@ class TorchAgeRegressor:
         batches = self._predict_batches(X)  # checks fitted and X first
         scaled = predict_batches(self.module_, batches)
         return scaled.reshape(-1) * self.age_std_ + self.age_mean_
+
+    def predict_donors(self, X, donors) -> pd.Series:
+        """Predicted age per donor: the mean of its cells' predictions (index ``donor_id``, sorted)."""
+        pred = pd.Series(np.asarray(self.predict(X), float)).groupby(np.asarray(donors).astype(str)).mean()
+        pred.index.name = "donor_id"
+        return pred.rename("predicted")

@@ -1,31 +1,16 @@
-"""Display names of model keys, for tables and figures (one place to rename a model for readers)."""
+"""Display names of model keys, for tables and figures. The names themselves live in the one registry
+of model recipes (:mod:`neuroage_utils.evaluation.recipes`, one ``name`` per recipe): rename a model
+there; these are its views."""
 
-__all__ = ["MODEL_NAMES", "MODEL_LABELS"]
+from neuroage_utils.evaluation import recipes
 
-#: Names on the simulated-cohort pages.
-MODEL_NAMES = {
-    "null": "null (training mean)",
-    "elastic_net": "elastic net (cells)",
-    "pseudobulk_elastic_net": "pseudobulk elastic net",
-    "pseudocell_elastic_net": "pseudocell elastic net",
-    "svd_ridge": "SVD + ridge (donor means)",
-    "mlp": "MLP (cells)",
-    "nmf_mlp": "NMF + MLP",
-    "vae_latent_pseudobulk": "VAE clock (latent means + elastic net)",
-    "vae_poisson": "Poisson VAE (paper's model)",
-    "vae_gaussian": "Gaussian VAE",
-    "vae_nb": "negative-binomial VAE",
-    "dae": "denoising VAE",
-    "dae_poisson": "denoising Poisson VAE",
-}
+__all__ = ["MODEL_NAMES", "CHAPTER_NAMES", "MODEL_LABELS"]
+
+#: Names on the simulated-cohort pages that compare models across chapters (summary, leaderboard).
+MODEL_NAMES = recipes.names("cells")
+
+#: Shorter names in a chapter's own tables, where the page says the rest ("elastic net", not "(cells)").
+CHAPTER_NAMES = recipes.names("cells", short=True)
 
 #: Names on the real-donor page (donor-level profiles: no cell-level models).
-MODEL_LABELS = {
-    "null": "null (training mean)",
-    "elastic_net": "elastic net",
-    "mlp": "MLP",
-    "svd_ridge": "SVD + ridge",
-    "nmf_mlp": "NMF + MLP",
-    "vae_gaussian": "Gaussian VAE (age head)",
-    "published_clock": "published clock (grnimmuneclock)",
-}
+MODEL_LABELS = recipes.names("donors")

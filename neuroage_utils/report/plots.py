@@ -96,11 +96,11 @@ def loss_curves(history: pd.DataFrame, columns, ax=None, title: str = "", logy: 
 def scores_table(rows: pd.DataFrame, paper_col: str | None = None, names: dict | None = None, decimals=None):
     """A scores table for people (:func:`tables.styled`): model keys as names, splits spelled out,
     headers with units, no index or key column, the best MAE of ours in bold, the paper's column grey."""
-    from neuroage_utils.report.labels import MODEL_NAMES
+    from neuroage_utils.report.labels import CHAPTER_NAMES
 
     shown = rows.drop(columns=[c for c in ("key",) if c in rows]).copy()
     if "model" in shown:
-        names = {**MODEL_NAMES, **CHAPTER_NAMES, **(names or {})}
+        names = {**CHAPTER_NAMES, **(names or {})}
         shown["model"] = [names.get(m, m) if isinstance(m, str) else m for m in shown["model"]]
     if "split" in shown:
         shown["split"] = [tables.SPLIT_NAMES.get(s, s) for s in shown["split"]]
@@ -121,8 +121,6 @@ def scores_table(rows: pd.DataFrame, paper_col: str | None = None, names: dict |
 
 
 # Chapter model keys that read differently on a chapter page than in the cross-validation recipes.
-CHAPTER_NAMES = {"svd_ridge": "SVD + ridge", "elastic_net": "elastic net", "mlp": "MLP",
-                 "dae": "denoising Gaussian VAE", "dae_poisson": "denoising Poisson VAE"}
 SCORE_LABELS = {"MAE": "MAE (years)", "CV MAE": "CV MAE (years)", "95% CI": "95% interval (years)",
                 "paper MAE": "paper MAE (years)", "paper MAE (other data)": "paper MAE (years, other data)",
                 "seconds": "time (s)", "hidden": "widths", "paper hidden": "paper widths",

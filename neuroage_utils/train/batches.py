@@ -11,7 +11,7 @@ modes, chosen once:
 - ``host``: each batch is densified from CSR rows by scipy (~0.1 s per 4096 x 17,658 batch on this
   CPU) and copied, so nothing ever densifies the full paper-scale matrix on the host.
 
-All three yield the same batches, bit for bit (``tests/test_train.py``).
+All three yield the same batches, bit for bit (``tests/train/test_train.py``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from neuroage_utils.models.svd import fit_component_ridge, top_components
 from neuroage_utils.models.vae import latent_pcs
 from neuroage_utils.chapters.chapter import PARAMETERS, Chapter
 
-from .conftest import make_adata
+from tests.conftest import make_adata
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,7 +14,7 @@ from neuroage_utils.nn.likelihoods import MSEReconstruction, make_likelihood
 from neuroage_utils.nn.networks import AgeVAE
 from neuroage_utils.train.loop import _optimizers
 
-from .test_vae import _counts, _fast
+from tests.models.test_vae import _counts, _fast
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -23,7 +23,7 @@ from neuroage_utils import profiles, results
 from neuroage_utils.data import realdata
 from neuroage_utils.errors import DataValidationError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def donor_level(n_per_dataset=(40, 30, 20), n_genes=60, seed=0, shift=(0.0, 0.3, -0.2)) -> ad.AnnData:

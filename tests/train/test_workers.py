@@ -50,9 +50,9 @@ def test_worker_count_is_one_on_a_gpu():
 
 def test_fit_score_many_scores_as_fit_score_does(tmp_path, h5ad_path):
     from neuroage_utils.models.mlp import MLPRegressor
-    from neuroage_utils.chapters.chapter import Chapter
+    from neuroage_utils.chapters.chapter import Chapter, FitTask
 
-    from .conftest import make_adata
+    from tests.conftest import make_adata
 
     path = h5ad_path(make_adata(n_donors=12, cells_per_donor=8, n_genes=12))
     grid = [(8,), (4, 4), (6,)]
@@ -64,10 +64,12 @@ def test_fit_score_many_scores_as_fit_score_does(tmp_path, h5ad_path):
     two = Chapter("baselines", data_path=str(path), profile="smoke", out_dir=str(tmp_path), workers=2)
     X = one.cohort.X
     sequential = [one.fit_score(f"m{i}", model(h), X, config={"hidden": list(h)}) for i, h in enumerate(grid)]
-    parallel = two.fit_score_many([{"key": f"m{i}", "model": model(h), "X": X, "config": {"hidden": list(h)}}
-                                   for i, h in enumerate(grid)] + [{"key": "fit_only", "model": model((8,)), "X": X,
-                                                                     "score": False}])
-    assert parallel[-1] is None and "fit_only" in two.fitted and "fit_only" not in two.models
+    parallel = two.fit_score_many([FitTask(f"m{i}", model(h), X, extra={"config": {"hidden": list(h)}})
+                                   for i, h in enumerate(grid)] + [FitTask("fit_only", model((8,)), X, score=False)])
+    assert parallel[-1] is None and two.has_fitted("fit_only") and "fit_only" not in two.models
+    assert two.release("fit_only") is not None and not two.has_fitted("fit_only")
+    with pytest.raises(TypeError, match="FitTask"):
+        two.fit_score_many([{"key": "m9", "model": model((8,)), "X": X}])
     for a, b in zip(sequential, parallel[:-1]):
         assert a["n_donors"] == b["n_donors"] and a["config"] == b["config"]
         # the same seeded fits; one thread instead of two may round sums differently

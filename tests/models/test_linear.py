@@ -11,7 +11,7 @@ from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.features import log_normalize
 from neuroage_utils.models import linear
 
-from .conftest import age_counts
+from tests.conftest import age_counts
 
 
 def simulate(**kwargs):

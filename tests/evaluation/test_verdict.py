@@ -14,7 +14,7 @@ from neuroage_utils.chapters import summary
 from neuroage_utils.data.cohort import DataValidationError
 from neuroage_utils.models.vae_clock import VAELatentClock
 
-from .conftest import age_counts
+from tests.conftest import age_counts
 
 SMOKE = profiles.section_params("smoke", "summary")
 

@@ -6,7 +6,7 @@ import pytest
 from neuroage_utils.models.mlp import MLPRegressor
 from neuroage_utils.chapters.chapter import Chapter
 
-from .conftest import make_adata
+from tests.conftest import make_adata
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,3 +54,4 @@ def test_verdicts_compare_present_models_and_name_missing_ones(chapter):
     assert first.startswith("- The MLP misses the") and "paired bootstrap" in first
     assert "not compared" in second
     assert np.isfinite(chapter.runtime_s)
+

@@ -11,7 +11,7 @@ from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.features import SparseStandardScaler, log_normalize
 from neuroage_utils.paper import load_paper_cohort
 
-from .conftest import make_adata
+from tests.conftest import make_adata
 
 
 def test_missing_age_column_names_column_and_fix(tiny_adata):
