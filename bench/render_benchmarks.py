@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))  # neuroage_utils of this checkout (the one wording of the book's time)
 
 
 def _f(x, digits=1):
@@ -104,6 +105,8 @@ def render(results_path: Path, page: Path) -> str:
     vae = r.get("vae") or {}
     if vae:
         out += ["## Our Poisson VAE and scvi-tools' SCVI", "", *_when(vae),
+                "SCVI {cite:p}`lopez2018scvi` as implemented in [scvi-tools](https://scvi-tools.org) "
+                "{cite:p}`gayoso2022scvitools`.",
                 "Same shape: encoder and decoder 2 x 256, latent 100, Poisson likelihood, same batch size, 2 torch",
                 "threads, synthetic counts (10% non-zero) read from CSR per batch; best timed epoch after a",
                 "warm-up. Each tool runs in float32 and in bf16 mixed precision (ours: autocast, with the",
@@ -173,7 +176,12 @@ def render(results_path: Path, page: Path) -> str:
         how = f" ({b['command']}, commit {b.get('commit', '?')})" if b.get("command") else ""
         total = (f"; all its processes together (the runner, a notebook kernel and its fitting workers) peaked "
                  f"at {b['peak_pss_total_gb']} GB of proportional set size (budget 4 GB)" if "peak_pss_total_gb" in b else "")
-        out += [f"{b['wall_s']:,.0f} s wall{how}, peak {b['peak_rss_gb']} GB in one process{total}; notebooks: "
+        from neuroage_utils.report.benchfacts import facts  # the one wording of the book's time, on every page
+
+        f = facts(r)
+        out += [f"Measured {f['bench_book_date']} UTC at commit `{f['bench_book_commit']}` (the commit of the book you "
+                "are reading is on the [build status](../executed/status.md) page).", "",
+                f"{f['bench_book_time']} wall{how}, peak {b['peak_rss_gb']} GB in one process{total}; notebooks: "
                 + ", ".join(f"{k} {v} s" for k, v in b["notebook_runtime_s"].items()), ""]
     else:
         out += ["Not measured in this run (`make bench BENCH_BOOK=1` times it; about 10 minutes)."

@@ -24,6 +24,18 @@ from neuroage_utils import paper
 
 PROFILE_NAMES = ("smoke", "quick", "paper")
 SECTIONS = ("data", "svd", "baselines", "nmf", "vae", "dae", "realdata", "acceleration", "summary")
+#: Each chapter's title (the sidebar, the status page, and tables or figures that name a chapter).
+SECTION_TITLES = {
+    "data": "The cohort",
+    "svd": "SVD exploration",
+    "baselines": "Baselines: elastic net and MLP",
+    "nmf": "NMF + MLP",
+    "vae": "Variational autoencoders",
+    "dae": "Denoising VAE",
+    "realdata": "Real human donors",
+    "acceleration": "Age acceleration",
+    "summary": "The verdict",
+}
 
 #: Penalties tried by the ridge regression on SVD scores (10^-2 ... 10^4, 13 values).
 _RIDGE_ALPHAS = np.logspace(-2, 4, 13).tolist()

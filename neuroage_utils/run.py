@@ -45,17 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 PACKAGE = Path(__file__).resolve().parent
 SECTIONS = profiles.SECTIONS
-SECTION_TITLES = {
-    "data": "The cohort",
-    "svd": "SVD exploration",
-    "baselines": "Baselines: elastic net and MLP",
-    "nmf": "NMF + MLP",
-    "vae": "Variational autoencoders",
-    "dae": "Denoising VAE",
-    "realdata": "Real human donors",
-    "acceleration": "Age acceleration",
-    "summary": "The verdict",
-}
+SECTION_TITLES = profiles.SECTION_TITLES  # one list of chapter titles (profiles)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,6 +343,10 @@ def write_status_page(out: Path, timings: dict, total_s: float | None = None) ->
            f"this build executed {len(executed_now)} of them." if executed_now else
            "this build re-used every page (inputs unchanged)."),
         f"- **Machine** of the latest build: {_machine()}.",
+        # the reference time of the whole book comes from its one source (bench/results.json), read at
+        # render time: this page's times are this build's own, on this machine, and may differ
+        "- **Reference time of the quick book** ([benchmarks](../book/benchmarks.md)): {{ bench_book_time }} from a "
+        "fresh clone on {{ bench_machine }} (commit {{ bench_book_commit }}, {{ bench_book_date }} UTC).",
     ]
     notes = []
     if hidden:

@@ -7,7 +7,7 @@ Used by ``tests/test_browser.py``; also runs on its own, to measure a build:
 The pages are served from 127.0.0.1 by a throw-away HTTP server. Every request the page makes is
 seen: anything addressed elsewhere is recorded and aborted (nothing leaves the machine, and the
 test says what tried to). Each page gets a full-page screenshot in ``_build/screenshots/`` and its
-height (CSS pixels at a 1280 px wide window) in ``_build/screenshots/pages.json``.
+height (CSS pixels at a 1366 px wide window) in ``_build/screenshots/pages.json``.
 
 Chromium is Debian's (``/usr/bin/chromium``), driven by Playwright; Playwright never downloads a
 browser here.
@@ -30,12 +30,15 @@ from urllib.parse import urlsplit
 # requests to Google's services, which a closed network refuses many at a time.
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1280, "height": 900}
+# A laptop's width: the narrowest window at which the book shows its sidebar and its content column.
+VIEWPORT = {"width": 1366, "height": 900}
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 # TeX that MathJax should have turned into maths; seen in text outside code, it was not rendered.
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:mathcal|mathbf|mathrm|frac|sum|log|exp|mid|sigma|mu|"
                      r"theta|phi|lambda|alpha|beta|operatorname|left|right|begin|end|text|hat|bar|cdot)\b")
+# Template text a reader should never see: an unexpanded substitution, glue role or format field.
+TEMPLATE_LEAK = re.compile(r"\{\{|\}\}|\{glue:|\{download\}|\{cite:|\{ref\}")
 # An absolute path of a build machine: the usual roots of temporary and working folders.
 ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:tmp|home|root|work|Users|private|var|mnt|opt|srv|scratch)/[\w.@+-]")
 
@@ -64,6 +67,12 @@ class PageReport:
     raw_tex: list = field(default_factory=list)
     absolute_paths: list = field(default_factory=list)
     download_link: str = ""
+    overflowing: list = field(default_factory=list)
+    template_leaks: list = field(default_factory=list)
+    links: list = field(default_factory=list)
+    chapter_links: list = field(default_factory=list)
+    tables_total: int = 0
+    figures_total: int = 0
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -118,6 +127,45 @@ async () => {
   const whole = document.body.cloneNode(true);
   whole.querySelectorAll("script, style").forEach(e => e.remove());
   const download = document.querySelector("a.btn-download-source-button");
+  // Tables and figures that run past the content column or scroll sideways inside it. The column is
+  // the article's box; anything wider, or any box in it whose content is wider than the box (a
+  // scrolling wrapper), hides part of a table or figure from a reader at this window width.
+  const column = document.querySelector("main article, article.bd-article, main") || document.body;
+  const bounds = column.getBoundingClientRect();
+  const describe = e => {
+    const cap = e.closest("figure, .cell, section");
+    const head = cap ? (cap.querySelector("figcaption, h1, h2, h3, th") || cap) : e;
+    return e.tagName.toLowerCase() + ": " + head.textContent.trim().replace(/\s+/g, " ").slice(0, 60);
+  };
+  const overflowing = [];
+  const items = Array.from(column.querySelectorAll("table, img, figure, svg.plot, .itables, .dataTables_wrapper, .dt-container"));
+  for (const e of items) {
+    if (e.closest("pre, .highlight, mjx-container, .MathJax")) continue;
+    const r = e.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;  // hidden (e.g. a collapsed cell's input)
+    if (r.right > bounds.right + 1 || r.left < bounds.left - 1) {
+      overflowing.push("runs past the column by " + Math.round(Math.max(r.right - bounds.right, bounds.left - r.left)) + " px: " + describe(e));
+    }
+  }
+  for (const e of column.querySelectorAll("*")) {
+    if (e.closest("pre, .highlight, mjx-container, .MathJax, .cell_input, nav")) continue;
+    if (e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0 && e.querySelector("table, img")) {
+      const style = getComputedStyle(e);
+      if (["auto", "scroll"].includes(style.overflowX) || style.overflowX === "hidden") {
+        overflowing.push("scrolls sideways (" + e.scrollWidth + " px in " + e.clientWidth + " px): " + describe(e.querySelector("table, img")));
+      }
+    }
+  }
+  if (document.documentElement.scrollWidth > document.documentElement.clientWidth + 1) {
+    overflowing.push("the page scrolls sideways (" + document.documentElement.scrollWidth + " px in " +
+                     document.documentElement.clientWidth + " px)");
+  }
+  const links = Array.from(column.querySelectorAll("a[href]")).map(a => a.getAttribute("href"));
+  // the introduction's list of chapters (its section "Chapters"), in the order a reader meets it
+  const list = document.querySelector("section#chapters");
+  const chapterLinks = list ? Array.from(list.querySelectorAll("a[href]")).map(a => a.getAttribute("href")) : [];
+  const tables = column.querySelectorAll("table").length;
+  const figures = column.querySelectorAll("img").length;
   return {
     title: document.title,
     height: Math.max(document.documentElement.scrollHeight, document.body.scrollHeight),
@@ -125,6 +173,7 @@ async () => {
     mathTotal: math.length, unrendered, mathErrors,
     prose, text: whole.textContent,
     download: download ? download.getAttribute("href") : "",
+    overflowing: Array.from(new Set(overflowing)), links, chapterLinks, tables, figures,
   };
 }
 """
@@ -200,6 +249,12 @@ def browse(out: Path, pages: list | None = None, screenshots: Path | None = None
                 report.math_unrendered = seen["unrendered"]
                 report.math_errors = seen["mathErrors"]
                 report.download_link = seen["download"]
+                report.overflowing = seen["overflowing"]
+                report.links = seen["links"]
+                report.chapter_links = seen["chapterLinks"]
+                report.tables_total = seen["tables"]
+                report.figures_total = seen["figures"]
+                report.template_leaks = [_context_of(seen["prose"], m) for m in TEMPLATE_LEAK.finditer(seen["prose"])][:10]
                 report.raw_tex = [_context_of(seen["prose"], m) for m in RAW_TEX.finditer(seen["prose"])][:10]
                 text = seen["text"]
                 matches = list(ABS_PATH.finditer(text))
@@ -221,6 +276,35 @@ def browse(out: Path, pages: list | None = None, screenshots: Path | None = None
     return reports
 
 
+def interactive_tables(out: Path, page_path: str, javascript: bool = True) -> list:
+    """The interactive tables (itables) of one page as a reader sees them, with or without JavaScript:
+    per table, whether it is sortable (DataTables ran), its visible rows and whether it has a search box."""
+    from playwright.sync_api import sync_playwright
+
+    html = Path(out) / "_build" / "html"
+    with BookServer(html) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            context = browser.new_context(viewport=VIEWPORT, java_script_enabled=javascript, service_workers="block")
+            page = context.new_page()
+            page.goto(server.url + page_path, wait_until="networkidle", timeout=60_000)
+            if javascript:
+                page.wait_for_timeout(500)  # the bundle loads after DOMContentLoaded
+            found = page.evaluate("""() => Array.from(document.querySelectorAll("main table")).filter(t => {
+                const r = t.getBoundingClientRect(); return r.width > 0 && r.height > 0;
+              }).map(t => ({
+                sortable: t.classList.contains("dataTable"),
+                rows: Array.from(t.querySelectorAll("tbody tr")).filter(r => r.getBoundingClientRect().height > 0).length,
+                search: !!(t.closest(".dt-container") && t.closest(".dt-container").querySelector("input[type=search]")),
+                header: (t.querySelector("thead") || t).textContent,
+              }))""")
+        finally:
+            browser.close()
+    for table in found:  # the header's words only (DataTables adds sort buttons, the fallback an info mark)
+        table["header"] = re.sub(r"[^A-Za-z0-9%]", "", table["header"])[:80]
+    return found
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
@@ -231,7 +315,7 @@ def main(argv=None) -> int:
     problems = 0
     for r in reports:
         issues = {k: v for k, v in asdict(r).items()
-                  if isinstance(v, list) and v}
+                  if isinstance(v, list) and v and k not in ("links", "chapter_links")}
         problems += bool(issues)
         print(f"{r.page:28s} {r.height:6d} px  maths {r.math_total - len(r.math_unrendered)}/{r.math_total}"
               + ("".join(f"\n    {k}: {v[:3]}" for k, v in issues.items())))

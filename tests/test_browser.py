@@ -79,6 +79,12 @@ def test_maths_is_rendered_offline(browsed):
     assert not bad, "raw TeX visible in the rendered text:" + str(bad)
 
 
+def test_no_template_text_in_pages(browsed):
+    _, pages = browsed
+    bad = _problems(pages, "template_leaks")
+    assert not bad, "unexpanded template text ({{ }}, a glue or cite role) in the page:" + str(bad)
+
+
 def test_no_request_leaves_the_machine(browsed):
     _, pages = browsed
     bad = _problems(pages, "external_requests")
@@ -123,6 +129,68 @@ def test_download_button_gives_the_executed_notebook(browsed):
             f"{page}: the download lacks the parameters it ran with"
 
 
+def test_no_table_or_figure_runs_past_or_scrolls_in_the_column(browsed):
+    """At 1,366 px (a laptop) every table and figure fits the content column: none is cut off, none
+    scrolls sideways hiding a column."""
+    _, pages = browsed
+    assert sum(r.tables_total for r in pages.values()) > 10 and sum(r.figures_total for r in pages.values()) > 5, \
+        "few tables or figures found: the check would be vacuous"
+    bad = _problems(pages, "overflowing")
+    assert not bad, "tables or figures wider than the content column at 1,366 px:" + str(bad)
+
+
+def test_every_chapter_offers_its_predictions_as_csv(browsed):
+    """Each chapter links its per-donor predictions (and any other download) to a file in the build."""
+    out, pages = browsed
+    html = out / "_build" / "html"
+    for page in CHAPTERS:
+        csv = [link for link in pages[page].links if link.endswith(".csv")]
+        assert any(link.endswith("-predictions.csv") for link in csv), f"{page}: no per-donor predictions: {csv}"
+        for link in csv:
+            target = ((html / page).parent / link).resolve()
+            assert target.is_file() and target.stat().st_size > 0, f"{page}: {link} is missing from the build"
+
+
+def test_interactive_tables_sort_and_search_and_read_without_javascript(browsed):
+    """The verdict's leaderboard and CV table are sortable and searchable; with JavaScript off the same
+    tables are there in full, as plain HTML."""
+    from .browser import interactive_tables
+
+    out, _ = browsed
+    on = [t for t in interactive_tables(out, "executed/summary.html") if t["sortable"]]
+    assert len(on) >= 2 and all(t["search"] and t["rows"] > 3 for t in on), on
+    off = interactive_tables(out, "executed/summary.html", javascript=False)
+    assert not any(t["sortable"] for t in off)
+    for table in on:  # each interactive table has its plain twin, every row shown
+        assert any(t["header"] == table["header"] and t["rows"] >= table["rows"] for t in off), (table, off)
+
+
+def _toc_pages() -> list:
+    """Every page of the table of contents, in reading order, as ``folder/name`` (no suffix)."""
+    import yaml
+
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    return [c["file"] for part in toc["parts"] for c in part["chapters"]]
+
+
+def test_the_introduction_links_every_page_in_reading_order(browsed):
+    _, pages = browsed
+    links = [link.split("#")[0] for link in pages["book/intro.html"].chapter_links]
+    assert links, "the introduction has no section 'Chapters' with links"
+    targets = []
+    for link in links:
+        if link.startswith("../") or not link.startswith(("http", "#", "_")):
+            target = str(Path("book", link).as_posix())
+            target = os.path.normpath(target).removesuffix(".html")
+            if target not in targets:
+                targets.append(target)
+    toc = _toc_pages()
+    missing = [p for p in toc if p not in targets]
+    assert not missing, f"pages of the table of contents the introduction does not link: {missing}"
+    order = [t for t in targets if t in toc]
+    assert order == toc, f"the introduction's links are not in reading order: {order}"
+
+
 def test_the_checks_catch_a_broken_page(tmp_path):
     """A page with every fault the tests look for: each is reported (so a green run means something)."""
     missing = _browser_missing()
@@ -136,7 +204,11 @@ def test_the_checks_catch_a_broken_page(tmp_path):
         "<html><body><main><p>Loss <span class='math notranslate nohighlight'>\\(\\mathcal L\\)</span></p>"
         "<img src='missing.png'><script src='https://example.invalid/x.js'></script>"
         "<script>undefinedFunction()</script>"
-        f"<pre>results written to {tmp_path}/results/x.json</pre></main></body></html>"
+        f"<pre>results written to {tmp_path}/results/x.json</pre><p>built in {{{{ bench_book_time }}}}</p>"
+        "<div style='overflow-x:auto;width:300px'><table><tr><td style='white-space:nowrap'>"
+        + "a wide cell " * 40 + "</td></tr></table></div>"
+        "<div style='width:200px'><img style='width:4000px;height:10px' src='data:image/gif;base64,"
+        "R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=='></div></main></body></html>"
     )
     (r,) = browse(tmp_path, forbidden_strings=(str(tmp_path),))
     assert r.math_unrendered and r.raw_tex
@@ -145,4 +217,7 @@ def test_the_checks_catch_a_broken_page(tmp_path):
     assert any("missing.png" in f for f in r.failed_requests)
     assert any("undefinedFunction" in e for e in r.js_errors)
     assert r.absolute_paths
+    assert r.template_leaks
+    assert any(o.startswith("scrolls sideways") for o in r.overflowing), r.overflowing
+    assert any(o.startswith("runs past") and o.startswith("runs past the column") for o in r.overflowing), r.overflowing
     assert Path(r.screenshot).exists() and r.height > 0

@@ -18,6 +18,7 @@ import pandas as pd
 
 from neuroage_utils import metrics, paper, profiles, results
 from neuroage_utils.report import chapter_page as pages
+from neuroage_utils.report.labels import MODEL_LABELS, MODEL_NAMES
 from neuroage_utils.data.cohort import Cohort, cap_cells_per_donor, file_sha256, load_cohort, load_h5ad
 from neuroage_utils.data.simulate import ensure_simulated
 from neuroage_utils.data.stream import load_streamed, should_stream
@@ -374,7 +375,8 @@ class Chapter:
         table = metrics.donor_table(self.fitted[key].predict(X[seen]), c.donors[seen], c.ages[seen])
         ages = c.donor_table.loc[c.donor_table["split"].isin(splits), "age"]
         return pd.Series({"donor MAE on its training donors": metrics.donor_metrics(table)["mae"],
-                          "SD of their ages": float(ages.std()), "training donors": int(len(ages))}, name=key)
+                          "SD of their ages": float(ages.std()), "training donors": int(len(ages))},
+                         name=MODEL_NAMES.get(key, key))  # a reader's name, not the results key
 
     def vae(self, likelihood: str, config: dict, key: str, **extra):
         """The registry's VAE of ``likelihood`` (``"vae_<likelihood>"``) for one row of a tuning table.
@@ -455,7 +457,18 @@ class Chapter:
     def verdicts(self, pairs, names: dict | None = None) -> str:
         """Markdown bullets comparing models pairwise on shared donors (paired bootstrap), one per
         pair whose two models exist; a pair with a missing model says so."""
+        names = {**{ref: MODEL_NAMES.get(ref.split("::")[-1], ref) for pair in pairs for ref in pair}, **(names or {})}
         return pages.verdict_lines([(a, self.entry(a), b, self.entry(b)) for a, b in pairs], names, seed=self.seed)
+
+    # -- downloads ----------------------------------------------------------------------------
+    def download_path(self, name: str) -> Path:
+        """Where download ``name`` of this chapter is written: ``results/<section>-<name>.csv``, next to
+        the results file (a page links it as ``../results/<section>-<name>.csv``)."""
+        return self.out_dir / "results" / f"{self.section}-{name}.csv"
+
+    def download(self, name: str, table: pd.DataFrame) -> Path:
+        """Write ``table`` (e.g. a clock's coefficients) as the CSV download ``name`` (atomically)."""
+        return results.atomic_write_text(self.download_path(name), pd.DataFrame(table).to_csv(index=False))
 
     # -- the end -------------------------------------------------------------------------------
     @property
@@ -485,6 +498,8 @@ class Chapter:
         if self.cohort is not None:
             params.update(donor_key=self.cohort.donor_key, age_key=self.cohort.age_key,
                           split_source=self.cohort.split_source)
+        # always written (the page links it): every scored model's per-donor predictions
+        self.download("predictions", pages.predictions_table(self.models, MODEL_NAMES, group_names=MODEL_LABELS))
         return results.write_results(
             self.out_dir, self.section, self.data, self.profile, params, self.runtime_s, self.models, extra=extra
         )

@@ -24,6 +24,7 @@ from neuroage_utils import metrics
 from neuroage_utils.data.realdata import CELL_TYPES, CLOCK_FILES, CellTypeData, RealData
 from neuroage_utils.evaluation import recipes
 from neuroage_utils.evaluation.crossval import repeated_folds
+from neuroage_utils.report.tables import format_r
 from neuroage_utils.train.workers import run_tasks, worker_count
 
 #: Names of the real-donor models for readers (from the one registry).
@@ -321,9 +322,14 @@ def cv_table(models: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _mae_text(e: dict) -> str:
+    """``10.57 (9.0–12.1), n 99``: an MAE with its 95% interval and donors, for a table cell."""
+    return f"{e['mae']:.2f} ({e['mae_ci95'][0]:.1f}–{e['mae_ci95'][1]:.1f}), n {e['n_donors']}"
+
+
 def cross_table(models: dict) -> pd.DataFrame:
     """Cross-cohort MAE per held-out dataset (columns) and pooled, per model and cell type:
-    ``MAE [95% CI] (donors)``."""
+    ``MAE (95% interval), n donors``."""
     rows = []
     for ct in CELL_TYPES:
         group = models.get(f"{ct}_cross", {})
@@ -334,14 +340,21 @@ def cross_table(models: dict) -> pd.DataFrame:
                 continue
             row = {"cell type": ct.upper(), "model": MODEL_LABELS.get(k, k)}
             for name, d in e.get("by_dataset", {}).items():
-                row[name] = f"{d['mae']:.2f} [{d['mae_ci95'][0]:.1f}, {d['mae_ci95'][1]:.1f}] ({d['n_donors']})"
-            row["all donors"] = f"{e['mae']:.2f} [{e['mae_ci95'][0]:.1f}, {e['mae_ci95'][1]:.1f}] ({e['n_donors']})"
+                row[name] = _mae_text(d)
+            row["all donors"] = _mae_text(e)
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def declined_table() -> pd.DataFrame:
     return pd.DataFrame([{"model": k, "why not run": v} for k, v in DECLINED.items()])
+
+
+def _verdict(comparison: dict, other: str) -> str:
+    """Better, worse or indistinguishable, from a paired difference (ours minus ``other``)."""
+    if not comparison["excludes_zero"]:
+        return f"the interval includes zero: not distinguishable from {other}"
+    return f"the interval excludes zero: {'better' if comparison['difference'] < 0 else 'worse'} than {other}"
 
 
 def findings(models: dict, seed: int = 0) -> str:
@@ -355,8 +368,7 @@ def findings(models: dict, seed: int = 0) -> str:
                 continue
             best = min(ours, key=lambda k: ours[k]["mae"])
             cmp = metrics.paired_difference(ours[best], group["null"], seed=seed)
-            verdict = ("the interval excludes zero" if cmp["excludes_zero"]
-                       else "the interval includes zero: not distinguishable from the null")
+            verdict = _verdict(cmp, "the null")
             lines.append(
                 f"- **{label}, {what}**: lowest of our {len(ours)} models is the {MODEL_LABELS[best]} at "
                 f"{ours[best]['mae']:.2f} years "
@@ -367,8 +379,9 @@ def findings(models: dict, seed: int = 0) -> str:
                 c2 = metrics.paired_difference(ours[best], pc, seed=seed)
                 side = "lower" if c2["difference"] < 0 else "higher"
                 lines.append(
-                    f"  The published clock on the same donors: {pc['mae']:.2f} years ({_ci(pc)}); our best is "
-                    f"{abs(c2['difference']):.2f} years {side} ({c2['ci95'][0]:+.2f} to {c2['ci95'][1]:+.2f}).")
+                    f"  The published clock on the same donors: {pc['mae']:.2f} years ({_ci(pc)}); our best's MAE is "
+                    f"{abs(c2['difference']):.2f} years {side} ({c2['ci95'][0]:+.2f} to {c2['ci95'][1]:+.2f}), "
+                    f"{_verdict(c2, 'the published clock')}.")
             if suffix == "_cross":
                 worst = max(group[best]["by_dataset"].items(), key=lambda kv: kv[1]["mae"])
                 lines.append(f"  Hardest held-out dataset for it: `{worst[0]}` ({worst[1]['n_donors']} donors, "
@@ -463,7 +476,7 @@ def published_clock_note(models: dict) -> str:
                    if overlap else "none of these datasets is among them, so these donors are out of sample for it")
         per = "; ".join(f"`{d}` {v['mae']:.2f}" for d, v in e["by_dataset"].items())
         lines.append(f"- {label}: {e['model']}, trained on {e['trained_on']} (its `metadata.json`); {trained}. "
-                     f"MAE {e['mae']:.2f} years (95% CI {_ci(e)}), r {e['r']:.2f}; per dataset: {per}.")
+                     f"MAE {e['mae']:.2f} years (95% CI {_ci(e)}), r {format_r(e['r'])}; per dataset: {per}.")
     return "\n".join(lines) if lines else "The published clock did not run: the real-donor files are absent."
 
 

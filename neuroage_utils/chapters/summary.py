@@ -10,10 +10,12 @@ import pandas as pd
 
 from neuroage_utils import paper, profiles, results
 from neuroage_utils.report import tables
+from neuroage_utils.profiles import SECTION_TITLES
 from neuroage_utils.report.labels import MODEL_NAMES
 
 __all__ = ["PAPER_TEST_MAE", "leaderboard", "paper_caveat", "ground_truth", "conclusion", "cv_table",
-           "skipped_models", "cv_settings", "cv_differences", "vae_clock_settings", "chapter_settings"]
+           "skipped_models", "cv_settings", "cv_differences", "vae_clock_settings", "chapter_settings",
+           "board_labels", "ground_truth_note"]
 
 #: The paper's test MAE per model key, for the column that is another experiment on other data.
 PAPER_TEST_MAE = {
@@ -77,11 +79,19 @@ def skipped_models(docs: dict, own: dict | None = None, cv_skipped: dict | None 
     return pd.DataFrame(rows, columns=["model", "where", "reason"])
 
 
+def board_labels(rows: list[dict]) -> list[str]:
+    """A reader's name for each leaderboard row: the model's name, and its chapter's title only where
+    two rows would otherwise read the same (no internal keys)."""
+    names = [_name(r["model"]) for r in rows]
+    return [f"{n} ({SECTION_TITLES.get(r['section'], r['section'])})" if names.count(n) > 1 else n
+            for n, r in zip(names, rows)]
+
+
 def leaderboard_table(rows: list[dict]) -> pd.DataFrame:
     """The leaderboard for display (the paper's column labelled as the other experiment it is)."""
     return pd.DataFrame([{
         "model": tables.null_label(r["trained_on"]) if r["model"] == "null" and r.get("trained_on") else _name(r["model"]),
-        "key": r["model"], "chapter": r["section"], "MAE": round(r["mae"], 2),
+        "key": r["model"], "chapter": SECTION_TITLES.get(r["section"], r["section"]), "MAE": round(r["mae"], 2),
         "95% CI": f"{r['mae_ci95'][0]:.1f}-{r['mae_ci95'][1]:.1f}",
         "r": np.nan if r["r"] is None else round(r["r"], 2), "donors": r["n_donors"],
         "paper MAE (other data)": r["paper_mae"]} for r in rows])
@@ -110,6 +120,16 @@ def paper_caveat(data: dict, docs: dict) -> str:
     return "; ".join(parts) + ". A paper value is shown for orientation, never as a result of this run."
 
 
+def ground_truth_note(n_truth_genes: int | None) -> str:
+    """The summary's sentence on ground truth, for simulated data (a count of planted genes) or not
+    (``None``: no ground truth, said in words rather than as a zero)."""
+    if n_truth_genes is None:
+        return ("There is no ground-truth table: these data are not simulated, so no gene is known to change "
+                "with age.")
+    return (f"The ground-truth table scores each model's gene ranking against the {n_truth_genes:,} age genes the "
+            f"simulator planted.")
+
+
 def cv_table(summary: dict, comparisons: pd.DataFrame, params: dict) -> pd.DataFrame:
     """The CV scores beside the paired differences against the null and the elastic net."""
     def diff(a, b):
@@ -121,7 +141,7 @@ def cv_table(summary: dict, comparisons: pd.DataFrame, params: dict) -> pd.DataF
 
     rows = []
     for key, s in sorted(summary.items(), key=lambda kv: kv[1]["mae"]):
-        name = "null: mean age of the training folds' donors" if key == "null" else _name(key)
+        name = "null (CV mean)" if key == "null" else _name(key)
         rows.append({"model": name, "key": key, "CV MAE": round(s["mae"], 2),
                      "95% CI": f"{s['mae_ci95'][0]:.1f}-{s['mae_ci95'][1]:.1f}",
                      "MAE per repeat": ", ".join(f"{v:.1f}" for v in s["mae_repeats"]),

@@ -12,7 +12,8 @@ import pandas as pd
 from neuroage_utils import metrics, paper
 from neuroage_utils.report import tables
 
-__all__ = ["data_summary", "tuning_table", "paper_comparison", "training_settings", "score_rows", "verdict_lines"]
+__all__ = ["data_summary", "tuning_table", "paper_comparison", "training_settings", "score_rows", "verdict_lines",
+           "verdict_line", "predictions_table"]
 
 
 def data_summary(data: dict, *, simulated: bool, profile: str, seed: int, is_counts: bool, split_source: str) -> str:
@@ -104,15 +105,45 @@ def score_rows(chosen, paper_mae: dict | None = None) -> pd.DataFrame:
     return table
 
 
+def verdict_line(name_a: str, name_b: str, entry_a: dict | None, entry_b: dict | None, seed: int = 0) -> str:
+    """One Markdown bullet comparing two scored models by name (paired bootstrap over their shared
+    donors: better, worse or indistinguishable), or saying which of them did not run on these data."""
+    if entry_a is None or entry_b is None:
+        missing = name_a if entry_a is None else name_b
+        return f"- {name_a} vs {name_b}: not compared ({missing} was not run on these data)."
+    return "- " + metrics.describe_difference(name_a, name_b, metrics.paired_difference(entry_a, entry_b, seed=seed))
+
+
 def verdict_lines(pairs, names: dict | None = None, seed: int = 0) -> str:
     """Markdown bullets comparing models pairwise on shared donors (paired bootstrap): ``pairs`` holds
-    ``(ref_a, entry_a, ref_b, entry_b)``; a pair with a missing entry (None) says so."""
+    ``(ref_a, entry_a, ref_b, entry_b)``; ``names`` gives each reference a reader's name (a results key
+    never reaches the page: the caller maps them); a pair with a missing entry (None) says so."""
     names = names or {}
-    lines = []
-    for a, ea, b, eb in pairs:
-        na, nb = names.get(a, a), names.get(b, b)
-        if ea is None or eb is None:
-            lines.append(f"- {na} vs {nb}: not compared ({a if ea is None else b} was not run on this data).")
+    return "\n".join(verdict_line(names.get(a, a), names.get(b, b), ea, eb, seed=seed) for a, ea, b, eb in pairs)
+
+
+PREDICTION_COLUMNS = ["group", "model", "model_name", "split", "donor_id", "age", "predicted", "abs_error"]
+
+
+def predictions_table(models: dict, names: dict | None = None, group_names: dict | None = None) -> pd.DataFrame:
+    """Every scored model's per-donor predictions, one row per model and donor (a page's "per-donor
+    predictions" download). ``models`` is a results file's ``models``: entries by key, or groups of
+    entries (the real-donor chapter's ``cd4t``, ``cd4t_cross``), named with ``group_names``."""
+    names, group_names = names or {}, group_names or {}
+
+    def rows(group, key, entry, labels):
+        label = tables.null_label(entry) if key.startswith("null") and "trained_on" in entry else labels.get(key, key)
+        return [{"group": group, "model": key, "model_name": label, "split": entry.get("split"),
+                 "donor_id": p["donor_id"], "age": p["age"], "predicted": p["predicted"],
+                 "abs_error": abs(p["predicted"] - p["age"])} for p in entry["predictions"]]
+
+    out = []
+    for key, entry in models.items():
+        if not isinstance(entry, dict) or "skipped" in entry:
             continue
-        lines.append("- " + metrics.describe_difference(na, nb, metrics.paired_difference(ea, eb, seed=seed)))
-    return "\n".join(lines)
+        if "predictions" in entry:
+            out += rows("", key, entry, names)
+        else:  # a group of entries
+            out += [r for k, e in entry.items() if isinstance(e, dict) and e.get("predictions")
+                    for r in rows(key, k, e, group_names)]
+    return pd.DataFrame(out, columns=PREDICTION_COLUMNS)

@@ -38,16 +38,19 @@ def set_style() -> None:
 
 
 def predicted_vs_true(table: pd.DataFrame, title: str = "", ax=None, entry: dict | None = None,
-                      legend: bool = True, limits=None):
+                      legend: bool = True, limits=None, stats: str = "box"):
     """Predicted vs true donor age with the least-squares line, the identity and MAE / r in the panel.
 
     ``table`` is a donor table (``age``, ``predicted``); ``entry`` (a results entry) adds the CI.
+    ``stats``: ``"box"`` puts MAE, interval, r and donors in a box in the panel; ``"title"`` writes
+    MAE, interval and r under the title instead (small panels, where a box would hide donors; the
+    caption says how many donors); ``"none"`` leaves them out.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4.0))
     x = table["age"].to_numpy(float)
     y = table["predicted"].to_numpy(float)
-    ax.scatter(x, y, s=36, color="#4C72B0", edgecolor="white", linewidth=0.6, zorder=3)
+    ax.scatter(x, y, s=36 if stats == "box" else 22, color="#4C72B0", edgecolor="white", linewidth=0.6, zorder=3)
     lo, hi = limits if limits is not None else (min(x.min(), y.min()) - 3, max(x.max(), y.max()) + 3)
     ax.plot([lo, hi], [lo, hi], ls="--", color="0.6", lw=1, label="identity")
     if len(x) > 1 and np.std(x) > 0:
@@ -55,14 +58,21 @@ def predicted_vs_true(table: pd.DataFrame, title: str = "", ax=None, entry: dict
         grid = np.array([lo, hi])
         ax.plot(grid, slope * grid + intercept, color="#C44E52", lw=1.5, label="regression")
     mae = np.mean(np.abs(y - x))
-    r = np.corrcoef(x, y)[0, 1] if np.std(y) > 0 else float("nan")
-    text = f"MAE {mae:.2f} y\nr = {r:.2f}\n{len(x)} donors"
-    if entry is not None and entry.get("mae_ci95") is not None:
-        text = (f"MAE {mae:.2f} y\n95%: {tables.format_interval(entry['mae_ci95'])}\n"
-                f"r = {r:.2f}\n{len(x)} donors")
-    ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=SMALL,
-            bbox={"boxstyle": "round", "fc": "white", "ec": "0.8"})
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="true age (years)", ylabel="predicted age (years)", title=title)
+    # a clock that predicts one age for everyone (the null) has no correlation: a dash, not "r 0.00"
+    r = np.corrcoef(x, y)[0, 1] if np.ptp(y) > 1e-6 * max(1.0, np.abs(y).max()) else float("nan")
+    interval = (tables.format_interval(entry["mae_ci95"]) if entry is not None and entry.get("mae_ci95") is not None
+                else None)
+    if stats == "box":
+        text = f"MAE {mae:.2f} y\nr = {tables.format_r(r)}\n{len(x)} donors"
+        if interval:
+            text = f"MAE {mae:.2f} y\n95%: {interval}\nr = {tables.format_r(r)}\n{len(x)} donors"
+        ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=SMALL,
+                bbox={"boxstyle": "round", "fc": "white", "ec": "0.8"})
+    elif stats == "title":
+        line = f"MAE {mae:.1f}" + (f" ({interval})" if interval else "") + f", r {tables.format_r(r)}"
+        title = f"{title}\n{line}" if title else line
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="true age (years)", ylabel="predicted age (years)")
+    ax.set_title(title, fontsize=SMALL if stats == "title" else None)
     ax.set_aspect("equal")
     if legend:
         ax.legend(loc="lower right", fontsize=SMALL, frameon=False)
@@ -207,7 +217,8 @@ def cells_per_donor(donors: pd.DataFrame):
     ax.set(xlabel="donors, youngest to oldest", ylabel="cells", xticks=[])
     for s, c in SPLIT_COLORS.items():
         ax.bar([0], [0], color=c, label=tables.SPLIT_NAMES.get(s, s))
-    ax.legend(frameon=False, ncol=3, loc="upper left")
+    # above the axes, clear of the bars (a legend inside covered the first donors' bars)
+    ax.legend(frameon=False, ncol=3, loc="lower left", bbox_to_anchor=(0.0, 1.0), borderaxespad=0.2)
     return fig
 
 
@@ -222,7 +233,8 @@ def library_histograms(umis, genes_detected):
     return fig
 
 
-def svd_components(scores, ages, corr: pd.DataFrame, paper_abs_r: float, max_cells: int, seed: int = 0):
+def svd_components(scores, ages, corr: pd.DataFrame, paper_abs_r: float, max_cells: int, seed: int = 0,
+                   chance: dict | None = None):
     """Fig S2: cells on the first two SVD components coloured by age (left), and every component's
     |r| with age over cells and over donors, by component (right; dashed: the paper's top |r|).
 
@@ -238,21 +250,34 @@ def svd_components(scores, ages, corr: pd.DataFrame, paper_abs_r: float, max_cel
     fig.colorbar(sc, ax=ax, label="age (years)", fraction=0.06, pad=0.02)
     ax = axes[1]
     comp = np.asarray(corr["component"], dtype=float) + (1 if corr["component"].min() == 0 else 0)
-    ax.scatter(comp, corr["r_cell"].abs(), s=12, color="#4C72B0", label="over cells", alpha=0.8)
-    ax.scatter(comp, corr["r_donor"].abs(), s=12, color="#DD8452", marker="s", label="over donors", alpha=0.8)
-    ax.axhline(paper_abs_r, color="#C44E52", ls="--", lw=1, label=f"paper's top |r| = {paper_abs_r:.2f}")
-    ax.set(xlabel="component", ylabel="|r| with age", ylim=(0, 1), title="each component's correlation with age")
-    ax.legend(frameon=False, loc="upper right")
+    ax.scatter(comp, corr["r_cell"].abs(), s=12, color="#4C72B0", label="cells", alpha=0.8)
+    ax.scatter(comp, corr["r_donor"].abs(), s=12, color="#DD8452", marker="s", label="donors", alpha=0.8)
+    ax.axhline(paper_abs_r, color="#C44E52", ls="--", lw=1, label=f"paper's top ({paper_abs_r:.2f})")
+    if chance is not None:  # the best of k components by chance (shuffled donor ages, 95th percentile)
+        ax.axhline(chance["q95_donor"], color="#DD8452", ls=":", lw=1.5, label=f"chance, donors ({chance['q95_donor']:.2f})")
+    ax.set(xlabel="component", ylabel="|r| with age", ylim=(0, 1.25), yticks=np.linspace(0, 1, 6),
+           title="each component's correlation with age")
+    # above the data: |r| is at most 1, the legend sits in the band above it
+    ax.legend(frameon=False, loc="upper center", ncol=2, fontsize=SMALL, bbox_to_anchor=(0.5, 1.0),
+              columnspacing=1.0, handletextpad=0.4)
     fig.tight_layout()
     return fig
 
 
-def factor_correlations(corr: pd.DataFrame, title: str):
-    """Each factor's r with age over cells against over donors."""
+def factor_correlations(corr: pd.DataFrame, title: str, chance: dict | None = None):
+    """Each factor's r with age over cells against over donors; with ``chance``
+    (:func:`~neuroage_utils.models.svd.chance_best_abs_r`) dotted lines at the best |r| that
+    shuffled donor ages reach in 95% of shuffles, on each axis."""
     fig, ax = plt.subplots(figsize=(5.5, 3.3))
     ax.scatter(corr["r_cell"], corr["r_donor"], s=14, color="#4C72B0")
     ax.axhline(0, color="0.7", lw=0.8)
     ax.axvline(0, color="0.7", lw=0.8)
+    if chance is not None:
+        for sign in (-1, 1):
+            ax.axhline(sign * chance["q95_donor"], color="#DD8452", ls=":", lw=1.5,
+                       label="chance (95% of shuffles)" if sign > 0 else None)
+            ax.axvline(sign * chance["q95_cell"], color="#DD8452", ls=":", lw=1.5)
+        ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=SMALL)  # clear of the data
     ax.set(xlabel="r with age over cells", ylabel="r with age over donors", title=title)
     return fig
 

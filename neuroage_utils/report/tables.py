@@ -43,13 +43,13 @@ LABELS = {
     # ground-truth recovery (summary chapter)
     "method": "ranking",
     "k": "top k genes",
-    "hits": "planted age genes in top k",
+    "hits": "age genes in top k",
     "precision": "precision",
     "chance_precision": "precision by chance",
     "recall": "recall",
     "chance_recall": "recall by chance",
     "enrichment": "precision / chance",
-    "p_value": "p (hypergeometric, one-sided)",
+    "p_value": "p (one-sided)",
 }
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 MISSING = "–"  # an en dash: no value
@@ -66,14 +66,58 @@ def label(name, labels: Mapping | None = None) -> str:
     return LABELS.get(name, str(name))
 
 
+#: Short names of the splits in a null row's label (the footnote spells the model out).
+_SHORT_SPLITS = {"train": "train", "val": "val", "test": "test"}
+#: The footnote under any table with a null row: what the null model is, once, in full.
+NULL_NOTE = ("null: the null model predicts every donor the mean age of the donors it was trained on "
+             "(train: the training donors; train + val: the training and validation donors; CV: the other "
+             "folds' donors). A clock that does not beat it has learnt nothing about age.")
+
+
 def null_label(trained_on) -> str:
-    """What a null row is: ``null: mean age of the training + validation donors``.
+    """What a null row is, in a few words: ``null (train + val mean)``; :data:`NULL_NOTE` is the
+    footnote that defines it (:func:`styled` adds it under any table with such a row).
 
     ``trained_on`` is a results entry (its ``trained_on`` list) or the splits themselves.
     """
     splits = trained_on.get("trained_on", ["train"]) if isinstance(trained_on, Mapping) else list(trained_on)
-    names = " + ".join(SPLIT_NAMES.get(s, str(s)) for s in splits) or "training"
-    return f"null: mean age of the {names} donors"
+    names = " + ".join(_SHORT_SPLITS.get(s, str(s)) for s in splits) or "train"
+    return f"null ({names} mean)"
+
+
+def has_null_row(table: pd.DataFrame) -> bool:
+    """Whether the first column names a null model (a row the footnote must define)."""
+    if table.empty or not len(table.columns):
+        return False
+    return any(isinstance(v, str) and v.startswith("null") for v in table.iloc[:, 0])
+
+
+#: Columns holding p-values: written "< 0.001" below that, never "0.000".
+P_COLUMNS = {"p_value", "p", "p-value"}
+
+
+def format_number(value, places: int = 2, missing: str = MISSING) -> str:
+    """A number with ``places`` decimals and thousands separators; never "-0.00" (a value that rounds
+    to zero has no sign), missing values as ``missing``."""
+    if _is_missing(value):
+        return missing
+    text = f"{float(value):,.{places}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
+
+
+def format_r(value, missing: str = MISSING) -> str:
+    """A correlation for prose and figures: two decimals, no "-0.00", a dash when there is none."""
+    return format_number(value, 2, missing)
+
+
+def format_p(value, floor: float = 0.001, missing: str = MISSING) -> str:
+    """A p-value: "< 0.001" below ``floor`` (never "0.000"), else three decimals."""
+    if _is_missing(value):
+        return missing
+    value = float(value)
+    if value < floor:
+        return f"< {floor:g}"
+    return f"{value:.3f}"
 
 
 def _is_missing(value) -> bool:
@@ -93,10 +137,15 @@ def format_interval(value, decimals: int = 1, missing: str = MISSING) -> str:
         lo, hi = value
         if _is_missing(lo) or _is_missing(hi):
             return missing
-        return f"{float(lo):.{decimals}f}{DASH}{float(hi):.{decimals}f}"
+        a, b = format_number(lo, decimals), format_number(hi, decimals)
+        # "-1.6 to 3.5", not "-1.6–3.5": a dash beside a minus sign reads as a range of negatives
+        return f"{a} to {b}" if a.startswith("-") or b.startswith("-") else f"{a}{DASH}{b}"
     if isinstance(value, str):
         match = _INTERVAL_TEXT.match(value)
-        return f"{match.group(1)}{DASH}{match.group(2)}" if match else value
+        if not match:
+            return value
+        a, b = match.group(1), match.group(2)
+        return f"{a} to {b}" if a.startswith("-") or b.startswith("-") else f"{a}{DASH}{b}"
     return missing if _is_missing(value) else str(value)
 
 
@@ -128,7 +177,9 @@ def _formatters(table: pd.DataFrame, decimals, missing, interval_decimals: int, 
         gap = missing.get(col, MISSING) if isinstance(missing, Mapping) else str(missing)
         kind = _column_kind(table[col], explicit, whole_numbers)
 
-        def fmt(v, kind=kind, places=places, gap=gap):
+        def fmt(v, kind=kind, places=places, gap=gap, is_p=str(col) in P_COLUMNS):
+            if is_p and isinstance(v, numbers.Real) and not isinstance(v, bool) and not _is_missing(v):
+                return format_p(v)
             if kind == "interval" or _is_pair(v):
                 return format_interval(v, interval_decimals, gap)
             if _is_missing(v):
@@ -138,7 +189,7 @@ def _formatters(table: pd.DataFrame, decimals, missing, interval_decimals: int, 
             if kind == "integer" and isinstance(v, numbers.Real) and float(v).is_integer():
                 return f"{int(v):,}"
             if kind in ("float", "integer") and isinstance(v, numbers.Real) and not isinstance(v, bool):
-                return f"{float(v):,.{places}f}"
+                return format_number(v, places)
             return str(v)
 
         out[col] = (kind, fmt)
@@ -191,7 +242,12 @@ def styled(table: pd.DataFrame, labels: Mapping | None = None, decimals=2, missi
         styler = styler.set_properties(subset=present, **{"color": "#666666"})
     styler = styler.relabel_index([label(c, labels) for c in table.columns], axis="columns")
     # room between columns, so a right-aligned number never runs into the next column's text
-    styler = styler.set_table_styles([{"selector": "th, td", "props": "padding: 0.2em 0.45em;"}], overwrite=False)
+    styler = styler.set_table_styles([{"selector": "th, td", "props": "padding: 0.2em 0.45em;"},
+                                      {"selector": "caption", "props": "caption-side: bottom; font-size: 0.85em; "
+                                                                       "text-align: left; color: #555;"}],
+                                     overwrite=False)
+    if has_null_row(table):  # the null row's label is short; its definition goes under the table
+        styler = styler.set_caption(NULL_NOTE)
     return styler.hide(axis="index")
 
 
@@ -205,7 +261,7 @@ def _setting_text(value, digits: int = 3):
     if float(value).is_integer():
         return f"{int(value):,}"
     if abs(float(value)) >= 0.1:  # MAEs, r, ratios: two decimals, as in every other table
-        return f"{float(value):,.2f}"
+        return format_number(value, 2)
     return f"{float(value):.{digits}g}"  # small values (a penalty, a chance rate): significant digits
 
 
@@ -238,3 +294,40 @@ def markdown(table: pd.DataFrame, **kwargs) -> str:
     lines = ["| " + " | ".join(cell(c) for c in shown.columns) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines)
+
+
+class Interactive:
+    """A table the reader can sort and search (DataTables through ``itables``, offline), shown in
+    full as plain HTML until the script runs and when JavaScript is off.
+
+    The DataTables bundle is not embedded in each notebook: the book serves the copy that comes with
+    ``itables`` from ``_static/itables`` (see ``book/_ext/neuroage_html.py``), so every page works
+    offline and a page loads it only when it holds such a table.
+    """
+
+    def __init__(self, table, page_length: int = 25, **options):
+        self.table, self.page_length, self.options = table, int(page_length), options
+
+    def _repr_html_(self) -> str:
+        from itables import to_html_datatable
+
+        styler = self.table if hasattr(self.table, "to_html") and hasattr(self.table, "data") else styled(self.table)
+        rows = len(styler.data)
+        paging = rows > self.page_length
+        options = {
+            # wrapped cells: DataTables' default "nowrap" would push wide tables past the content column
+            "classes": ["display", "compact", "neuroage-interactive"],
+            "layout": {"topStart": None, "topEnd": "search", "bottomStart": "info" if paging else None,
+                       "bottomEnd": "paging" if paging else None},
+            "paging": paging, "pageLength": self.page_length, "autoWidth": False,
+            "style": {"table-layout": "auto", "width": "100%", "margin": "0", "caption-side": "bottom"},
+            **self.options,
+        }
+        return to_html_datatable(styler, connected=False, allow_html=True, **options)
+
+
+def interactive(table, page_length: int = 25, **options) -> Interactive:
+    """``table`` (a data frame, formatted like :func:`styled`, or a Styler) as a sortable, searchable
+    table; see :class:`Interactive`."""
+    return Interactive(table, page_length=page_length, **options)
+

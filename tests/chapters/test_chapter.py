@@ -39,7 +39,7 @@ def test_tuning_table_ends_with_the_null_row_and_best_ignores_it(chapter):
         model = MLPRegressor(hidden=(8,), epochs=epochs, batch_size=32, device="cpu", progress=False)
         runs.append(({"epochs": epochs}, chapter.fit_score(f"m{epochs}", model, X)))
     table, best = chapter.tuning_table(runs, paper_mae=[1.0, 2.0])
-    assert list(table["model"]) == ["1", "2", "null: mean age of the training donors"]
+    assert list(table["model"]) == ["1", "2", "null (train mean)"]
     assert table["paper MAE"].tolist()[-1] == 13.0 and best in (0, 1)
     assert table["MAE"].iloc[best] == min(e["mae"] for _, e in runs)
 

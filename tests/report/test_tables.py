@@ -47,17 +47,18 @@ def test_counts_stored_as_floats_show_as_integers_and_nan_as_a_word():
 
 def test_interval_text_gets_one_dash_and_other_text_is_kept():
     assert tables.format_interval("10.2-20.3") == "10.2–20.3"
-    assert tables.format_interval("-1.5-2.0") == "-1.5–2.0"
+    assert tables.format_interval("-1.5-2.0") == "-1.5 to 2.0"  # a dash beside a minus sign misreads
+    assert tables.format_interval([-3.21, -0.5]) == "-3.2 to -0.5"
     assert tables.format_interval("skipped: the data are not raw counts") == "skipped: the data are not raw counts"
     assert tables.format_interval([np.nan, 3.0]) == "–"
     assert tables.format_interval((1.25, 2.0), decimals=2) == "1.25–2.00"
 
 
 def test_null_rows_say_what_they_are():
-    assert tables.null_label(["train"]) == "null: mean age of the training donors"
-    assert tables.null_label({"trained_on": ["train", "val"]}) == "null: mean age of the training + validation donors"
+    assert tables.null_label(["train"]) == "null (train mean)"
+    assert tables.null_label({"trained_on": ["train", "val"]}) == "null (train + val mean)"
     out = tables.formatted(scores(), rows={"null": tables.null_label(["train", "val"])})
-    assert out["model"].iloc[-1] == "null: mean age of the training + validation donors"
+    assert out["model"].iloc[-1] == "null (train + val mean)"
     assert out["model"].iloc[0] == "elastic_net"  # only the named rows change
 
 
