@@ -112,9 +112,10 @@ def scores_table(rows: pd.DataFrame, paper_col: str | None = None, names: dict |
         styler = styler.highlight_min(subset=[best], props="font-weight: bold")
     if paper_col and paper_col in shown:
         styler = styler.set_properties(subset=[paper_col], **{"color": "#666666"})
-    # short cells (numbers, intervals, differences) stay on one line; names and sentences may wrap
+    # short cells (numbers, intervals) stay on one line; names, sentences and longer cells may wrap (so
+    # that wide tables, e.g. the verdict's reconciliation, fit the column at 1,366 px)
     one_line = [c for c in shown if c not in ("model", "MAE per repeat")
-                and shown[c].map(lambda v: len(str(v))).max() <= 24]
+                and shown[c].map(lambda v: len(str(v))).max() <= 14]
     if one_line:
         styler = styler.set_properties(subset=one_line, **{"white-space": "nowrap"})
     return styler

@@ -129,16 +129,17 @@ def test_record_memory_adds_estimate_and_peak_to_the_results(tmp_path):
 def test_a_chapter_under_max_cells_records_the_cap_and_keeps_it_apart(tmp_path, h5ad_path):
     from neuroage_utils.chapters.chapter import Chapter
 
-    path = h5ad_path(make_adata(n_donors=12, cells_per_donor=15))
+    # 40 donors: the split's test donors must be enough to score (results.MIN_SCORED_DONORS)
+    path = h5ad_path(make_adata(n_donors=40, cells_per_donor=15))
     full = Chapter("data", data_path=str(path), profile="smoke", out_dir=str(tmp_path), workers=1)
     capped = Chapter("data", data_path=str(path), profile="smoke", out_dir=str(tmp_path), workers=1, max_cells=5)
-    assert capped.cohort.n_cells == 60 and capped.cohort.n_donors == 12
-    assert capped.data["max_cells_per_donor"] == 5 and capped.data["n_cells_in_file"] == 180
-    assert "at most 5 per donor, of 180 in the file" in capped.data_summary()
+    assert capped.cohort.n_cells == 200 and capped.cohort.n_donors == 40
+    assert capped.data["max_cells_per_donor"] == 5 and capped.data["n_cells_in_file"] == 600
+    assert "at most 5 per donor, of 600 in the file" in capped.data_summary()
     assert capped.checkpoint("m") != full.checkpoint("m")
     full.add_null("test", key="null")
     full.finish()
     assert capped.entry("data::null") is None and full.entry("data::null") is not None  # not the same data
     capped.add_null("test", key="null")
     doc = json.loads(capped.finish().read_text())
-    assert doc["params"]["max_cells_per_donor"] == 5 and doc["data"]["n_cells"] == 60
+    assert doc["params"]["max_cells_per_donor"] == 5 and doc["data"]["n_cells"] == 200
