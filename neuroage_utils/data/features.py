@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from neuroage_utils.data.checks import as_matrix, donor_ids
 from neuroage_utils.errors import DataValidationError
 
-__all__ = ["log_normalize", "column_moments", "column_scale", "SparseStandardScaler", "NORMALISATIONS", "pseudobulk",
+__all__ = ["log_normalize", "column_moments", "column_scale", "SparseStandardScaler", "NORMALISATIONS", "pseudobulk", "draw_pseudocells",
            "pseudocells", "sum_rows"]
 
 #: Normalisations of summed profiles: log1p of counts per million, counts per million, raw sums.
@@ -227,15 +227,28 @@ def pseudocells(
         normalised like :func:`pseudobulk`; ``pseudocell_donors`` names each row's donor.
     """
     what = "pseudocells"
+    X = as_matrix(X, what)
+    donors = donor_ids(donors, X.shape[0], what)
+    ids, inverse = np.unique(donors, return_inverse=True)
+    drawn = draw_pseudocells(ids, inverse, cells_per_pseudocell, n_per_donor, replace, seed, normalise)
+    rows = np.repeat(np.arange(len(drawn)), cells_per_pseudocell)
+    sums = sum_rows(X, _membership(rows, drawn.ravel(), len(drawn), X.shape[0]))
+    _require_summed_counts(sums, what)
+    return _normalise_profiles(sums, normalise, what), np.repeat(ids, n_per_donor)
+
+
+def draw_pseudocells(ids, inverse, cells_per_pseudocell: int, n_per_donor: int, replace: bool, seed: int,
+                     normalise="log_cpm") -> np.ndarray:
+    """The cells of every pseudocell, ``(len(ids) * n_per_donor, cells_per_pseudocell)`` indices into
+    the cells ``inverse`` labels (``inverse[i]``: donor of cell i as an index into ``ids``). One draw
+    for the in-memory and the streamed pseudocells, so both give the same profiles."""
+    what = "pseudocells"
     _check_normalise(normalise)
     if cells_per_pseudocell < 1 or n_per_donor < 1:
         raise DataValidationError(
             f"{what} needs cells_per_pseudocell >= 1 and n_per_donor >= 1, got "
             f"{cells_per_pseudocell} and {n_per_donor}"
         )
-    X = as_matrix(X, what)
-    donors = donor_ids(donors, X.shape[0], what)
-    ids, inverse = np.unique(donors, return_inverse=True)
     rng = np.random.default_rng(seed)
     cells_of = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
     drawn = []
@@ -250,8 +263,4 @@ def pseudocells(
         else:
             draws = [rng.choice(cells, cells_per_pseudocell, replace=False) for _ in range(n_per_donor)]
             drawn.append(np.stack(draws))
-    drawn = np.concatenate(drawn)  # (n_donors * n_per_donor, cells_per_pseudocell)
-    rows = np.repeat(np.arange(len(drawn)), cells_per_pseudocell)
-    sums = sum_rows(X, _membership(rows, drawn.ravel(), len(drawn), X.shape[0]))
-    _require_summed_counts(sums, what)
-    return _normalise_profiles(sums, normalise, what), np.repeat(ids, n_per_donor)
+    return np.concatenate(drawn)

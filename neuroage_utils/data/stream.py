@@ -34,7 +34,9 @@ import scipy.sparse as sp
 
 from neuroage_utils.data.checks import require_counts
 from neuroage_utils.data.cohort import SPLITS, _study_split, split_donors, validate_obs
-from neuroage_utils.data.features import CHUNK_ROWS, _normalise_profiles, _require_summed_counts, _check_normalise
+from neuroage_utils.data.features import (
+    CHUNK_ROWS, _check_normalise, _normalise_profiles, _require_summed_counts, draw_pseudocells,
+)
 from neuroage_utils.errors import DataValidationError
 
 __all__ = ["STREAM_ABOVE_NNZ", "StreamedCohort", "load_streamed", "should_stream", "matrix_size",
@@ -267,30 +269,11 @@ class StreamedCohort:
                     normalise: str | None = "log_cpm", replace: bool = True):
         """``features.pseudocells`` of the cells in ``rows``: the same draws, summed block by block."""
         what = "pseudocells"
-        _check_normalise(normalise)
-        if cells_per_pseudocell < 1 or n_per_donor < 1:
-            raise DataValidationError(
-                f"{what} needs cells_per_pseudocell >= 1 and n_per_donor >= 1, got "
-                f"{cells_per_pseudocell} and {n_per_donor}"
-            )
         cells = np.arange(self.n_cells) if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
         present, inverse = self._present_donors(cells)
         ids = self.donor_table["donor_id"].to_numpy().astype(str)[present]
-        rng = np.random.default_rng(seed)
         # the in-memory draw indexes the selected cells 0..m-1; map back to file rows afterwards
-        cells_of = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
-        drawn = []
-        for donor, own in zip(ids, cells_of):
-            if not replace and len(own) < cells_per_pseudocell:
-                raise DataValidationError(
-                    f"{what}: donor {donor} has {len(own)} cells, fewer than cells_per_pseudocell="
-                    f"{cells_per_pseudocell}: lower it or use replace=True"
-                )
-            if replace:
-                drawn.append(rng.choice(own, size=(n_per_donor, cells_per_pseudocell), replace=True))
-            else:
-                drawn.append(np.stack([rng.choice(own, cells_per_pseudocell, replace=False) for _ in range(n_per_donor)]))
-        drawn = np.concatenate(drawn)
+        drawn = draw_pseudocells(ids, inverse, cells_per_pseudocell, n_per_donor, replace, seed, normalise)
         out_rows = np.repeat(np.arange(len(drawn)), cells_per_pseudocell)
         sums = self._sums(out_rows, cells[drawn.ravel()], len(drawn))
         sums = sp.csr_matrix(sums)
