@@ -1,10 +1,11 @@
 """A cohort read from its .h5ad in fixed row blocks: memory flat in the number of cells.
 
 The in-memory path (:func:`neuroage_utils.data.cohort.load_cohort`) loads the whole matrix and
-copies it, about 36 GB per million cells at 17,658 genes. A :class:`StreamedCohort` keeps only
-per-cell vectors (donor code, age, library size: about 30 bytes a cell) and reads the CSR from
-the file ``block_rows`` rows at a time (h5py on the ``data`` / ``indices`` / ``indptr`` datasets),
-so memory is one block plus the results, whatever the number of cells:
+copies it, about 36 GB per million cells at 17,658 genes. A :class:`StreamedCohort` keeps two
+per-cell vectors (the donor's code in the smallest integer type that holds it, and the library
+size in float32: 5-6 bytes a cell, 12 MB at 2 million cells) and reads everything else from the
+file ``block_rows`` rows at a time (h5py on the ``data`` / ``indices`` / ``indptr`` datasets and
+the obs columns), so memory is one block plus the donor-level results, whatever the number of cells:
 
 - :func:`load_streamed`: the donor and age checks of ``validate_obs``, then one pass that checks
   every block (NaN, negative and non-integer values: the same one-line ``DataValidationError``
@@ -18,8 +19,9 @@ so memory is one block plus the results, whatever the number of cells:
 
 Results equal the in-memory path's: sums of counts bit for bit (float64 sums of integers are
 exact), moments bit for bit at the default block of 8,192 rows (the in-memory path sums in the
-same blocks) and to rounding otherwise (tested). ``indptr`` is read as int64, so a file with more
-than 2^31 non-zeros streams like any other. :func:`should_stream` chooses the path: streamed above
+same blocks) and to rounding otherwise (tested). ``indptr`` is read block by block as int64, so a
+file with more than 2^31 non-zeros streams like any other. Per-cell ages and splits are views
+computed from the donor table when asked (one donor, one age: checked at load). :func:`should_stream` chooses the path: streamed above
 :data:`STREAM_ABOVE_NNZ` non-zeros, or when asked (``--stream`` / the ``stream`` setting).
 """
 
@@ -108,30 +110,136 @@ def _read_column(obs, key: str):
     return pd.Series(values) if not isinstance(values, pd.Series) else values
 
 
-def _donor_codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted donor ids (as strings) and each cell's index into them; no string per cell for a categorical."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        cat_codes = column.cat.codes.to_numpy()
-        used = np.unique(cat_codes)
-        names, remap = np.unique(column.cat.categories.to_numpy().astype(str)[used], return_inverse=True)
-        lookup = np.zeros(len(column.cat.categories), dtype=np.int32)
-        lookup[used] = remap
-        return names, lookup[cat_codes]
-    names, codes = np.unique(column.astype(str).to_numpy(), return_inverse=True)
-    return names, codes.astype(np.int32)
-
-
 def _obs_columns(obs) -> list[str]:
     order = obs.attrs.get("column-order", [])
     return [c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(order)]
 
 
+def _encoding(node) -> str:
+    kind = node.attrs.get("encoding-type", "array")
+    return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+
+def code_dtype(n: int):
+    """The smallest integer type that indexes ``n`` items (a per-cell code: 1 or 2 bytes for cohorts of
+    up to 65,535 donors or cell types)."""
+    return np.uint8 if n <= np.iinfo(np.uint8).max else np.uint16 if n <= np.iinfo(np.uint16).max else np.int32
+
+
+def count_codes(codes: np.ndarray, n: int, rows=None, chunk: int = 1 << 20) -> np.ndarray:
+    """``np.bincount(codes[rows], minlength=n)`` a million cells at a time (bincount copies its input to
+    8-byte integers: a whole-column call would cost 8 bytes a cell)."""
+    out = np.zeros(n, dtype=np.int64)
+    for a in range(0, len(codes), chunk):
+        part = codes[a : a + chunk] if rows is None else codes[a : a + chunk][rows[a : a + chunk]]
+        out += np.bincount(part, minlength=n)
+    return out
+
+
+def _string_blocks(node, n: int, block_rows: int):
+    """Yield ``(start, str array)`` of a string-array obs column, ``block_rows`` values at a time."""
+    strings = node.asstr() if hasattr(node, "asstr") else node
+    for a in range(0, n, block_rows):
+        yield a, np.asarray(strings[a : a + block_rows]).astype(str)
+
+
+def read_codes(obs, key: str, n: int, block_rows: int = CHUNK_ROWS):
+    """An obs column as sorted distinct values (strings) and each cell's index into them, in
+    :func:`code_dtype`; ``None`` when a value is missing (the caller's checks then say so).
+
+    Categoricals are read as their stored codes (1-2 bytes a cell) and strings block by block, so no
+    string per cell is ever held; other encodings (numbers, nullable arrays) are read whole.
+    """
+    node = obs[key]
+    kind = _encoding(node)
+    if kind == "categorical":
+        from anndata.io import read_elem
+
+        cat_codes = np.asarray(node["codes"][:])
+        if cat_codes.size and cat_codes.min() < 0:
+            return None
+        categories = np.asarray(read_elem(node["categories"])).astype(str)
+        used = np.flatnonzero(np.bincount(cat_codes.astype(np.int64, copy=False), minlength=len(categories)))
+        names, remap = np.unique(categories[used], return_inverse=True)
+        lookup = np.zeros(len(categories), dtype=code_dtype(len(names)))
+        lookup[used] = remap
+        return names, lookup[cat_codes]
+    if kind == "string-array":
+        seen: dict[str, int] = {}
+        codes = np.empty(n, dtype=np.int32)
+        for a, values in _string_blocks(node, n, block_rows):
+            distinct, inverse = np.unique(values, return_inverse=True)
+            ids = np.array([seen.setdefault(v, len(seen)) for v in distinct], dtype=np.int32)
+            codes[a : a + len(values)] = ids[inverse]
+        order = np.array(sorted(seen, key=seen.get)) if seen else np.array([], dtype=str)
+        names, remap = np.unique(order, return_inverse=True)
+        return names, remap.astype(code_dtype(len(names)))[codes]
+    column = _read_column(obs, key)
+    if column.isna().any():
+        return None
+    names, codes = np.unique(column.astype(str).to_numpy(), return_inverse=True)
+    return names, codes.astype(code_dtype(len(names)))
+
+
+def values_at(obs, key: str, rows: np.ndarray) -> np.ndarray:
+    """The values (as strings) of obs column ``key`` at the given cells only (e.g. each donor's first)."""
+    node = obs[key]
+    kind = _encoding(node)
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows)
+    out = np.empty(len(rows), dtype=object)
+    if kind == "categorical":
+        from anndata.io import read_elem
+
+        categories = np.asarray(read_elem(node["categories"])).astype(str)
+        codes = np.asarray(node["codes"][rows[order]]) if len(rows) else np.array([], dtype=int)
+        out[order] = np.where(codes >= 0, categories[np.maximum(codes, 0)], "nan")
+    elif kind in ("string-array", "array") and getattr(node, "ndim", 0) == 1:
+        values = node.asstr()[rows[order]] if kind == "string-array" else node[rows[order]]
+        out[order] = np.asarray(values).astype(str)
+    else:
+        out[:] = _read_column(obs, key).astype(str).to_numpy()[rows]
+    return out.astype(str)
+
+
+def _donor_ages(obs, age_key: str, codes: np.ndarray, n_donors: int, block_rows: int) -> dict:
+    """Each donor's first cell, its age there, and the donor's lowest and highest age, over blocks of
+    the age column (a numeric column is never held whole; other encodings are read once, whole)."""
+    node = obs[age_key]
+    if _encoding(node) == "array" and getattr(node, "ndim", 0) == 1 and node.dtype.kind in "iuf":
+        def read(a, b):
+            return np.asarray(node[a:b], dtype=float)
+    else:
+        whole = pd.to_numeric(_read_column(obs, age_key), errors="coerce").to_numpy(dtype=float)
+
+        def read(a, b):
+            return whole[a:b]
+    n = len(codes)
+    first = np.full(n_donors, -1, dtype=np.int64)
+    age = np.full(n_donors, np.nan)
+    low, high = np.full(n_donors, np.inf), np.full(n_donors, -np.inf)
+    finite = True
+    for a in range(0, n, block_rows):
+        b = min(a + block_rows, n)
+        ages, own = read(a, b), codes[a:b]
+        finite = finite and bool(np.isfinite(ages).all())
+        present, at = np.unique(own, return_index=True)
+        new = first[present] < 0
+        first[present[new]], age[present[new]] = a + at[new], ages[at[new]]
+        with np.errstate(invalid="ignore"):  # a missing age is reported by validate_obs
+            np.minimum.at(low, own, ages)
+            np.maximum.at(high, own, ages)
+    return {"first": first, "age": age, "consistent": finite and bool(np.array_equal(low, high))}
+
+
 @dataclass
 class StreamedCohort:
-    """A validated cohort whose matrix stays in its file; per-cell vectors only in memory.
+    """A validated cohort whose matrix stays in its file; two per-cell vectors in memory.
 
-    ``donor_codes`` index ``donor_table`` (donors sorted by id, as in the in-memory ``Cohort``);
-    ``split_codes`` index :data:`~neuroage_utils.data.cohort.SPLITS`.
+    ``donor_codes`` index ``donor_table`` (donors sorted by id, as in the in-memory ``Cohort``), in
+    the smallest integer type that holds them; ``umis`` are the library sizes (float32: exact for
+    counts below 2^24). ``ages``, ``split_codes``, ``split``, ``donors`` and ``genes_detected`` are
+    computed when asked (each a new per-cell array), so that holding the cohort costs 5-6 bytes a cell.
     """
 
     path: Path
@@ -140,17 +248,13 @@ class StreamedCohort:
     nnz: int
     gene_names: np.ndarray
     donor_codes: np.ndarray
-    ages: np.ndarray
     donor_table: pd.DataFrame
-    split_codes: np.ndarray
     umis: np.ndarray
-    genes_detected: np.ndarray
     is_counts: bool = True
     donor_key: str = "donor_id"
     age_key: str = "age"
     split_source: str = "study"
     block_rows: int = CHUNK_ROWS
-    _indptr: np.ndarray = field(default=None, repr=False)
     #: raw counts summed per donor (donors x genes, float64) in the validation pass, when small enough
     _donor_sums: np.ndarray = field(default=None, repr=False)
 
@@ -158,6 +262,20 @@ class StreamedCohort:
     @property
     def n_donors(self) -> int:
         return int(len(self.donor_table))
+
+    @property
+    def donor_split_codes(self) -> np.ndarray:
+        """Each donor's split as an index into :data:`SPLITS` (int8, one per donor)."""
+        return np.array([SPLITS.index(s) for s in self.donor_table["split"]], dtype=np.int8)
+
+    @property
+    def ages(self) -> np.ndarray:
+        """One age per cell (float64, from the donor table: a donor has one age, checked at load)."""
+        return self.donor_table["age"].to_numpy(dtype=float)[self.donor_codes]
+
+    @property
+    def split_codes(self) -> np.ndarray:
+        return self.donor_split_codes[self.donor_codes]
 
     @property
     def donors(self) -> np.ndarray:
@@ -168,27 +286,41 @@ class StreamedCohort:
     def split(self) -> np.ndarray:
         return np.asarray(SPLITS)[self.split_codes]
 
-    def mask(self, *splits: str) -> np.ndarray:
-        """Boolean mask of the cells whose donor is in any of ``splits``."""
+    @property
+    def genes_detected(self) -> np.ndarray:
+        """Genes detected per cell (int32), from the file's row offsets read block by block."""
+        out = np.empty(self.n_cells, dtype=np.int32)
+        with _open(self.path) as f:
+            node, kind = _matrix_node(f)
+            for a in range(0, self.n_cells, self.block_rows):
+                b = min(a + self.block_rows, self.n_cells)
+                if kind == "csr_matrix":
+                    out[a:b] = np.diff(np.asarray(node["indptr"][a : b + 1], dtype=np.int64))
+                else:
+                    out[a:b] = np.count_nonzero(np.asarray(node[a:b]), axis=1)
+        return out
+
+    def donor_mask(self, *splits: str) -> np.ndarray:
+        """Boolean per donor: is the donor in any of ``splits``."""
         unknown = set(splits) - set(SPLITS)
         if unknown:
             raise ValueError(f"unknown split(s) {sorted(unknown)}; use {SPLITS}")
-        return np.isin(self.split_codes, [SPLITS.index(s) for s in splits])
+        return np.isin(self.donor_table["split"].to_numpy(), list(splits))
+
+    def mask(self, *splits: str) -> np.ndarray:
+        """Boolean mask of the cells whose donor is in any of ``splits`` (one byte a cell)."""
+        return self.donor_mask(*splits)[self.donor_codes]
 
     # -- reading blocks -------------------------------------------------------------------------------
     def blocks(self, normalise: bool = False, target_sum: float = 1e4, start: int = 0, stop: int | None = None,
                needed=None):
         """Yield ``(first_row, csr_block)`` of raw counts (float32), or of log1p(CP10k) when ``normalise``.
 
-        The normalisation is ``log_normalize``'s, row by row: the same float32 values. With a boolean
-        ``needed`` per cell, blocks without a needed cell are not read (cells are stored by donor, so a
-        split's donors sit in few blocks).
+        The normalisation is ``log_normalize``'s, row by row (each row's float64 total, its float32
+        scale): the same float32 values. With a boolean ``needed`` per cell, blocks without a needed
+        cell are not read (cells are stored by donor, so a split's donors sit in few blocks).
         """
         stop = self.n_cells if stop is None else stop
-        scale = None
-        if normalise and self.is_counts:
-            totals = self.umis
-            scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
         with _open(self.path) as f:
             node, kind = _matrix_node(f)
             for a in range(start, stop, self.block_rows):
@@ -196,18 +328,21 @@ class StreamedCohort:
                 if needed is not None and not needed[a:b].any():
                     continue
                 block = self._read(node, kind, a, b)
-                if scale is not None:
-                    block.data *= np.repeat(scale[a:b], np.diff(block.indptr))
+                if normalise and self.is_counts:
+                    totals = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
+                    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
+                    block.data *= np.repeat(scale, np.diff(block.indptr))
                     np.log1p(block.data, out=block.data)
                 yield a, block
 
     def _read(self, node, kind: str, a: int, b: int) -> sp.csr_matrix:
         if kind != "csr_matrix":
             return sp.csr_matrix(np.asarray(node[a:b], dtype=np.float32))
-        lo, hi = int(self._indptr[a]), int(self._indptr[b])
+        offsets = np.asarray(node["indptr"][a : b + 1], dtype=np.int64)  # read per block: no per-cell copy
+        lo, hi = int(offsets[0]), int(offsets[-1])
         # a block's own offsets fit int32 even when the file's indptr needs int64
         local = np.int32 if hi - lo < np.iinfo(np.int32).max else np.int64
-        indptr = (self._indptr[a : b + 1] - lo).astype(local)
+        indptr = (offsets - lo).astype(local)
         data = np.asarray(node["data"][lo:hi], dtype=np.float32)
         indices = np.asarray(node["indices"][lo:hi]).astype(local, copy=False)
         return sp.csr_matrix((data, indices, indptr), shape=(b - a, self.n_genes), copy=False)
@@ -244,23 +379,40 @@ class StreamedCohort:
 
     def _present_donors(self, cells: np.ndarray):
         """Codes of the donors among ``cells`` (sorted) and each cell's index into them (no per-cell sort)."""
-        present = np.flatnonzero(np.bincount(self.donor_codes[cells], minlength=self.n_donors))
+        present = np.flatnonzero(count_codes(self.donor_codes[cells], self.n_donors))
         remap = np.zeros(self.n_donors, dtype=np.int32)
         remap[present] = np.arange(len(present), dtype=np.int32)
         return present, remap[self.donor_codes[cells]]
 
+    def _donor_sums_of(self, rows, present: np.ndarray) -> np.ndarray:
+        """Dense float64 raw-count sums of the cells in boolean ``rows`` (None: all) of each donor in
+        ``present``, block by block: no per-cell index array (exact for counts)."""
+        group = np.full(self.n_donors, -1, dtype=np.int64)
+        group[present] = np.arange(len(present))
+        out = np.zeros((len(present), self.n_genes))
+        for a, block in self.blocks(needed=rows):
+            b = a + block.shape[0]
+            own = group[self.donor_codes[a:b]]
+            keep = own >= 0 if rows is None else (own >= 0) & rows[a:b]
+            member = sp.csr_matrix((np.ones(int(keep.sum())), (own[keep], np.flatnonzero(keep))),
+                                   shape=(len(present), b - a))
+            out += (member @ block.astype(np.float64)).toarray()
+        return out
+
     def pseudobulk(self, rows=None, normalise: str | None = "log_cpm"):
-        """``features.pseudobulk`` of the cells in ``rows`` (default all): (profiles CSR, sorted donor ids)."""
+        """``features.pseudobulk`` of the cells in ``rows`` (default all): (profiles CSR, sorted donor ids).
+
+        Memory: the selected cells' donor codes (1-2 bytes a cell) and the donors x genes sums."""
         what = "pseudobulk"
         _check_normalise(normalise)
-        cells = np.arange(self.n_cells) if rows is None else np.flatnonzero(np.asarray(rows, dtype=bool))
-        present, inverse = self._present_donors(cells)
-        whole = np.array_equal(np.bincount(inverse, minlength=len(present)),
-                               self.donor_table["n_cells"].to_numpy()[present])
+        rows = None if rows is None else np.asarray(rows, dtype=bool)
+        counts = count_codes(self.donor_codes, self.n_donors, rows)
+        present = np.flatnonzero(counts)
+        whole = np.array_equal(counts[present], self.donor_table["n_cells"].to_numpy()[present])
         if self._donor_sums is not None and whole:  # whole donors: their sums from the validation pass, no read
             sums = sp.csr_matrix(self._donor_sums[present])
         else:
-            sums = sp.csr_matrix(self._sums(inverse, cells, len(present), cells_sorted=True))
+            sums = sp.csr_matrix(self._donor_sums_of(rows, present))
         _require_summed_counts(sums, what)
         ids = self.donor_table["donor_id"].to_numpy().astype(str)[present]
         return _normalise_profiles(sums, normalise, what), ids
@@ -316,12 +468,14 @@ class StreamedCohort:
 
         keep = per_donor_sample(np.ones(self.n_cells, dtype=bool), self.donor_codes, max_cells, seed, per_donor)
         X = self.take(keep)
-        donors = self.donor_table["donor_id"].to_numpy().astype(str)[self.donor_codes[keep]]
-        obs = pd.DataFrame({self.donor_key: donors, self.age_key: self.ages[keep]},
+        own = self.donor_codes[keep]  # the sample's donor codes: per-cell arrays of the sample only
+        donors = self.donor_table["donor_id"].to_numpy().astype(str)[own]
+        ages = self.donor_table["age"].to_numpy(dtype=float)[own]
+        obs = pd.DataFrame({self.donor_key: donors, self.age_key: ages},
                            index=pd.Index(np.flatnonzero(keep).astype(str), name="row"))
         notes = self.annotations()
         adata = ad.AnnData(X=X, obs=obs, var=notes.var, uns=dict(notes.uns))
-        return Cohort(adata=adata, X=X, donors=donors, ages=self.ages[keep], split=self.split[keep],
+        return Cohort(adata=adata, X=X, donors=donors, ages=ages, split=np.asarray(SPLITS)[self.donor_split_codes[own]],
                       donor_table=self.donor_table.copy(), is_counts=self.is_counts, donor_key=self.donor_key,
                       age_key=self.age_key, split_source=self.split_source, gene_names=self.gene_names)
 
@@ -356,8 +510,8 @@ def per_donor_sample(mask, donor_codes, max_cells: int | None, seed: int = 0, pe
 
 
 def _check_blocks(cohort: StreamedCohort, allow_non_counts: bool, donor_sums_limit: float) -> None:
-    """One pass: finite values, counts (as ``require_counts`` says it), library sizes, detected genes,
-    and the per-donor sums of raw counts when donors x genes float64 fit in ``donor_sums_limit`` bytes."""
+    """One pass: finite values, counts (as ``require_counts`` says it), library sizes, and the per-donor
+    sums of raw counts when donors x genes float64 fit in ``donor_sums_limit`` bytes."""
     lowest, example = np.inf, None
     keep_sums = cohort.n_donors * cohort.n_genes * 8 <= donor_sums_limit
     sums = np.zeros((cohort.n_donors, cohort.n_genes)) if keep_sums else None
@@ -373,7 +527,6 @@ def _check_blocks(cohort: StreamedCohort, allow_non_counts: bool, donor_sums_lim
                     example = float(values[off][0])
         b = a + block.shape[0]
         cohort.umis[a:b] = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
-        cohort.genes_detected[a:b] = np.diff(block.indptr)
         if sums is not None:  # float64 sums of integer counts: exact, in any order
             codes = cohort.donor_codes[a:b]
             member = sp.csr_matrix((np.ones(b - a), (codes, np.arange(b - a))), shape=(cohort.n_donors, b - a))
@@ -385,6 +538,20 @@ def _check_blocks(cohort: StreamedCohort, allow_non_counts: bool, donor_sums_lim
         require_counts(np.array([[lowest if lowest < 0 else example]], dtype=np.float64), _WHO)
 
 
+def _validate_whole(obs, donor_key: str, age_key: str, codes=None) -> None:
+    """The in-memory checks on whole obs columns: for files whose donor or age columns fail a check
+    (an error is coming, so their memory does not matter) and reach here to get its message."""
+    from neuroage_utils.data.cohort import MIN_DONORS
+
+    donor_col, age_col = _read_column(obs, donor_key), _read_column(obs, age_key)
+    if len(donor_col) == 0 or donor_col.isna().any() or codes is None:
+        validate_obs(pd.DataFrame({donor_key: donor_col, age_key: age_col}), donor_key, age_key)
+    # the remaining checks depend only on the distinct (donor, age) pairs in order of first appearance
+    distinct = pd.DataFrame({"donor": codes, "age": age_col.to_numpy()}).drop_duplicates().index.to_numpy()
+    validate_obs(pd.DataFrame({donor_key: donor_col.iloc[distinct].to_numpy(), age_key: age_col.iloc[distinct].to_numpy()}),
+                 donor_key, age_key, min_donors=MIN_DONORS)
+
+
 def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed: int = 0,
                   allow_non_counts: bool = False, block_rows: int = CHUNK_ROWS,
                   donor_sums_gb: float = 0.5) -> StreamedCohort:
@@ -392,7 +559,8 @@ def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed:
 
     The same checks, split and messages as ``load_cohort``; one pass over the matrix, which also sums
     every donor's counts when donors x genes float64 fit in ``donor_sums_gb`` (69 donors x 17,658 genes:
-    10 MB), so that the pseudobulk of whole donors needs no further pass.
+    10 MB), so that the pseudobulk of whole donors needs no further pass. The obs columns are read
+    as codes or block by block (:func:`read_codes`, :func:`values_at`): no per-cell string or float.
     """
     from neuroage_utils.data.cohort import MIN_DONORS
 
@@ -404,56 +572,44 @@ def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed:
         columns = _obs_columns(obs)
         if donor_key not in columns or age_key not in columns:
             validate_obs(pd.DataFrame(columns=columns), donor_key, age_key)  # raises the missing-column message
-        donor_col, age_col = _read_column(obs, donor_key), _read_column(obs, age_key)
-        sex_key = next((c for c in ("sex", "Sex") if c in columns), None)
-        sex_col = _read_column(obs, sex_key) if sex_key else None
-        var_index = f["var"].attrs.get("_index", "_index")
-        gene_names = np.asarray(f["var"][var_index if isinstance(var_index, str) else var_index.decode()][:]).astype(str)
         node, kind = _matrix_node(f)
         if kind == "csr_matrix":
             n_cells, n_genes = (int(v) for v in node.attrs["shape"])
-            indptr = np.asarray(node["indptr"][:], dtype=np.int64)
-            nnz = int(indptr[-1])
+            nnz = int(node["indptr"][-1]) if n_cells else 0
         else:
             n_cells, n_genes = (int(v) for v in node.shape)
-            indptr, nnz = None, n_cells * n_genes
-    if len(donor_col) == 0 or donor_col.isna().any():  # the empty / missing-donor messages count cells
-        validate_obs(pd.DataFrame({donor_key: donor_col, age_key: age_col}), donor_key, age_key)
-    names, codes = _donor_codes(donor_col)
-    ages = pd.to_numeric(age_col, errors="coerce").to_numpy(dtype=float)
-    first = np.full(len(names), -1, dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # each donor's first cell
-    # Every remaining check depends only on the distinct (donor, age) pairs in order of first appearance:
-    # with one finite age per donor (the usual case) they are the donors' first cells, found without a
-    # per-cell table; otherwise pandas finds them.
-    low, high = ages[first].copy(), ages[first].copy()
-    with np.errstate(invalid="ignore"):  # a missing age is reported below, by validate_obs
-        np.minimum.at(low, codes, ages)
-        np.maximum.at(high, codes, ages)
-    if np.isfinite(ages).all() and np.array_equal(low, high):
+            nnz = n_cells * n_genes
+        coded = read_codes(obs, donor_key, n_cells, block_rows) if n_cells else None
+        if coded is None:
+            _validate_whole(obs, donor_key, age_key)
+        names, codes = coded
+        # Every remaining check depends only on the distinct (donor, age) pairs in order of first
+        # appearance: with one finite age per donor (the usual case) they are the donors' first cells,
+        # found block by block; otherwise the whole columns are read and pandas finds them.
+        seen = _donor_ages(obs, age_key, codes, len(names), block_rows)
+        first = seen["first"]
+        if not seen["consistent"]:
+            _validate_whole(obs, donor_key, age_key, codes)
         distinct = np.sort(first)
-    else:
-        distinct = pd.DataFrame({"donor": codes, "age": age_col.to_numpy()}).drop_duplicates().index.to_numpy()
-    validate_obs(pd.DataFrame({donor_key: donor_col.iloc[distinct].to_numpy(), age_key: age_col.iloc[distinct].to_numpy()}),
-                 donor_key, age_key, min_donors=MIN_DONORS)
+        validate_obs(pd.DataFrame({donor_key: names[codes[distinct]], age_key: seen["age"][codes[distinct]]}),
+                     donor_key, age_key, min_donors=MIN_DONORS)
+        sex_key = next((c for c in ("sex", "Sex") if c in columns), None)
+        sex = values_at(obs, sex_key, first) if sex_key else None
+        var_index = f["var"].attrs.get("_index", "_index")
+        gene_names = np.asarray(f["var"][var_index if isinstance(var_index, str) else var_index.decode()][:]).astype(str)
     if n_genes == 0:
         raise DataValidationError("the data has no genes: pass an .h5ad with a non-empty expression matrix")
-    donors = pd.DataFrame({"donor_id": names, "age": np.zeros(len(names)), "n_cells": np.bincount(codes, minlength=len(names))})
-    donors["age"] = ages[first]
-    if sex_col is not None:
-        donors["sex"] = sex_col.astype(str).to_numpy()[first]
-        donors = donors[["donor_id", "age", "n_cells", "sex"]]
+    donors = pd.DataFrame({"donor_id": names, "age": seen["age"], "n_cells": count_codes(codes, len(names))})
+    if sex is not None:
+        donors["sex"] = sex
     study_split = _study_split(donors)
     split = study_split if study_split is not None else split_donors(donors, seed=seed, use_study_split=False)
     donors["split"] = split.loc[donors["donor_id"]].to_numpy()
-    split_of_donor = np.array([SPLITS.index(s) for s in donors["split"]], dtype=np.int8)
     cohort = StreamedCohort(
-        path=path, n_cells=n_cells, n_genes=n_genes, nnz=nnz, gene_names=gene_names,
-        donor_codes=codes.astype(np.int32), ages=ages, donor_table=donors, split_codes=split_of_donor[codes],
-        umis=np.zeros(n_cells), genes_detected=np.zeros(n_cells, dtype=np.int64),
-        donor_key=donor_key, age_key=age_key,
+        path=path, n_cells=n_cells, n_genes=n_genes, nnz=nnz, gene_names=gene_names, donor_codes=codes,
+        donor_table=donors, umis=np.zeros(n_cells, dtype=np.float32), donor_key=donor_key, age_key=age_key,
         split_source="study" if study_split is not None else f"age-stratified (seed {seed})",
-        block_rows=int(block_rows), _indptr=indptr,
+        block_rows=int(block_rows),
     )
     _check_blocks(cohort, allow_non_counts, donor_sums_gb * 2**30)
     return cohort

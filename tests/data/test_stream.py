@@ -281,3 +281,44 @@ def test_sample_cohort_caps_cells_per_donor(both):
     per = sample.adata.obs.groupby(streamed.donor_key, observed=True).size()
     assert len(per) == streamed.n_donors
     assert "simulation" in sample.adata.uns
+
+
+# -- memory: what a streamed cohort holds per cell ---------------------------------------------------
+
+
+def test_per_cell_state_is_a_code_and_a_float32(both):
+    """Held per cell: the donor code (1-2 bytes) and the library size (4 bytes); everything else per
+    cell (ages, splits, offsets, detected genes) is read or computed when asked."""
+    _, streamed = both
+    per_cell = {name: value for name, value in vars(streamed).items()
+                if isinstance(value, np.ndarray) and len(value) == streamed.n_cells}
+    assert set(per_cell) == {"donor_codes", "umis"}
+    assert streamed.donor_codes.dtype == np.uint8 and streamed.umis.dtype == np.float32
+    assert sum(v.nbytes for v in per_cell.values()) <= 5 * streamed.n_cells
+
+
+def _rewrite_donor_column(path, encode):
+    """Store obs['donor_id'] another way anndata can (a string array, integers) with h5py."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        node = f["obs"]["donor_id"]
+        names = node["categories"][:].astype(str)[node["codes"][:]]
+        del f["obs"]["donor_id"]
+        if encode == "string":
+            data = f["obs"].create_dataset("donor_id", data=names.astype(object), dtype=h5py.string_dtype())
+            data.attrs["encoding-type"], data.attrs["encoding-version"] = "string-array", "0.2.0"
+        else:
+            data = f["obs"].create_dataset("donor_id", data=np.array([int(n[1:]) for n in names]))
+            data.attrs["encoding-type"], data.attrs["encoding-version"] = "array", "0.2.0"
+    return path
+
+
+@pytest.mark.parametrize("encode", ["string", "integer"])
+def test_donor_columns_stored_as_strings_or_numbers(h5ad_path, encode):
+    adata = make_adata(n_donors=12, cells_per_donor=7, n_genes=6)
+    path = _rewrite_donor_column(h5ad_path(adata, f"{encode}.h5ad"), encode)
+    memory, streamed = load_cohort(path), load_streamed(path, block_rows=10)
+    np.testing.assert_array_equal(streamed.donors, memory.donors)
+    for column in memory.donor_table.columns:
+        np.testing.assert_array_equal(streamed.donor_table[column].to_numpy(), memory.donor_table[column].to_numpy())
