@@ -570,7 +570,10 @@ def main(argv=None) -> int:
         plan.append((section, inputs, not args.force and is_up_to_date(out, section, inputs)))
     try:
         available = preflight.available_memory()
-        estimates = {section: preflight.estimate(section, shape, args.profile, _workers(section, args))
+        # the streamed path when the chapters will stream (by size or --stream; not under --max-cells)
+        formula = ("streamed" if args.max_cells is None and should_stream(data_path, True if args.stream else None)
+                   else "in-memory")
+        estimates = {section: preflight.estimate(section, shape, args.profile, _workers(section, args), formula)
                      for section, _, current in plan if not current}
     except DataValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)

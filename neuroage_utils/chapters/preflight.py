@@ -126,10 +126,12 @@ def read_shape(path, donor_key: str | None = None, max_cells: int | None = None)
             info = {name: _matrix_info(node) for name, node in nodes.items()}
             counts = []
             if donor_key and "obs" in f and donor_key in f["obs"]:
-                from anndata.io import read_elem
+                from neuroage_utils.data.stream import count_codes, read_codes
 
-                donors = np.asarray(read_elem(f["obs"][donor_key])).astype(str)
-                counts = np.unique(donors, return_counts=True)[1].tolist()
+                n_rows = next(iter(info.values()))[0]
+                coded = read_codes(f["obs"], donor_key, n_rows)  # codes, not a string per cell
+                if coded is not None:
+                    counts = count_codes(coded[1], len(coded[0])).tolist()
     except (OSError, KeyError) as exc:
         raise DataValidationError(
             f"cannot read {path} as AnnData ({type(exc).__name__}: {exc}): pass an .h5ad written by anndata or scanpy"
@@ -284,7 +286,7 @@ def _model_bytes(section: str, params: dict, n_genes: int) -> int:
     return 0
 
 
-def _in_memory(section: str, shape: DataShape, params: dict, workers: int) -> dict:
+def _in_memory(section: str, shape: DataShape, params: dict, workers: int, profile: str | None = None) -> dict:
     """The in-memory path: the file read whole into the kernel, chapters slicing it in memory."""
     parts = {"kernel": KERNEL_BYTES}
     if section == "realdata":
@@ -320,14 +322,45 @@ def _in_memory(section: str, shape: DataShape, params: dict, workers: int) -> di
     return parts
 
 
-#: Estimate formulas by data path: ``f(section, shape, params, workers) -> {part: bytes}``.
-FORMULAS = {"in-memory": _in_memory}
+#: What the streamed data path holds per cell of the file (``data.stream``: the donor code and the float32
+#: library size, 5-6 bytes) and its largest transient per cell (a boolean mask, the selected cells'
+#: codes, a sample's index): about 24 bytes a cell at its peak.
+STREAM_BYTES_PER_CELL = 24
+#: Donors x genes float64 sums the streamed path keeps (the validation pass's, a pseudobulk's, its
+#: normalised copy).
+STREAM_DONOR_SUM_COPIES = 3
+
+
+def _streamed(section: str, shape: DataShape, params: dict, workers: int, profile: str | None = None) -> dict:
+    """The streamed path (``data.stream``): the matrix stays in the file. The cell-level models fit an
+    in-memory per-donor sample of ``stream_sample_cells`` cells (the profile's; None: every cell), so
+    they cost what the in-memory path costs on a cohort of that size; the pseudobulk and pseudocell
+    clocks add per-donor sums; the file itself costs a few bytes a cell and one block."""
+    if section == "realdata":
+        return _in_memory(section, shape, params, workers)
+    sample = profiles.section_params(profile, "data").get("stream_sample_cells") if profile else None
+    cells = shape.n_cells if sample is None else min(int(sample), shape.n_cells)
+    share = cells / max(1, shape.n_cells)
+    nnz = int(shape.nnz * share)
+    small = DataShape(n_cells=cells, n_genes=shape.n_genes, nnz=nnz, stored_bytes=8 * nnz + 8 * (cells + 1),
+                      converted=False)
+    parts = _in_memory(section, small, params, workers)
+    parts["sample of cells"] = parts.pop("matrix as read")
+    donors = max(1, len(shape.cells_per_donor))
+    parts["per-cell vectors of the file"] = STREAM_BYTES_PER_CELL * shape.n_cells
+    parts["per-donor sums"] = STREAM_DONOR_SUM_COPIES * 8 * donors * shape.n_genes
+    parts["one block"] = int(16 * shape.nnz / max(1, shape.n_cells) * 8192)
+    return parts
+
+
+#: Estimate formulas by data path: ``f(section, shape, params, workers, profile=...) -> {part: bytes}``.
+FORMULAS = {"in-memory": _in_memory, "streamed": _streamed}
 
 
 def estimate(section: str, shape: DataShape, profile: str, workers: int = 1, formula: str = "in-memory") -> Estimate:
     """A chapter's peak memory over its kernel and workers, from the data's shape and the profile."""
     params = profiles.section_params(profile, section)
-    parts = {k: int(v) for k, v in FORMULAS[formula](section, shape, params, workers).items() if v}
+    parts = {k: int(v) for k, v in FORMULAS[formula](section, shape, params, workers, profile=profile).items() if v}
     return Estimate(section, int(sum(parts.values())), parts, formula, workers)
 
 
@@ -353,12 +386,15 @@ def refusal(ests: list[Estimate], shape: DataShape, profile: str, available: int
     """The one line that says chapters will not fit (the largest first), and the ways out that would
     make all of them fit."""
     est = max(ests, key=lambda e: e.bytes)
-    ways = []  # a streamed data path adds itself here when it exists (FORMULAS holds its estimate)
+    ways = []
 
     def fits(**change) -> bool:
         return all(estimate(e.section, change.get("shape", shape), change.get("profile", profile),
-                            change.get("workers", e.workers), e.formula).bytes <= available for e in ests)
+                            change.get("workers", e.workers), change.get("formula", e.formula)).bytes <= available
+                   for e in ests)
 
+    if any(e.formula != "streamed" for e in ests) and fits(formula="streamed"):
+        ways.append("the streamed data path (--stream: the matrix stays in the file)")
     caps = [cells_cap_that_fits(e.section, shape, profile, e.workers, available, e.formula) for e in ests]
     if all(c is not None for c in caps) and min(caps) < max(shape.cells_per_donor or (0,)):
         ways.append(f"fewer cells per donor (--max-cells {min(caps)} would fit)")

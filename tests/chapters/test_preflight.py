@@ -106,6 +106,26 @@ def test_the_refusal_names_a_cap_that_fits(h5ad_path):
         assert preflight.estimate(e.section, replace(big, max_cells=cap), "quick", 2).bytes <= est.bytes // 2
 
 
+def test_the_streamed_estimate_is_the_sample_plus_a_few_bytes_a_cell(h5ad_path):
+    shape = preflight.read_shape(h5ad_path(make_adata(n_donors=12, cells_per_donor=15)), "donor_id")
+
+    def scaled(k, genes=2000):  # k times the cells, at 2,000 genes with the same density
+        g = genes / shape.n_genes
+        return replace(shape, n_cells=shape.n_cells * k, n_genes=genes, nnz=int(shape.nnz * k * g),
+                       stored_bytes=int(shape.stored_bytes * k * g), cells_per_donor=tuple(c * k for c in shape.cells_per_donor))
+
+    half, double = scaled(2_500), scaled(10_000)  # 450,000 and 1.8 M cells x 2,000 genes
+    for section in ("data", "svd", "baselines", "nmf"):
+        a, b = (preflight.estimate(section, s, "quick", 2, "streamed") for s in (half, double))
+        # the sample (the quick profile's 50,000 cells) does not grow: only the per-cell vectors do
+        per_cell = (b.bytes - a.bytes) / (double.n_cells - half.n_cells)
+        assert per_cell <= preflight.STREAM_BYTES_PER_CELL + 1, (section, per_cell)
+        assert b.bytes < preflight.estimate(section, double, "quick", 2).bytes / 5
+    big = preflight.estimate("baselines", double, "quick", 2)
+    line = preflight.refusal([big], double, "quick", big.bytes // 4, "MemAvailable")
+    assert "the streamed data path (--stream" in line
+
+
 def test_status_page_shows_estimate_beside_peak():
     assert run._memory_cell({"estimate_gb": 1.234, "peak_gb": 0.456}) == "1.2 GB / 0.46 GB"
     assert run._memory_cell({"estimate_gb": 2.0, "peak_gb": None}) == "2.0 GB / -" and run._memory_cell(None) == "-"
