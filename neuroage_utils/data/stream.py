@@ -495,17 +495,33 @@ def per_donor_sample(mask, donor_codes, max_cells: int | None, seed: int = 0, pe
     if not per_donor or max_cells is None or mask.sum() <= max_cells:
         return subsample_cells(mask, max_cells, seed)
     rng = np.random.default_rng(seed)
-    chosen = np.flatnonzero(mask)
-    codes = np.asarray(donor_codes)[chosen]
-    sizes = np.bincount(codes)
+    codes = np.asarray(donor_codes)
+    n_groups = int(codes.max()) + 1
+    sizes = count_codes(codes, n_groups, mask)
     present = np.flatnonzero(sizes)
     caps = np.arange(1, sizes.max() + 1)
     kept = np.minimum(sizes[present][None, :], caps[:, None]).sum(axis=1)  # cells kept at each cap
     cap = int(caps[np.searchsorted(kept, int(max_cells))])
+    # Each donor's chosen ranks (its k-th cell in file order), drawn donor by donor as
+    # rng.choice(cells, cap) draws them; a flat boolean over (donor, rank): one byte a cell, no index arrays.
+    offset = np.concatenate([[0], np.cumsum(sizes)])
+    chosen = np.ones(int(offset[-1]), dtype=bool)
+    for d in present:
+        if sizes[d] > cap:
+            chosen[offset[d] : offset[d + 1]] = False
+            chosen[offset[d] + rng.choice(sizes[d], cap, replace=False)] = True
     out = np.zeros_like(mask)
-    order = np.argsort(codes, kind="stable")
-    for own in np.split(chosen[order], np.cumsum(sizes[present])[:-1]):
-        out[own if len(own) <= cap else rng.choice(own, cap, replace=False)] = True
+    seen = np.zeros(n_groups, dtype=np.int64)
+    for a in range(0, len(codes), 1 << 20):  # ranks within donors, a million cells at a time
+        rows = np.flatnonzero(mask[a : a + (1 << 20)])
+        own = codes[a + rows].astype(np.int64)
+        order = np.argsort(own, kind="stable")
+        counts = np.bincount(own, minlength=n_groups)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty(len(own), dtype=np.int64)
+        rank[order] = np.arange(len(own)) - starts[own[order]]
+        out[a + rows] = chosen[offset[own] + seen[own] + rank]
+        seen += counts
     return out
 
 

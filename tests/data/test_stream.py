@@ -322,3 +322,27 @@ def test_donor_columns_stored_as_strings_or_numbers(h5ad_path, encode):
     np.testing.assert_array_equal(streamed.donors, memory.donors)
     for column in memory.donor_table.columns:
         np.testing.assert_array_equal(streamed.donor_table[column].to_numpy(), memory.donor_table[column].to_numpy())
+
+
+def _per_donor_sample_reference(mask, codes, max_cells, seed):
+    """The per-donor cap written plainly (index arrays per cell): what the streamed one must equal."""
+    rng = np.random.default_rng(seed)
+    chosen = np.flatnonzero(mask)
+    own = codes[chosen]
+    sizes = np.bincount(own)
+    present = np.flatnonzero(sizes)
+    caps = np.arange(1, sizes.max() + 1)
+    cap = int(caps[np.searchsorted(np.minimum(sizes[present][None, :], caps[:, None]).sum(axis=1), max_cells)])
+    out = np.zeros_like(mask)
+    for cells in np.split(chosen[np.argsort(own, kind="stable")], np.cumsum(sizes[present])[:-1]):
+        out[cells if len(cells) <= cap else rng.choice(cells, cap, replace=False)] = True
+    return out
+
+
+@pytest.mark.parametrize("max_cells", [50, 4_000, 20_000])
+def test_per_donor_sample_equals_the_plain_draw(max_cells):
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 40, 30_000).astype(np.uint8)  # donors interleaved, not in blocks
+    mask = rng.random(30_000) < 0.7
+    got = per_donor_sample(mask, codes, max_cells, seed=3, per_donor=True)
+    np.testing.assert_array_equal(got, _per_donor_sample_reference(mask, codes, max_cells, seed=3))
