@@ -81,26 +81,16 @@ def tree_pss(root: int) -> tuple[int, dict]:
 def oom_kills() -> int | None:
     """The out-of-memory killer's kills in this process's cgroup so far (v2 ``memory.events``, v1
     ``memory.oom_control``); None where the count cannot be read."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, rel = line.split(":", 2)
-        if controllers == "":
-            candidates = [Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events"]
-        elif "memory" in controllers.split(","):
-            base = Path("/sys/fs/cgroup/memory")
-            candidates = [base / rel.lstrip("/") / "memory.oom_control", base / "memory.oom_control"]
-        else:
+    from neuroage_utils.chapters.preflight import memory_cgroup_folders
+
+    for version, folder in memory_cgroup_folders():
+        try:
+            name = "memory.events" if version == "v2" else "memory.oom_control"
+            for row in (folder / name).read_text().splitlines():
+                if row.startswith("oom_kill "):
+                    return int(row.split()[1])
+        except (OSError, ValueError):
             continue
-        for path in candidates:
-            try:
-                for row in path.read_text().splitlines():
-                    if row.startswith("oom_kill "):
-                        return int(row.split()[1])
-            except (OSError, ValueError):
-                continue
     return None
 
 

@@ -29,7 +29,7 @@ from neuroage_utils import profiles
 from neuroage_utils.errors import DataValidationError
 
 __all__ = ["DataShape", "Estimate", "read_shape", "available_memory", "estimate", "FORMULAS", "refusal",
-           "cells_cap_that_fits", "gb", "MEMORY_ENV"]
+           "cells_cap_that_fits", "gb", "MEMORY_ENV", "memory_cgroup_folders"]
 
 #: Environment override of the memory available (bytes, or a number with K/M/G/T, e.g. ``2G``).
 MEMORY_ENV = "NEUROAGE_MEMORY_AVAILABLE"
@@ -161,27 +161,38 @@ def _read_int(path: Path) -> int | None:
     return None if text in ("", "max") else int(text.split()[0])
 
 
-def _cgroup_room() -> int | None:
-    """The cgroup's memory limit minus its usage (v2 ``memory.max``, v1 ``memory.limit_in_bytes``),
-    None when there is no limit or no cgroup to read."""
+def memory_cgroup_folders() -> list[tuple[str, Path]]:
+    """This process's memory cgroup folders, most specific first, with the hierarchy's version ("v2"
+    unified, or "v1" with the folder inside a container's view and the controller's root); [] when
+    there is no cgroup to read."""
     root = Path("/sys/fs/cgroup")
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return None
+        return []
     for line in lines:
         _, controllers, rel = line.split(":", 2)
         if controllers == "":  # v2 unified hierarchy
-            folder = root / rel.lstrip("/")
-            limit, used = _read_int(folder / "memory.max"), _read_int(folder / "memory.current")
-        elif "memory" in controllers.split(","):
+            return [("v2", root / rel.lstrip("/"))]
+        if "memory" in controllers.split(","):
             base = root / "memory"
-            folder = base / rel.lstrip("/") if (base / rel.lstrip("/")).exists() else base  # inside a container
-            limit, used = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
-        else:
-            continue
-        if limit is not None and used is not None and limit < 1 << 60:  # v1 says "no limit" with a huge number
-            return max(0, limit - used)
+            return [("v1", base / rel.lstrip("/")), ("v1", base)]
+    return []
+
+
+def _cgroup_room() -> int | None:
+    """The cgroup's memory limit minus its usage (v2 ``memory.max``, v1 ``memory.limit_in_bytes``),
+    None when there is no limit or no cgroup to read."""
+    folders = memory_cgroup_folders()
+    if not folders:
+        return None
+    version, folder = next(((v, f) for v, f in folders if f.exists()), folders[-1])
+    if version == "v2":
+        limit, used = _read_int(folder / "memory.max"), _read_int(folder / "memory.current")
+    else:
+        limit, used = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
+    if limit is not None and used is not None and limit < 1 << 60:  # v1 says "no limit" with a huge number
+        return max(0, limit - used)
     return None
 
 

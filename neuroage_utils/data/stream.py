@@ -159,7 +159,7 @@ def read_codes(obs, key: str, n: int, block_rows: int = CHUNK_ROWS):
         if cat_codes.size and cat_codes.min() < 0:
             return None
         categories = np.asarray(read_elem(node["categories"])).astype(str)
-        used = np.flatnonzero(np.bincount(cat_codes.astype(np.int64, copy=False), minlength=len(categories)))
+        used = np.flatnonzero(count_codes(cat_codes, len(categories)))
         names, remap = np.unique(categories[used], return_inverse=True)
         lookup = np.zeros(len(categories), dtype=code_dtype(len(names)))
         lookup[used] = remap
