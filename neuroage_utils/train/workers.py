@@ -145,10 +145,15 @@ def run_tasks(fn: Callable, tasks: Iterable[Sequence], workers: int = 1,
     from joblib import Parallel, delayed
 
     n_chunks = min(total, max(1, int(chunks_per_worker)) * workers)
-    index = [list(range(start, total, n_chunks)) for start in range(n_chunks)]
+    index = _chunks(total, n_chunks)
     results = Parallel(n_jobs=min(workers, n_chunks), backend="loky", return_as="generator")(
         delayed(_single_threaded)(fn, [tasks[i] for i in chunk], os.getpid()) for chunk in index)
-    done = 0
+    return _collect(index, results, out, progress)
+
+
+def _collect(index, results, out: list, progress) -> list:
+    """Place each chunk's values at its tasks' positions as the chunks finish, reporting progress."""
+    done, total = 0, len(out)
     for chunk, values in zip(index, results):
         for i, value in zip(chunk, values):
             out[i] = value
@@ -173,13 +178,7 @@ def _run_on_dask(fn, tasks, out, progress, chunks_per_worker, scheduler) -> list
         with parallel_config(backend="dask", client=client):
             results = Parallel(n_jobs=-1, return_as="generator")(
                 delayed(_single_threaded)(fn, [tasks[i] for i in chunk]) for chunk in index)
-            done = 0
-            for chunk, values in zip(index, results):
-                for i, value in zip(chunk, values):
-                    out[i] = value
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, len(tasks))
+            _collect(index, results, out, progress)
     finally:
         if owned:
             client.close()
