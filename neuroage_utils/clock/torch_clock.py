@@ -107,13 +107,18 @@ def _blocks(rows: np.ndarray):
         yield rows[start:start + _BLOCK_ROWS]
 
 
-def _gene_totals(path, rows: np.ndarray) -> np.ndarray:
-    """Per-gene sums of the stored values over ``rows``, read block by block."""
-    total = None
+def _scan(path, rows: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(per-gene sums, whether every value is a count)`` over ``rows``, read block by block: one
+    pass over the training cells before training, so the input a model gets is decided on all of them."""
+    total, counts = None, True
     for block in _blocks(rows):
-        part = np.asarray(_read_rows(path, block).sum(axis=0, dtype=np.float64)).ravel()
+        X = _read_rows(path, block)
+        if X.nnz and not np.isfinite(X.data).all():
+            raise DataValidationError("the data hold NaN or infinite values: remove or impute them before fitting")
+        counts = counts and is_count_matrix(X)
+        part = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
         total = part if total is None else total + part
-    return total
+    return total, counts
 
 
 def _estimator(model: str, params: dict):
@@ -340,19 +345,19 @@ def fit_torch_clock(data, model: str, *, nproc: int = 1, params: dict | None = N
         validate_obs(obs[keep], donor_key, age_key, min_donors=MIN_DONORS)
     else:
         keep = np.ones(n_cells, bool)
-    is_counts = is_count_matrix(_read_rows(data, np.arange(min(n_cells, _BLOCK_ROWS))))
+    donor_age = donor_ages(ages[keep], donors[keep])
+    held = _held_out_donors(donor_age, seed)
+    train = np.sort(np.setdiff1d(donor_age.index.to_numpy().astype(str), held))
+    train_rows = np.flatnonzero(np.isin(donors, train))
+    held_rows = np.flatnonzero(np.isin(donors, held))
+    estimator = _estimator(model, {"device": str(torch_device) if not distributed else str(device), "seed": int(seed),
+                                   **(params or {})})
+    params_used = estimator_params(estimator)
+    totals, is_counts = _scan(data, train_rows)
     if model == "vae" and not is_counts:
         raise DataValidationError("the VAE clock needs raw UMI counts but the data are not counts: pass counts in X "
                                   "or layers['counts'], or use --model mlp")
     normalisation = ("log1p_cp10k" if model == "mlp" else "counts") if is_counts else "as_given"
-    donor_age = donor_ages(ages[keep], donors[keep])
-    held = _held_out_donors(donor_age, seed)
-    train = np.sort(np.setdiff1d(donor_age.index.to_numpy().astype(str), held))
-    estimator = _estimator(model, {"device": str(torch_device) if not distributed else str(device), "seed": int(seed),
-                                   **(params or {})})
-    params_used = estimator_params(estimator)
-    train_rows = np.flatnonzero(np.isin(donors, train))
-    held_rows = np.flatnonzero(np.isin(donors, held))
     if distributed:
         work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="neuroage-clock-"))
         tic = time.perf_counter()
@@ -367,7 +372,7 @@ def fit_torch_clock(data, model: str, *, nproc: int = 1, params: dict | None = N
         if fitted is None:  # another machine of a multi-machine run: node 0 holds the model
             return None
         record = {"world_size": int(run["world_size"]), "nnodes": nnodes, "nproc_per_node": nproc,
-                  "backend": run["backend"], "device": run["device"], "precision": "bf16 autocast" if run["amp"]
+                  "backend": run["backend"], "device": device_label(torch.device(run["device"])), "precision": "bf16 autocast" if run["amp"]
                   else "float32", "epochs": int(run["epochs"]), "fit_seconds": float(run["fit_seconds"]),
                   "launch_seconds": float(time.perf_counter() - tic),
                   "cells_per_second_per_rank": float(run["cells_per_second_per_rank"]),
@@ -386,9 +391,9 @@ def fit_torch_clock(data, model: str, *, nproc: int = 1, params: dict | None = N
                   "cells_per_second_per_rank": float(len(train_rows) * epochs / seconds),
                   "cells_per_rank": [int(len(train_rows))], "history": _finite(fitted.history_.to_dict("records"))}
         del X
-    fitted.device_, fitted.amp_ = torch.device("cpu"), False  # prediction and saving in this process
-    fitted.module_ = fitted.module_.to("cpu").eval()
-    totals = _gene_totals(data, train_rows)
+    if distributed and torch_device.type == "cuda":  # the network came back on the CPU: score on the GPU
+        fitted.module_, fitted.device_ = fitted.module_.to(torch_device), torch_device
+    fitted.module_.eval()
     clock = TorchClock(model, fitted, params_used, genes, normalisation,
                        count_share=totals / totals.sum() if totals.sum() > 0 else np.zeros_like(totals),
                        gene_mean=totals / max(len(train_rows), 1),

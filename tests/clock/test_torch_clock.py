@@ -146,3 +146,30 @@ def test_two_gloo_processes_train_the_clock_and_record_the_world_size(cohort_fil
     pred = pd.read_csv(csv, dtype={"donor_id": str}).set_index("donor_id")
     scored = pd.DataFrame(t["held_out"]["predictions"]).set_index("donor_id")
     np.testing.assert_allclose(pred.loc[scored.index, "predicted_age"], scored["predicted"], rtol=0, atol=1e-6)
+
+
+def test_controls_only_train_and_score_and_mixed_donors_are_refused(cohort, tmp_path, capsys):
+    data = cohort.copy()
+    data.obs["group"] = np.where(data.obs["donor_id"].isin([f"D{i:02d}" for i in range(12)]), "control", "case")
+    path = tmp_path / "study.h5ad"
+    data.write_h5ad(path)
+    clock = fit_torch_clock(path, "mlp", params=TINY["mlp"], device="cpu", control_key="group", control_value="control")
+    t = clock.training
+    assert t["n_donors"] == 12 and not {"D12", "D13", "D14"} & set(t["train_donor_ids"] + t["held_out_donor_ids"])
+    data.obs.loc[data.obs.index[0], "group"] = "case"  # one cell of control donor D00 marked a case
+    data.write_h5ad(path)
+    assert _fit(path, tmp_path / "c", "mlp", "--control-key", "group", "--control-value", "control") == 2
+    assert "donor D00 has control and non-control cells" in capsys.readouterr().err
+
+
+def test_mlp_clock_on_values_that_are_not_counts_uses_them_as_given(tmp_path):
+    data = make_adata(n_donors=N_DONORS, cells_per_donor=CELLS, n_genes=GENES, counts=False)
+    path = tmp_path / "logged.h5ad"
+    data.write_h5ad(path)
+    clock = fit_torch_clock(path, "mlp", params=TINY["mlp"], device="cpu")
+    assert clock.normalisation == "as_given"
+    np.testing.assert_allclose(clock.gene_mean, np.asarray(data.X[np.isin(data.obs["donor_id"],
+                                                                          clock.training["train_donor_ids"])].mean(0)).ravel(),
+                               rtol=1e-5)
+    table = Clock.load(clock.save(tmp_path / "clock")).predict(data)
+    assert len(table) == N_DONORS and np.isfinite(table["predicted_age"]).all()
