@@ -493,6 +493,9 @@ def fit_command(args) -> int:
         raise DataValidationError(f"--params is not valid JSON ({exc}): pass e.g. '{{\"epochs\": 20}}'") from None
     if not isinstance(params, dict):
         raise DataValidationError("--params must be a JSON object, e.g. '{\"epochs\": 20}'")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not (out / "clock.json").exists():  # refuse before training
+        raise DataValidationError(f"{out} exists and is not a clock directory: pass a new or empty --out")
     clock = fit_torch_clock(args.data, args.model, nproc=args.nproc, params=params, donor_key=args.donor_key,
                             age_key=args.age_key, control_key=args.control_key, control_value=args.control_value,
                             device=args.device, seed=args.seed, nnodes=args.nnodes, node_rank=args.node_rank,

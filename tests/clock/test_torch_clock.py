@@ -173,3 +173,9 @@ def test_mlp_clock_on_values_that_are_not_counts_uses_them_as_given(tmp_path):
                                rtol=1e-5)
     table = Clock.load(clock.save(tmp_path / "clock")).predict(data)
     assert len(table) == N_DONORS and np.isfinite(table["predicted_age"]).all()
+
+
+def test_an_out_directory_that_is_not_a_clock_is_refused_before_training(cohort_file, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _fit(cohort_file, tmp_path, "mlp") == 2
+    assert "is not a clock directory" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"
