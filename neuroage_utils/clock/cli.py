@@ -4,6 +4,8 @@
 
     neuroage fit --data FILE.h5ad --model KEY --out CLOCK_DIR [--donor-key K] [--age-key K]
                  [--cell-type-key K] [--control-key K --control-value V] [--device auto|cpu|cuda] [--seed N]
+    neuroage fit --data FILE.h5ad --model vae|mlp --out CLOCK_DIR [--params JSON] [--nproc N]
+                 [--nnodes M --node-rank K --master HOST:PORT]   # torch clocks (clock/torch_clock.py)
     neuroage predict --clock CLOCK_DIR --data FILE.h5ad --out PREDICTIONS.csv [--donor-key K] [--age-key K]
                  [--cell-type-key K] [--control-key K --control-value V]
     neuroage book [runner arguments]     # the same as python -m neuroage_utils.run [...]
@@ -51,16 +53,26 @@ def _keys(p: argparse.ArgumentParser, defaults: bool) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from neuroage_utils.clock.models import MODELS
+    from neuroage_utils.clock.torch_clock import TORCH_MODELS
 
     p = argparse.ArgumentParser(prog="neuroage", description="Single-cell age clocks: fit, predict, book.")
     sub = p.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit a clock on every donor given (only controls with --control-key)")
     fit.add_argument("--data", required=True, help=".h5ad with raw counts (X or layers['counts'])")
-    fit.add_argument("--model", required=True, choices=sorted(MODELS), help="the clock's model")
+    fit.add_argument("--model", required=True, choices=sorted(MODELS) + sorted(TORCH_MODELS),
+                     help="the clock's model (vae, mlp: torch clocks scored on held-out donors)")
     fit.add_argument("--out", required=True, help="the clock directory to write")
     _keys(fit, defaults=True)
     fit.add_argument("--device", default="auto", help="auto, cpu or cuda (the elastic nets run on the CPU)")
     fit.add_argument("--seed", type=int, default=0)
+    torch_args = fit.add_argument_group("torch clocks (--model vae or mlp)")
+    torch_args.add_argument("--params", default="{}", help='estimator settings as JSON, e.g. \'{"epochs": 20}\'')
+    torch_args.add_argument("--nproc", type=int, default=1,
+                            help="processes per machine: 1 trains here; N > 1 data-parallel under torchrun "
+                                 "(one per GPU with --device cuda: NCCL; CPU processes: gloo)")
+    torch_args.add_argument("--nnodes", type=int, default=1, help="machines (torchrun --nnodes): run the command on each")
+    torch_args.add_argument("--node-rank", type=int, default=0, help="this machine's number, 0 .. nnodes - 1")
+    torch_args.add_argument("--master", default=None, help="node 0's host:port (several machines)")
     pred = sub.add_parser("predict", help="apply a clock: one row per donor with the age gaps")
     pred.add_argument("--clock", required=True, help="a directory written by neuroage fit")
     pred.add_argument("--data", required=True, help=".h5ad of the donors to predict")
@@ -71,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fit(args) -> int:
+    from neuroage_utils.clock.torch_clock import TORCH_MODELS, fit_command
+
+    if args.model in TORCH_MODELS:  # VAE / MLP: trained once (optionally data-parallel), scored on held-out donors
+        return fit_command(args)
     from neuroage_utils.clock.clock import Clock
     from neuroage_utils.train.device import resolve_device
     from neuroage_utils.train.workers import worker_count

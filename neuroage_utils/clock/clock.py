@@ -39,6 +39,7 @@ from neuroage_utils import __version__
 from neuroage_utils.clock import models as clock_models
 from neuroage_utils.clock.alignment import align_genes, feature_rows
 from neuroage_utils.clock.card import model_card
+from neuroage_utils.clock.columns import control_mask as _controls, obs_column as _column, sha256_file as _sha256_file
 from neuroage_utils.data.checks import donor_ages, is_count_matrix, require_counts
 from neuroage_utils.data.cohort import MIN_DONORS, counts_matrix, file_sha256, validate_obs
 from neuroage_utils.data.features import column_moments
@@ -78,10 +79,6 @@ class Member:
         return np.asarray(rows @ weights.astype(rows.dtype), dtype=float).ravel() + self.intercept + offset
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _data_sha256(X, donors, ages, data_path) -> str:
     """SHA-256 of the data file when fitted from one, else of the matrix, donors and ages in memory."""
     if data_path is not None:
@@ -92,32 +89,6 @@ def _data_sha256(X, donors, ages, data_path) -> str:
         digest.update(np.ascontiguousarray(part).tobytes())
     digest.update("\0".join(map(str, donors)).encode())
     return "in-memory:" + digest.hexdigest()
-
-
-def _column(obs: pd.DataFrame, key: str, flag: str) -> np.ndarray:
-    if key not in obs.columns:
-        shown = ", ".join(map(str, list(obs.columns)[:12]))
-        raise DataValidationError(f"obs has no column '{key}' (columns: {shown or 'none'}): name the right one "
-                                  f"with --{flag}")
-    values = obs[key]
-    if values.isna().any():
-        raise DataValidationError(f"{int(values.isna().sum())} cells have no value in obs['{key}']: fill or drop them")
-    return values.astype(str).to_numpy()
-
-
-def _controls(obs: pd.DataFrame, control_key: str | None, control_value) -> np.ndarray | None:
-    """Boolean mask of control cells, or None without a control key."""
-    if control_key is None:
-        return None
-    values = _column(obs, control_key, "control-key")
-    if control_value is None:
-        raise DataValidationError("a control key needs a control value: pass --control-value (e.g. control)")
-    mask = values == str(control_value)
-    if not mask.any():
-        found = ", ".join(sorted(set(values))[:5])
-        raise DataValidationError(f"no cell has obs['{control_key}'] == '{control_value}' (values: {found}): "
-                                  "pass the value that marks control donors with --control-value")
-    return mask
 
 
 @dataclass
@@ -326,7 +297,9 @@ class Clock:
 
     @classmethod
     def load(cls, directory) -> "Clock":
-        """Read a clock directory; checks its format and the SHA-256 of its arrays and genes."""
+        """Read a clock directory; checks its format and the SHA-256 of its arrays and genes. A torch
+        clock's directory (``neuroage fit --model vae|mlp``) gives a
+        :class:`~neuroage_utils.clock.torch_clock.TorchClock`, with the same ``predict``."""
         directory = Path(directory)
         path = directory / "clock.json"
         if not path.exists():
@@ -336,6 +309,10 @@ class Clock:
             doc = json.loads(path.read_text())
         except ValueError:
             raise DataValidationError(f"{path} is not valid JSON: refit the clock with neuroage fit") from None
+        from neuroage_utils.clock.torch_clock import TORCH_FORMAT, TorchClock
+
+        if doc.get("format") == TORCH_FORMAT:  # a VAE / MLP clock: its network rebuilt from its arrays
+            return TorchClock.load(directory, doc)
         if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
             raise DataValidationError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} clock: refit it with this version")
         for name, digest in doc["files"].items():

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from neuroage_utils.data.cohort import validate_obs
+from neuroage_utils.data.features import log_normalize
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.models.mlp import MLPRegressor
 from neuroage_utils.models.vae import VAEAgeRegressor
@@ -42,7 +43,7 @@ from neuroage_utils.results import atomic_write
 from neuroage_utils.train import distributed as ddp
 from neuroage_utils.train.device import native_bf16
 
-__all__ = ["ESTIMATORS", "fit_distributed", "fit_from_cli", "write_h5ad", "rank_fit", "read_rows", "main"]
+__all__ = ["ESTIMATORS", "estimator_params", "fit_distributed", "fit_from_cli", "write_h5ad", "rank_fit", "read_rows", "main"]
 
 #: Estimators a data-parallel run can train, by name (the spec and the command line use the name).
 ESTIMATORS = {"mlp": MLPRegressor, "vae": VAEAgeRegressor}
@@ -51,7 +52,7 @@ _ATTRIBUTE = {"latent": "latent_dim"}
 MODEL_FILE = "model.pt"
 
 
-def _estimator_params(estimator) -> dict:
+def estimator_params(estimator) -> dict:
     """The constructor arguments that rebuild ``estimator`` (JSON: a callable schedule cannot travel)."""
     params = {}
     for name, arg in inspect.signature(type(estimator).__init__).parameters.items():
@@ -124,7 +125,8 @@ def _positions(obs: pd.DataFrame, donor_key: str, donors) -> np.ndarray:
 def fit_distributed(estimator, data, nproc: int = 2, *, donor_key: str = "donor_id", age_key: str = "age",
                     train_donors=None, validation_donors=None, monitors: dict | None = None,
                     blocks: int | None = None, out_dir=None, timeout: float | None = None,
-                    threads_per_rank: int | None = None, nnodes: int = 1, node_rank: int = 0, master: str | None = None):
+                    threads_per_rank: int | None = None, nnodes: int = 1, node_rank: int = 0, master: str | None = None,
+                    log_normalise: bool = False, backend: str | None = None):
     """Train ``estimator`` (an unfitted :class:`MLPRegressor` or :class:`VAEAgeRegressor`) on the cells of
     ``data`` over ``nproc`` processes started by ``torchrun``; return ``(fitted estimator, run)``.
 
@@ -147,6 +149,10 @@ def fit_distributed(estimator, data, nproc: int = 2, *, donor_key: str = "donor_
     data at the same path, ``nnodes``, the machine's ``node_rank`` and node 0's ``master`` address
     (``host:port``); ``nproc`` is per machine and node 0 gets the fitted model (the others get
     ``(None, {"node_rank": k})``).
+
+    ``log_normalise``: each rank log-normalises the rows it reads (log1p of counts per 10^4, as
+    :func:`~neuroage_utils.data.features.log_normalize`; the MLP's input in the book). ``backend``:
+    ``"gloo"`` keeps the ranks on the CPU on a machine with GPUs (default: NCCL when there is a GPU).
     """
     name = _name_of(estimator)
     if estimator.amp and not torch.cuda.is_available():
@@ -169,9 +175,12 @@ def fit_distributed(estimator, data, nproc: int = 2, *, donor_key: str = "donor_
     for key, rows in sets.items():
         paths[key] = str(out / f"rows-{key.replace(':', '-')}.npy")
         atomic_write(paths[key], lambda fh, rows=rows: np.save(fh, rows.astype(np.int64)), binary=True)
-    spec = {"estimator": name, "params": _estimator_params(estimator), "data": str(Path(data).resolve()),
+    spec = {"estimator": name, "params": estimator_params(estimator), "data": str(Path(data).resolve()),
             "donor_key": donor_key, "age_key": age_key, "rows": paths,
-            "blocks": int(blocks) if blocks else max(ddp.DEFAULT_BLOCKS, int(nproc))}
+            "blocks": int(blocks) if blocks else max(ddp.DEFAULT_BLOCKS, int(nproc)),
+            "log_normalise": bool(log_normalise)}
+    if backend is not None:
+        spec["backend"] = str(backend)
     run = ddp.launch(nproc, "neuroage_utils.models.data_parallel:rank_fit", spec, out_dir=out, timeout=timeout,
                      threads_per_rank=threads_per_rank, nnodes=nnodes, node_rank=node_rank, master=master)
     if int(node_rank) != 0:
@@ -203,7 +212,13 @@ def _held_out_part(spec: dict, key: str, context: dict, obs, donors, ages):
     layout = ddp.BlockLayout(len(rows), min(int(spec["blocks"]), len(rows)))
     shard = ddp.Shard(layout, context["rank"], context["world_size"])
     local = rows[shard.rows()]
-    return read_rows(spec["data"], local), ages[local], donors[local], shard
+    return _features(spec, read_rows(spec["data"], local)), ages[local], donors[local], shard
+
+
+def _features(spec: dict, X):
+    """The rows as the estimator reads them: log-normalised when the spec says so (row by row, so
+    a rank needs no other rank's cells)."""
+    return log_normalize(X) if spec.get("log_normalise") else X
 
 
 def rank_fit(spec: dict, context: dict) -> dict | None:
@@ -221,7 +236,7 @@ def rank_fit(spec: dict, context: dict) -> dict | None:
     shard = ddp.Shard(ddp.BlockLayout(len(train_rows), int(spec["blocks"])), context["rank"], context["world_size"])
     local = train_rows[shard.rows()]
     tic = time.perf_counter()
-    X = read_rows(spec["data"], local)
+    X = _features(spec, read_rows(spec["data"], local))
     read_seconds = time.perf_counter() - tic
     held = {key: _held_out_part(spec, key, context, obs, donors, ages) for key in spec["rows"] if key != "train"}
     validation = held.pop("val", None)
