@@ -9,9 +9,12 @@ resident memory (``wait4``'s ``ru_maxrss``) is its own:
 - ``data``: ``load_streamed`` (obs checks, one validation pass with library sizes), per-gene moments
   of the log-normalised training cells, donor pseudobulk of the training + validation donors, and
   a 50,000-cell per-donor sample (what the cell-level models of the quick profile fit on);
-- ``fit``: what ``neuroage fit --model pseudobulk_elastic_net`` does on the file: load (validated),
-  streamed pseudobulk, the elastic net with the quick profile's grid and donor-grouped CV, and the
-  test donors' predictions from their streamed pseudobulk (with the test MAE).
+- ``fit``: the streamed pseudobulk clock of the book's baselines chapter: load (validated), streamed
+  pseudobulk of the training + validation donors, the elastic net with the quick profile's grid and
+  donor-grouped CV, and the test donors' predictions from their streamed pseudobulk (with the test MAE);
+- ``cli``: the command itself, ``neuroage fit --data FILE --model pseudobulk_elastic_net --out DIR``
+  (every donor, penalty tuned by inner CV, error by an outer 5-fold CV, the clock directory written),
+  which streams a file of this size by itself.
 
 Prints one JSON object (``run_bench.py`` stores it as ``scale``). Files are deleted unless ``--keep``.
 """
@@ -23,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +46,8 @@ def _measured(cmd) -> dict:
     for line in out.strip().splitlines():  # the step's JSON line, then the wrapper's (peak RSS)
         if line.startswith("{"):
             result.update(json.loads(line))
+        elif " CV MAE " in line:  # neuroage fit's summary line
+            result["cv_mae"] = float(line.split(" CV MAE ")[1].split()[0])
     if proc.returncode != 0:
         result["error"] = (err.strip().splitlines() or ["no output"])[-1][:300]
     return result
@@ -91,6 +97,11 @@ def step_fit(path: str) -> dict:
             "alpha": clock.alpha_, "l1_ratio": clock.l1_ratio_, "n_nonzero": clock.n_nonzero_}
 
 
+def cli_command(path: str, out: str) -> list:
+    return [sys.executable, "-m", "neuroage_utils.clock.cli", "fit", "--data", path, "--model", "pseudobulk_elastic_net",
+            "--out", out]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--millions", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0])
@@ -115,6 +126,8 @@ def main() -> int:
         row["file_gb"] = round(path.stat().st_size / 1e9, 2) if path.exists() else None
         for step in ("data", "fit"):
             row[step] = _measured(_wrapped([sys.executable, __file__, "--step", step, "--path", path]))
+        with tempfile.TemporaryDirectory() as tmp:
+            row["cli"] = _measured(_wrapped(cli_command(str(path), str(Path(tmp) / "clock"))))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if not args.keep:
