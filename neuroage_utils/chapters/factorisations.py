@@ -188,8 +188,8 @@ def nmf_factors(chapter) -> FactorRun | None:
     corr, top, chance = _correlations(chapter, scores, summary)
     chapter.download("factor-correlations", corr)
     backend = "streamed-hals" if summary is not None else model.backend
-    record = _record(chapter, "NMF", ("train", "val"), fit_cells, k, backend, converged=bool(model.converged), n_iter=int(model.nmf.n_iter_),
-                     reconstruction_err=float(model.reconstruction_err_),
+    record = _record(chapter, "NMF", ("train", "val"), fit_cells, k, backend, converged=bool(model.converged),
+                     n_iter=int(model.nmf.n_iter_), reconstruction_err=float(model.reconstruction_err_),
                      downstream={"model": "the MLP on its factors", "cells": int(c.mask("train", "val").sum()),
                                  "splits": "training and validation", "sample": _from_sample(chapter)})
     chapter.record(factorisation=record, top_abs_r_donor=top["abs_r_donor"], chance_abs_r_donor=chance)

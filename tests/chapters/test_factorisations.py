@@ -92,12 +92,13 @@ def test_a_profile_without_every_cell_fits_the_sample_in_memory(sim_path, tmp_pa
     assert "does not stream the factorisations over every cell" in run.sentence
 
 
-def test_streamed_nmf_skips_negative_values_with_the_reason(h5ad_path, tmp_path):
+@pytest.mark.parametrize("stream", [True, None])
+def test_nmf_skips_negative_values_with_the_reason(h5ad_path, tmp_path, stream):
     adata = make_adata(n_donors=14, cells_per_donor=12, n_genes=40)
     dense = np.log1p(adata.X.toarray())
     adata.X = ((dense - dense.mean(0)) / (dense.std(0) + 1e-6)).astype(np.float32)
     chapter = Chapter("nmf", data_path=str(h5ad_path(adata)), profile="smoke", device="cpu", out_dir=str(tmp_path),
-                      stream=True, allow_non_counts=True)
-    assert chapter.factorise_streamed
+                      stream=stream, allow_non_counts=True)
+    assert chapter.factorise_streamed is bool(stream)
     assert nmf_factors(chapter) is None
     assert "non-negative" in chapter.models["nmf_mlp"]["skipped"]
