@@ -96,11 +96,11 @@ class Profile:
     # A streamed cohort (a file above data.stream.STREAM_ABOVE_NNZ values, or --stream): the cell-level
     # models fit on at most this many cells, drawn per donor; the aggregated clocks read every cell.
     # None (the paper profile): every cell, as the paper fitted them. The streamed file is then read
-    # into memory once for the cell-level models (MLP, VAEs, cell elastic net), so the paper profile on a
-    # file larger than memory is refused by the pre-flight before anything loads (its estimate is the
-    # in-memory one), with --max-cells N (every chapter in memory on N cells per donor) or the quick
-    # profile (a per-donor sample, the clocks on every cell) as the ways out; the factorisations and
-    # the aggregated clocks still read the file in blocks, their memory flat in the cells.
+    # into memory once for the cell-level models (MLP, VAEs, cell elastic net), so the paper profile
+    # needs the whole matrix in memory as on the in-memory path: the pre-flight's estimate (the
+    # in-memory one) refuses a file that does not fit before anything loads, --max-cells N being the
+    # way out; the factorisations (stream_every_cell) and the aggregated clocks still read the file in
+    # blocks, their memory flat in the cells.
     stream_sample_cells: int | None = None
     # A streamed cohort: the SVD and NMF chapters fit their factorisation in streamed passes over every
     # training cell of the file, and score every cell for the correlations with age and the SVD's ridge

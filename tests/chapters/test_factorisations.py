@@ -79,6 +79,8 @@ def test_streamed_nmf_reads_every_cell_and_its_mlp_the_sample(sim_path, tmp_path
 
 def test_a_profile_without_every_cell_fits_the_sample_in_memory(sim_path, tmp_path, monkeypatch):
     monkeypatch.setitem(profiles.PROFILES["smoke"]["data"], "stream_sample_cells", 500)
+    assert profiles.section_params("quick", "svd")["stream_every_cell"] is False  # the quick profile's choice
+    assert profiles.section_params("paper", "nmf")["stream_every_cell"] is True
     monkeypatch.setitem(profiles.PROFILES["smoke"]["svd"], "stream_every_cell", False)  # as the quick profile
     chapter = _chapter("svd", sim_path, tmp_path, stream=True)
     assert chapter.stream is not None and not chapter.factorise_streamed
