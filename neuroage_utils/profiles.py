@@ -95,7 +95,19 @@ class Profile:
     exp_nmf_iter: int = 100
     # A streamed cohort (a file above data.stream.STREAM_ABOVE_NNZ values, or --stream): the cell-level
     # models fit on at most this many cells, drawn per donor; the aggregated clocks read every cell.
-    stream_sample_cells: int | None = None  # None (the paper profile): every cell
+    # None (the paper profile): every cell, as the paper fitted them. The streamed file is then read
+    # into memory once for the cell-level models (MLP, VAEs, cell elastic net), so the paper profile
+    # needs the whole matrix in memory as on the in-memory path: the pre-flight's estimate (the
+    # in-memory one) refuses a file that does not fit before anything loads, --max-cells N being the
+    # way out; the factorisations (stream_every_cell) and the aggregated clocks still read the file in
+    # blocks, their memory flat in the cells.
+    stream_sample_cells: int | None = None
+    # A streamed cohort: the SVD and NMF chapters fit their factorisation in streamed passes over every
+    # training cell of the file, and score every cell for the correlations with age and the SVD's ridge
+    # (True: the paper profile; the smoke profile too, so that the tests run that path on tiny data); or
+    # in memory on the per-donor sample above, like the cell-level models (False: the quick profile stays
+    # minutes at any size). The MLP on NMF factors is a cell-level model: it reads the sample's factors.
+    stream_every_cell: bool = False
     # The paper's budget (Table 3's final row): epochs, the batch and the cells drawn per epoch (None:
     # every training cell), the age weight of its up-weighted twin, how often its curves are read.
     # On a CPU the quick profile keeps the paper's epochs and optimiser steps with a small batch and
@@ -117,7 +129,7 @@ class Profile:
                          "min_cells_per_donor": self.min_cells_per_donor},
             "data": {"stream_sample_cells": self.stream_sample_cells},
             "svd": {"n_components": self.svd_components, "max_cells_plot": 20_000, "ridge_alphas": _RIDGE_ALPHAS,
-                    "linalg_backend": self.linalg_backend},
+                    "linalg_backend": self.linalg_backend, "stream_every_cell": self.stream_every_cell},
             "baselines": {
                 "elastic_net": {"n_alphas": self.enet_n_alphas, "l1_ratios": list(self.enet_l1_ratios), "n_splits": 5,
                                 "max_cells": self.max_cells_fit},
@@ -139,6 +151,7 @@ class Profile:
                 "batch_size": self.batch_size,
                 "amp": self.amp,
                 "linalg_backend": self.linalg_backend,
+                "stream_every_cell": self.stream_every_cell,
             },
             "vae": {
                 "gaussian_grid": _scaled(paper.GAUSSIAN_VAE_GRID, width=self.vae_width_scale,
@@ -170,6 +183,7 @@ SETTINGS = {
                      enet_l1_ratios=(0.5, 1.0), pseudocells_per_donor=5, cells_per_pseudocell=8,
                      max_cells_fit=3000, checkpoint_every=2, kl_cycle=(1, 1, 1), t0=2,
                      exp_row=0, exp_batch_size=64, exp_monitor_cells=200, exp_nmf_iter=20, stream_sample_cells=3000,
+                     stream_every_cell=True,
                      budget_epochs=12, budget_batch_size=16, budget_cells_per_epoch=64, budget_monitor_every=4),
     # The default book: the paper's designs on ~10k cells x 2,000 genes, narrower and shorter.
     # The KL cycle and the restart period shrink with the epochs (5 + 5 + 5 and 10 instead of
@@ -191,7 +205,7 @@ SETTINGS = {
                      mlp_epochs=paper.TRAINING["mlp_epochs"], batch_size=paper.TRAINING["batch_size"],
                      svd_components=100, nmf_components=100, nmf_max_iter=200, enet_n_alphas=20,
                      enet_l1_ratios=(0.1, 0.5, 0.9, 1.0), pseudocells_per_donor=100, cells_per_pseudocell=50,
-                     max_cells_fit=None, checkpoint_every=10, amp=True),
+                     max_cells_fit=None, checkpoint_every=10, amp=True, stream_every_cell=True),
 }
 
 #: Every profile's section parameters, as plain data (what results files record).

@@ -87,6 +87,33 @@ def test_ground_truth_note_simulated_or_not():
     assert "0:" not in summary.ground_truth_note(None)
 
 
+def test_factorisation_sentence_says_which_cells_ran():
+    from neuroage_utils.report.chapter_page import factorisation_sentence
+
+    base = {"method": "SVD", "splits": "training", "n_components": 100, "fit_cells": 700_000, "cells_in_file": 1_000_000,
+            "scored_cells": 1_000_000, "cells_in_memory": 50_000, "streamed": True, "every_cell": True,
+            "downstream": {"model": "the ridge on its scores", "cells": 700_000, "splits": "training", "sample": False}}
+    assert factorisation_sentence(base) == (
+        "The SVD (100 components) was fitted in streamed passes over all 700,000 training cells of the file (products "
+        "summed block by block), and its correlations with age read all 1,000,000 cells; the ridge on its scores was "
+        "trained on 700,000 training cells.")
+    nmf = {**base, "method": "NMF", "splits": "training and validation", "fit_cells": 800_000,
+           "downstream": {"model": "the MLP on its factors", "cells": 40_000, "splits": "training and validation",
+                          "sample": True}}
+    assert factorisation_sentence(nmf).endswith(
+        "; the MLP on its factors was trained on 40,000 training and validation cells of the per-donor sample.")
+    sample = {**base, "every_cell": False, "fit_cells": 35_000, "scored_cells": 50_000,
+              "downstream": {**base["downstream"], "cells": 35_000, "sample": True}}
+    assert factorisation_sentence(sample) == (
+        "The SVD (100 components) was fitted in memory on the 35,000 training cells of the per-donor sample of 50,000 "
+        "cells (of 1,000,000 in the streamed file; this profile does not stream the factorisations over every cell), "
+        "and its correlations with age read the sample's 50,000 cells; the ridge on its scores was trained on 35,000 "
+        "training cells of the per-donor sample.")
+    memory = {**base, "streamed": False, "every_cell": False, "fit_cells": 900, "scored_cells": 1_300, "downstream": None}
+    assert factorisation_sentence(memory) == ("The SVD (100 components) was fitted in memory on the 900 training "
+                                              "cells, and its correlations with age read all 1,300 cells.")
+
+
 def test_leaderboard_names_models_and_chapters_for_readers():
     board = [{"model": "elastic_net", "section": "baselines", "mae": 7.0, "mae_ci95": [5, 9], "r": -0.001,
               "n_donors": 11, "paper_mae": None, "trained_on": ["train", "val"]},

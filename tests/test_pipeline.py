@@ -244,3 +244,29 @@ def test_a_15_donor_cohort_scores_no_split_of_fewer_than_5_donors(tmp_path):
     assert summary["cv"]["elastic_net"]["n_donors"] == 15  # the repeated CV carries the comparison
     page = (out / "executed" / "baselines.ipynb").read_text()
     assert "too small to score" in page
+
+
+def test_svd_and_nmf_stream_every_cell_through_the_runner(tmp_path):
+    """--stream on the smoke profile (which, like the paper profile, fits the factorisations over every
+    cell): both chapters record a streamed fit over every training cell of the file and say so on the page."""
+    from neuroage_utils.data.simulate import write_simulated_h5ad
+    from neuroage_utils.data.stream import load_streamed
+
+    path = write_simulated_h5ad(tmp_path / "sim.h5ad", cell_fraction=0.006, n_genes=80, seed=4, min_cells_per_donor=8)
+    out = tmp_path / "out"
+    proc = run("--profile", "smoke", "--data", str(path), "--stream", "--only", "svd", "nmf", "--no-book",
+               "--device", "cpu", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    stream = load_streamed(path)
+    for section, splits, backend in (("svd", ("train",), "streamed-gram"), ("nmf", ("train", "val"), "streamed-hals")):
+        doc = results.read_results(out, section)
+        params, record = doc["params"], doc["params"]["factorisation"]
+        assert params["streamed"] is True and params["stream_every_cell"] is True
+        assert record["every_cell"] is True and record["backend"] == backend
+        assert params["linalg_backend_used"] == {section: backend}
+        assert record["fit_cells"] == int(stream.mask(*splits).sum()) and record["scored_cells"] == stream.n_cells
+        assert record["n_components"] == profiles.section_params("smoke", section)["n_components"]
+        model = doc["models"][f"{section}_ridge" if section == "svd" else "nmf_mlp"]
+        assert model["mae"] >= 0 and model["n_components"] == record["n_components"]
+        page = (out / "executed" / f"{section}.ipynb").read_text()
+        assert f"fitted in streamed passes over all {record['fit_cells']:,}" in page

@@ -195,6 +195,13 @@ class Chapter:
             self.data.update(max_cells_per_donor=self.max_cells, n_cells_in_file=int(n_in_file))
         np.random.seed(self.seed)
 
+    @property
+    def factorise_streamed(self) -> bool:
+        """Whether this chapter's SVD or NMF runs in streamed passes over every cell of the file
+        (``chapters.factorisations``): the data are streamed and the profile asks for every cell
+        (``stream_every_cell``); otherwise it is fitted in memory on :attr:`cohort`."""
+        return self.stream is not None and bool(self.params.get("stream_every_cell", False))
+
     # -- what the page says about its data ----------------------------------------------------
     def data_summary(self) -> str:
         """One Markdown paragraph naming the data this page ran on."""
@@ -203,8 +210,11 @@ class Chapter:
         text = pages.data_summary(self.data, simulated=self.simulated, profile=self.profile, seed=self.seed,
                                   is_counts=self.cohort.is_counts, split_source=self.cohort.split_source)
         if self.stream is not None:
+            cells = (f"every one of its {self.cohort.n_cells:,} cells, read into memory"
+                     if self.cohort.n_cells == self.stream.n_cells else
+                     f"a sample of {self.cohort.n_cells:,} cells drawn per donor")
             text += (" The matrix was streamed from the file in blocks: the pseudobulk and pseudocell clocks read every "
-                     f"cell, the cell-level models a sample of {self.cohort.n_cells:,} cells drawn per donor.")
+                     f"cell, the cell-level models {cells}.")
         counts = self.cohort.donor_table["split"].value_counts()
         small = [f"{int(counts.get(s, 0))} {name}" for s, name in (("val", "validation"), ("test", "test"))
                  if int(counts.get(s, 0)) < results.MIN_SCORED_DONORS]

@@ -88,6 +88,20 @@ class NMFModel:
     backend: str = "sklearn"
     device: object = None
 
+    @classmethod
+    def from_hals(cls, fit: dict, transform: str = "raw", max_iter: int = 200, tol: float = 1e-4, seed: int = 0,
+                  device=None, dense_limit_gb: float = 1.0) -> "NMFModel":
+        """The model of a HALS fit (``device_linalg.nmf_hals`` or ``models.streamed.fit_streamed_nmf``: a dict
+        with ``H``, ``reconstruction_err``, ``n_iter``, ``converged``); its :meth:`transform` solves usages by
+        HALS with the programmes fixed, on ``device``."""
+        H = np.asarray(fit["H"])
+        # a fitted scikit-learn NMF holding the torch factors, so that NMFModel is unchanged
+        nmf = NMF(n_components=H.shape[0], max_iter=max_iter, tol=tol, random_state=seed)
+        nmf.components_, nmf.n_components_ = H, H.shape[0]
+        nmf.reconstruction_err_, nmf.n_iter_, nmf.n_features_in_ = fit["reconstruction_err"], fit["n_iter"], H.shape[1]
+        return cls(nmf=nmf, input_transform=transform, converged=fit["converged"], dense_limit_gb=dense_limit_gb,
+                   backend="torch", device=device)
+
     @property
     def n_components(self) -> int:
         return int(self.nmf.n_components_)
@@ -181,11 +195,8 @@ def fit_nmf(
         if init is not None:
             raise DataValidationError("fit_nmf: backend='torch' starts from NNDSVDa: leave init=None")
         fit = nmf_hals(X, n_components, max_iter=max_iter, tol=tol, seed=seed, device=device)
-        # a fitted scikit-learn NMF holding the torch factors, so that NMFModel is unchanged
-        nmf.components_, nmf.n_components_ = fit["H"], n_components
-        nmf.reconstruction_err_, nmf.n_iter_, nmf.n_features_in_ = fit["reconstruction_err"], fit["n_iter"], X.shape[1]
-        return NMFModel(nmf=nmf, input_transform=transform, converged=fit["converged"],
-                        dense_limit_gb=dense_limit_gb, backend="torch", device=device)
+        return NMFModel.from_hals(fit, transform=transform, max_iter=max_iter, tol=tol, seed=seed, device=device,
+                                  dense_limit_gb=dense_limit_gb)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         nmf.fit(X)

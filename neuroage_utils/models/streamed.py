@@ -20,6 +20,19 @@ block's :math:`W_b` and accumulates :math:`W_b^\top X_b` and :math:`W_b^\top W_b
 file, and the objective :math:`\lVert X\rVert^2 - 2\langle W^\top X, H\rangle + \langle W^\top W, HH^\top\rangle`
 comes from the same sums for free. From the same start it follows the in-memory HALS to within
 the inner-loop stopping rule (tested against it).
+
+**Scores of every cell.** A fitted factorisation scores cells block by block (``model.transform`` of
+each block): :func:`streamed_donor_summary` keeps per donor the cell count and the sum of scores,
+and over all cells each component's sum of squares (combined across blocks by Chan's update), which
+is all that the correlations with age and their chance level read (``models.svd.DonorScores``).
+
+**A ridge on the scores of every training cell.** :func:`fit_streamed_ridge` is scikit-learn's
+``RidgeCV`` (penalty chosen by exact leave-one-out error, unpenalised intercept) from two passes:
+the first sums :math:`S^\top S`, :math:`S^\top y` and the means; with :math:`C = V\Lambda V^\top` the
+centred Gram matrix, the second gives every cell's leave-one-out residual for every penalty,
+:math:`e_i / (1 - h_i)` with :math:`h_i = 1/n + \sum_j P_{ij}^2/(\lambda_j + \alpha)`, :math:`P = (S - \bar s) V`.
+A linear model's donor-mean prediction is its prediction of the donor-mean scores, so donors are
+scored from the summary, with no third pass.
 """
 
 from __future__ import annotations
@@ -32,9 +45,10 @@ import numpy as np
 import pandas as pd
 
 from neuroage_utils.errors import DataValidationError
-from neuroage_utils.models.svd import SVDModel
+from neuroage_utils.models.svd import DonorScores, SVDModel
 
-__all__ = ["fit_streamed_svd", "streamed_donor_scores", "fit_streamed_nmf"]
+__all__ = ["fit_streamed_svd", "streamed_donor_scores", "fit_streamed_nmf", "streamed_donor_summary",
+           "fit_streamed_ridge", "StreamedRidge"]
 
 #: Up to this many genes the SVD uses the exact genes x genes Gram matrix (6,000 genes: 288 MB).
 GRAM_GENES = 6000
@@ -109,32 +123,111 @@ def fit_streamed_svd(stream, rows, n_components: int = 100, seed: int = 0, scale
                     backend=backend)
 
 
+def _scored_blocks(score, stream, rows, normalise: bool):
+    """``(first_row, kept, scores)`` of every block with a selected row: ``score`` (a fitted model's
+    ``transform``) of the block's selected cells, raw counts or log-normalised (``normalise``)."""
+    for a, block in stream.blocks(normalise=normalise, needed=rows):
+        keep = rows[a : a + block.shape[0]]
+        if keep.any():
+            yield a, keep, np.asarray(score(block[keep]), dtype=np.float64)
+
+
+def streamed_donor_summary(score, stream, rows, normalise: bool = True) -> DonorScores:
+    """The :class:`~neuroage_utils.models.svd.DonorScores` of the cells in ``rows``, scored block by block
+    by ``score`` (e.g. ``SVDModel.transform`` on log-normalised blocks, ``NMFModel.transform`` on raw
+    counts with ``normalise=False``): per donor its cell count and mean score, over the cells each
+    component's sum of squares. Memory: donors x components."""
+    rows = np.asarray(rows, dtype=bool)
+    sums = count = mean = m2 = None
+    n = 0
+    for a, keep, scores in _scored_blocks(score, stream, rows, normalise):
+        if sums is None:
+            sums, mean, m2 = np.zeros((stream.n_donors, scores.shape[1])), np.zeros(scores.shape[1]), np.zeros(scores.shape[1])
+        np.add.at(sums, stream.donor_codes[a : a + len(keep)][keep], scores)
+        # Chan's update of the cells' mean and sum of squares: no cancellation on far-from-zero scores
+        m, block_mean = len(scores), scores.mean(axis=0)
+        delta = block_mean - mean
+        m2 += ((scores - block_mean) ** 2).sum(axis=0) + delta**2 * n * m / (n + m)
+        mean += delta * m / (n + m)
+        n += m
+    if sums is None:
+        raise DataValidationError("streamed_donor_summary: no cell selected: pass a mask with cells")
+    count = np.bincount(stream.donor_codes[rows], minlength=stream.n_donors)
+    present = np.flatnonzero(count)
+    ids = stream.donor_table["donor_id"].to_numpy().astype(str)[present]
+    order = np.argsort(ids, kind="stable")  # sorted by id, as DonorScores.from_cells
+    present = present[order]
+    return DonorScores(ids=ids[order], ages=stream.donor_table["age"].to_numpy(dtype=float)[present],
+                       counts=count[present], means=sums[present] / count[present, None], ss_cells=m2)
+
+
 def streamed_donor_scores(model, stream, rows) -> pd.DataFrame:
     """Mean component scores per donor over the cells in ``rows`` (donors x components), streamed:
     the donor-level view of a factorisation without a cells x components array."""
-    rows = np.asarray(rows, dtype=bool)
-    weights = (model.components_ / model.scale_).T.astype(np.float32)
-    offset = model.mean_ @ weights
-    sums = np.zeros((stream.n_donors, weights.shape[1]))
-    for a, block in stream.blocks(normalise=True, needed=rows):
-        keep = rows[a : a + block.shape[0]]
-        if keep.any():
-            scores = np.asarray(block[keep] @ weights) - offset
-            np.add.at(sums, stream.donor_codes[a : a + block.shape[0]][keep], scores)
-    counts = np.bincount(stream.donor_codes[rows], minlength=stream.n_donors)
-    present = counts > 0
-    table = pd.DataFrame(sums[present] / counts[present, None],
-                         index=pd.Index(stream.donor_table["donor_id"].to_numpy()[present], name="donor_id"))
+    summary = streamed_donor_summary(model.transform, stream, rows, normalise=True)
+    table = pd.DataFrame(summary.means, index=pd.Index(summary.ids, name="donor_id"))
     table.columns = [f"component {i + 1}" for i in range(table.shape[1])]
     return table
 
 
+class StreamedRidge:
+    """A ridge regression of ages on component scores fitted by :func:`fit_streamed_ridge`: the
+    ``coef_``, ``intercept_`` and ``alpha_`` of scikit-learn's ``RidgeCV`` on the same cells, and
+    ``loo_mse_`` (the leave-one-out mean squared error of every penalty tried)."""
+
+    def __init__(self, coef, intercept: float, alpha: float, alphas, loo_mse, n_cells: int):
+        self.coef_, self.intercept_, self.alpha_ = np.asarray(coef), float(intercept), float(alpha)
+        self.alphas, self.loo_mse_, self.n_cells = np.asarray(alphas, dtype=float), np.asarray(loo_mse), int(n_cells)
+
+    def predict(self, scores) -> np.ndarray:
+        """Ages of cells (or of donors, from their mean scores) from their component scores."""
+        return np.asarray(scores, dtype=float) @ self.coef_ + self.intercept_
+
+
+def fit_streamed_ridge(score, stream, rows, alphas, normalise: bool = True) -> StreamedRidge:
+    """``RidgeCV(alphas).fit(scores, ages)`` over the cells in ``rows``, their scores computed block by
+    block by ``score`` (see the module notes: two passes, memory components x components)."""
+    rows = np.asarray(rows, dtype=bool)
+    alphas = np.asarray(alphas, dtype=float)
+    ages = np.asarray(stream.ages, dtype=float)
+    n, sum_y, sum_s, sts, sty = 0, 0.0, None, None, None
+    for a, keep, scores in _scored_blocks(score, stream, rows, normalise):
+        y = ages[a : a + len(keep)][keep]
+        if sum_s is None:
+            k = scores.shape[1]
+            sum_s, sts, sty = np.zeros(k), np.zeros((k, k)), np.zeros(k)
+        n += len(y)
+        sum_y += float(y.sum())
+        sum_s += scores.sum(axis=0)
+        sts += scores.T @ scores
+        sty += scores.T @ y
+    if n < 2:
+        raise DataValidationError(f"fit_streamed_ridge: {n} cell(s) selected: a ridge needs at least 2")
+    mean_s, mean_y = sum_s / n, sum_y / n
+    values, vectors = np.linalg.eigh(sts - n * np.outer(mean_s, mean_s))
+    values = np.maximum(values, 0.0)
+    q = vectors.T @ (sty - n * mean_s * mean_y)
+    inv = 1.0 / (values[:, None] + alphas[None, :])  # components x penalties
+    sq_err = np.zeros(len(alphas))
+    for a, keep, scores in _scored_blocks(score, stream, rows, normalise):
+        y = ages[a : a + len(keep)][keep]
+        P = (scores - mean_s) @ vectors
+        residual = (y - mean_y)[:, None] - (P * q) @ inv
+        leverage = 1.0 / n + (P**2) @ inv
+        sq_err += ((residual / (1.0 - leverage)) ** 2).sum(axis=0)
+    loo = sq_err / n
+    best = int(np.argmin(loo))  # the first of equal errors, as RidgeCV keeps the first best
+    coef = vectors @ (q * inv[:, best])
+    return StreamedRidge(coef, mean_y - mean_s @ coef, alphas[best], alphas, loo, n)
+
+
 def fit_streamed_nmf(stream, rows, n_components: int = 100, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
                      transform: str = "raw", init=None, inner_sweeps: int = 2, check_every: int = 5,
-                     workdir=None) -> dict:
+                     workdir=None, normalise: bool = False) -> dict:
     """HALS NMF of the cells in ``rows`` read block by block (see the module notes).
 
-    ``transform``: ``"raw"`` counts (the paper) or ``"log1p"``. ``init`` ``(W, H)`` (W: selected
+    ``transform``: ``"raw"`` counts (the paper) or ``"log1p"``, of the counts or, with ``normalise``, of the
+    log-normalised values (the NMF chapter's ``input: log1p`` factorises those as given). ``init`` ``(W, H)`` (W: selected
     cells x k) starts from given factors; the default is scikit-learn's ``"random"`` start
     (uniform scaled by :math:`\\sqrt{\\bar X / k}`). Returns ``H`` (k x genes), ``reconstruction_err``
     (:math:`\\lVert X - WH\\rVert_F`), ``n_iter``, ``converged``, ``history`` and ``W_path`` (the
@@ -151,7 +244,7 @@ def fit_streamed_nmf(stream, rows, n_components: int = 100, max_iter: int = 100,
 
     def blocks():
         pos = 0
-        for a, block in _selected_blocks(stream, rows, normalise=False):
+        for a, block in _selected_blocks(stream, rows, normalise=normalise):
             block = block.astype(np.float32)
             if transform == "log1p":
                 np.log1p(block.data, out=block.data)

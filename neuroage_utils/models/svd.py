@@ -36,7 +36,8 @@ from neuroage_utils.data.checks import as_matrix, donor_ages
 from neuroage_utils.errors import DataValidationError
 from neuroage_utils.data.features import column_moments
 
-__all__ = ["SVDModel", "fit_svd", "component_age_correlations", "top_loadings", "chance_best_abs_r", "chance_note"]
+__all__ = ["SVDModel", "fit_svd", "component_age_correlations", "top_loadings", "chance_best_abs_r", "chance_note",
+           "DonorScores", "donor_score_correlations", "donor_score_chance"]
 
 
 def _zscore_operator(X, mean: np.ndarray, scale: np.ndarray) -> LinearOperator:
@@ -226,6 +227,56 @@ def component_age_correlations(scores, ages, donors) -> pd.DataFrame:
     )
 
 
+@dataclass
+class DonorScores:
+    """What the correlations of components with age read, without a cells x components array.
+
+    Ages are constant within a donor, so the cell-level Pearson r of a component with age needs only
+    each donor's cell count and mean score and, over all cells, each component's sum of squares about
+    its mean; the donor-level r needs the donor means. A streamed pass accumulates these block by block
+    (``models.streamed.streamed_donor_summary``); :meth:`from_cells` computes them from cell scores.
+    """
+
+    ids: np.ndarray  # donor ids (str), sorted
+    ages: np.ndarray  # one age per donor (years)
+    counts: np.ndarray  # cells per donor
+    means: np.ndarray  # donors x components: mean score of each donor's cells
+    ss_cells: np.ndarray  # per component: sum over cells of (score - mean over cells)^2
+
+    @property
+    def n_components(self) -> int:
+        return int(self.means.shape[1])
+
+    @classmethod
+    def from_cells(cls, scores, ages, donors, what: str = "DonorScores") -> "DonorScores":
+        """The summary of cell ``scores`` (cells x components) with one age and donor id per cell
+        (``what`` names the caller in the error about a donor with two ages)."""
+        scores = np.asarray(scores, dtype=float)
+        ids, inverse = np.unique(np.asarray(donors).astype(str).ravel(), return_inverse=True)
+        counts = np.bincount(inverse)
+        means = np.zeros((len(ids), scores.shape[1]))
+        np.add.at(means, inverse, scores)
+        means /= counts[:, None]
+        donor_age = donor_ages(ages, donors, what).to_numpy()  # sorted like ids
+        return cls(ids=ids, ages=donor_age, counts=counts, means=means,
+                   ss_cells=((scores - scores.mean(0)) ** 2).sum(0))
+
+
+def donor_score_correlations(summary: DonorScores) -> pd.DataFrame:
+    """:func:`component_age_correlations` from a :class:`DonorScores` (the same table, the same r over
+    cells and over donors, up to rounding): the correlations of a streamed pass over every cell."""
+    counts = summary.counts.astype(float)
+    n = counts.sum()
+    grand = (counts @ summary.means) / n
+    age_c = summary.ages - (counts @ summary.ages) / n  # each cell's age about the cells' mean age
+    cov = (age_c * counts) @ (summary.means - grand)
+    denom = np.sqrt(float(counts @ age_c**2) * summary.ss_cells)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_cell = np.clip(np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), np.nan), -1.0, 1.0)
+    return pd.DataFrame({"component": np.arange(summary.n_components), "r_cell": r_cell,
+                         "r_donor": _pearson_columns(summary.means, summary.ages)})
+
+
 def top_loadings(components, gene_names, n_top: int = 10) -> pd.DataFrame:
     """The ``n_top`` genes with the largest ``|loading|`` of every component (long format).
 
@@ -272,16 +323,17 @@ def chance_best_abs_r(scores, ages, donors, n_perm: int = 1000, seed: int = 0, o
     observed one). With k components and n donors the best of k random correlations is far from
     zero (about 0.4 for k = 100, n = 49), so an observed best |r| means something only above it.
     """
-    scores = np.asarray(scores, dtype=float)
-    ages = np.asarray(ages, dtype=float).ravel()
-    ids, inverse = np.unique(np.asarray(donors).astype(str).ravel(), return_inverse=True)
-    counts = np.bincount(inverse).astype(float)
-    means = np.zeros((len(ids), scores.shape[1]))
-    np.add.at(means, inverse, scores)
-    means /= counts[:, None]
-    donor_age = donor_ages(ages, donors, "chance_best_abs_r").to_numpy()
+    summary = DonorScores.from_cells(scores, ages, donors, "chance_best_abs_r")
+    return donor_score_chance(summary, n_perm=n_perm, seed=seed, observed=observed)
+
+
+def donor_score_chance(summary: DonorScores, n_perm: int = 1000, seed: int = 0, observed: dict | None = None) -> dict:
+    """:func:`chance_best_abs_r` from a :class:`DonorScores` (what it reads: donor means, cell counts,
+    the cells' sums of squares), so that a streamed pass over every cell has its chance level too."""
+    counts = summary.counts.astype(float)
+    means, donor_age, ss_cells = summary.means, summary.ages, summary.ss_cells
     rng = np.random.default_rng(seed)
-    perm = np.stack([rng.permutation(len(ids)) for _ in range(int(n_perm))])
+    perm = np.stack([rng.permutation(len(summary.ids)) for _ in range(int(n_perm))])
     shuffled = donor_age[perm]  # n_perm x donors
 
     # over donors: Pearson r of each donor's mean score with its (shuffled) age
@@ -292,7 +344,6 @@ def chance_best_abs_r(scores, ages, donors, n_perm: int = 1000, seed: int = 0, o
     # over cells: every cell takes its donor's shuffled age; from donor sums, without a pass over cells
     n = counts.sum()
     grand = (counts @ means) / n
-    ss_cells = ((scores - scores.mean(0)) ** 2).sum(0)
     age_mean = (shuffled @ counts) / n
     centred = shuffled - age_mean[:, None]
     cov = (centred * counts) @ (means - grand)
@@ -302,7 +353,7 @@ def chance_best_abs_r(scores, ages, donors, n_perm: int = 1000, seed: int = 0, o
     best_donor = np.nanmax(np.abs(r_donor), axis=1)
     out = {"mean_cell": float(best_cell.mean()), "q95_cell": float(np.quantile(best_cell, 0.95)),
            "mean_donor": float(best_donor.mean()), "q95_donor": float(np.quantile(best_donor, 0.95)),
-           "n_perm": int(n_perm), "n_components": int(scores.shape[1]), "n_donors": int(len(ids))}
+           "n_perm": int(n_perm), "n_components": int(summary.n_components), "n_donors": int(len(summary.ids))}
     if observed is not None:
         out["p_cell"] = float((1 + (best_cell >= observed["abs_r_cell"] - 1e-12).sum()) / (1 + n_perm))
         out["p_donor"] = float((1 + (best_donor >= observed["abs_r_donor"] - 1e-12).sum()) / (1 + n_perm))

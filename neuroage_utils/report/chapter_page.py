@@ -12,8 +12,8 @@ import pandas as pd
 from neuroage_utils import metrics, paper
 from neuroage_utils.report import tables
 
-__all__ = ["data_summary", "tuning_table", "paper_comparison", "training_settings", "score_rows", "verdict_lines",
-           "verdict_line", "predictions_table"]
+__all__ = ["data_summary", "factorisation_sentence", "tuning_table", "paper_comparison", "training_settings",
+           "score_rows", "verdict_lines", "verdict_line", "predictions_table"]
 
 
 def data_summary(data: dict, *, simulated: bool, profile: str, seed: int, is_counts: bool, split_source: str) -> str:
@@ -33,6 +33,31 @@ def data_summary(data: dict, *, simulated: bool, profile: str, seed: int, is_cou
         f"{data['n_donors']} donors, {kind}; donor split: {split_source}; "
         f"file SHA-256 `{data['sha256'][:12]}`."
     )
+
+
+def factorisation_sentence(record: dict) -> str:
+    """One sentence saying on which cells a factorisation chapter's SVD or NMF ran, from the record it
+    wrote (``params.factorisation`` of the results file: see ``chapters.factorisations``): in streamed
+    passes over every training cell of the file, in memory on the per-donor sample of a streamed file,
+    or in memory on every cell; then which cells its correlations with age and the model on its scores read."""
+    method, splits, k = record["method"], record["splits"], record["n_components"]
+    if record["every_cell"]:
+        text = (f"The {method} ({k} components) was fitted in streamed passes over all {record['fit_cells']:,} "
+                f"{splits} cells of the file (products summed block by block), "
+                f"and its correlations with age read all {record['scored_cells']:,} cells")
+    elif record["streamed"]:
+        text = (f"The {method} ({k} components) was fitted in memory on the {record['fit_cells']:,} {splits} cells of "
+                f"the per-donor sample of {record['cells_in_memory']:,} cells (of {record['cells_in_file']:,} in the "
+                f"streamed file; this profile does not stream the factorisations over every cell), and its "
+                f"correlations with age read the sample's {record['scored_cells']:,} cells")
+    else:
+        text = (f"The {method} ({k} components) was fitted in memory on the {record['fit_cells']:,} {splits} cells, "
+                f"and its correlations with age read all {record['scored_cells']:,} cells")
+    down = record.get("downstream")
+    if down:
+        sample = " of the per-donor sample" if down["sample"] else ""
+        text += f"; {down['model']} was trained on {down['cells']:,} {down['splits']} cells{sample}"
+    return text + "."
 
 
 def tuning_table(runs, null: dict, paper_mae=None) -> tuple[pd.DataFrame, int]:

@@ -46,6 +46,12 @@ def test_component_age_correlations_on_known_columns():
     means = [noise[donors == d].mean() for d in "abcd"]
     assert table["r_donor"].iloc[3] == pytest.approx(np.corrcoef(means, [30, 50, 40, 80])[0, 1])
     assert table["r_cell"].iloc[3] == pytest.approx(np.corrcoef(noise, ages)[0, 1])
+    # the same table from per-donor sums (what a streamed pass over every cell keeps), NaN where constant
+    summary = svd.DonorScores.from_cells(scores, ages, donors)
+    assert list(summary.ids) == list("abcd") and list(summary.counts) == [1, 2, 3, 4]
+    from_sums = svd.donor_score_correlations(summary)
+    assert list(from_sums.columns) == ["component", "r_cell", "r_donor"]
+    np.testing.assert_allclose(from_sums[["r_cell", "r_donor"]], table[["r_cell", "r_donor"]], atol=1e-12)
 
     with pytest.raises(DataValidationError, match="one age and donor per cell"):
         svd.component_age_correlations(scores, ages[:-1], donors)

@@ -9,7 +9,8 @@ import pytest
 from neuroage_utils.data.cohort import load_cohort
 from neuroage_utils.data.simulate import write_simulated_h5ad
 from neuroage_utils.data.stream import load_streamed
-from neuroage_utils.models.streamed import fit_streamed_nmf, fit_streamed_svd, streamed_donor_scores
+from neuroage_utils.models.streamed import (fit_streamed_nmf, fit_streamed_ridge, fit_streamed_svd, streamed_donor_scores,
+                                           streamed_donor_summary)
 from neuroage_utils.models.svd import fit_svd
 
 
@@ -32,6 +33,10 @@ def test_streamed_svd_equals_arpack(both, gram_genes, one_blas_thread):
     assert cosines.min() > 0.999, cosines
     np.testing.assert_allclose(got.explained_variance_ratio_, expected.explained_variance_ratio_, rtol=1e-3)
     assert got.backend == ("streamed-gram" if gram_genes else "streamed-randomised")
+    # the in-memory randomised solver (the chapter's on a GPU) finds the same components
+    randomised = fit_svd(memory.normalized()[train], n_components=8, seed=0, backend="torch", device="cpu")
+    np.testing.assert_allclose(got.singular_values_[:4], randomised.singular_values_[:4], rtol=1e-4)
+    assert np.abs(np.sum(got.components_[:4] * randomised.components_[:4], axis=1)).min() > 0.999
 
 
 def test_streamed_donor_scores_are_the_mean_cell_scores(both, one_blas_thread):
@@ -64,3 +69,62 @@ def test_streamed_nmf_follows_the_in_memory_hals(both, tmp_path, one_blas_thread
     # the default random start reaches the same fit quality
     free = fit_streamed_nmf(streamed, train, k, max_iter=60, workdir=tmp_path / "free")
     assert free["reconstruction_err"] <= 1.05 * expected["reconstruction_err"]
+
+
+# -- every cell's scores and the ridge on them, streamed ------------------------------------------------
+
+
+def test_streamed_donor_summary_gives_the_in_memory_correlations_and_chance(both, one_blas_thread):
+    from neuroage_utils.models.svd import (DonorScores, chance_best_abs_r, component_age_correlations,
+                                           donor_score_chance, donor_score_correlations)
+
+    memory, streamed = both
+    model = fit_streamed_svd(streamed, memory.mask("train"), n_components=6)
+    every = np.ones(streamed.n_cells, dtype=bool)
+    got = streamed_donor_summary(model.transform, streamed, every)
+    scores = model.transform(memory.normalized())
+    expected = DonorScores.from_cells(scores, memory.ages, memory.donors)
+    np.testing.assert_array_equal(got.ids, expected.ids)
+    np.testing.assert_array_equal(got.counts, expected.counts)
+    np.testing.assert_array_equal(got.ages, expected.ages)
+    np.testing.assert_allclose(got.means, expected.means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.ss_cells, expected.ss_cells, rtol=1e-6)  # Chan's update across 5 blocks
+    corr = component_age_correlations(scores, memory.ages, memory.donors)
+    np.testing.assert_allclose(donor_score_correlations(got)[["r_cell", "r_donor"]], corr[["r_cell", "r_donor"]],
+                               atol=1e-6)
+    top = {"abs_r_cell": 0.1, "abs_r_donor": 0.3}
+    chance, ref = donor_score_chance(got, 200, seed=3, observed=top), chance_best_abs_r(
+        scores, memory.ages, memory.donors, 200, seed=3, observed=top)
+    assert chance.keys() == ref.keys()
+    for key in ("mean_cell", "q95_cell", "mean_donor", "q95_donor", "p_cell", "p_donor"):
+        assert chance[key] == pytest.approx(ref[key], abs=1e-6), key
+    # a subset of cells: only the donors it holds
+    test = memory.mask("test")
+    part = streamed_donor_summary(model.transform, streamed, test)
+    assert set(part.ids) == set(memory.donors[test]) and part.counts.sum() == test.sum()
+
+
+def test_streamed_ridge_is_ridgecv_on_the_same_scores(both, one_blas_thread):
+    from neuroage_utils import profiles
+    from neuroage_utils.models.svd import fit_component_ridge
+
+    memory, streamed = both
+    train = memory.mask("train")
+    model = fit_streamed_svd(streamed, train, n_components=8)
+    alphas = profiles.section_params("smoke", "svd")["ridge_alphas"]
+    scores = model.transform(memory.normalized())
+    expected = fit_component_ridge(scores[train], memory.ages[train], alphas)
+    got = fit_streamed_ridge(model.transform, streamed, train, alphas)
+    assert alphas[0] < expected.alpha_ < alphas[-1]  # the leave-one-out choice is inside the grid: it is tested
+    assert got.alpha_ == expected.alpha_ and got.n_cells == train.sum()
+    np.testing.assert_allclose(got.coef_, expected.coef_, rtol=1e-4, atol=1e-7)
+    assert got.intercept_ == pytest.approx(expected.intercept_, rel=1e-6)
+    np.testing.assert_allclose(got.predict(scores[~train]), expected.predict(scores[~train]), rtol=1e-6)
+    # the leave-one-out errors of every penalty: scikit-learn's, and a refit without one cell
+    from sklearn.linear_model import Ridge, RidgeCV
+
+    stored = RidgeCV(alphas=alphas, store_cv_results=True).fit(scores[train], memory.ages[train])
+    np.testing.assert_allclose(got.loo_mse_, stored.cv_results_.mean(axis=0), rtol=1e-5)
+    X, y, i = scores[train].astype(float), memory.ages[train], 17
+    refit = Ridge(alpha=alphas[3]).fit(np.delete(X, i, 0), np.delete(y, i))
+    assert (y[i] - refit.predict(X[[i]])[0]) ** 2 == pytest.approx(stored.cv_results_[i, 3], rel=1e-6)
