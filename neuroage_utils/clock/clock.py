@@ -400,7 +400,7 @@ def _fit_member(model, X, donors, ages, normalisation, settings, seed, device, n
     feature_mean, _ = column_moments(rows)
     share = None
     if normalisation != "as_given":
-        totals = np.asarray(X.sum(axis=0), dtype=float).ravel()
+        totals = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()  # float32 sums stop counting at 2**24
         share = totals / totals.sum()
     errors = (cv["predicted"] - cv["age"]).abs().to_numpy()
     info = {

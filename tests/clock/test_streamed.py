@@ -154,3 +154,19 @@ def test_streamed_fit_refuses_non_counts_for_summed_models(tmp_path):
     make_adata(counts=False).write_h5ad(path)
     with pytest.raises(DataValidationError, match="not raw counts"):
         fit_streamed(path, model="pseudobulk_elastic_net", settings=SMALL)
+
+
+def test_readme_states_the_streaming_numbers_of_the_code():
+    import re
+    from pathlib import Path
+
+    from neuroage_utils.clock.models import DEFAULT_SETTINGS
+    from neuroage_utils.clock.streamed import PSEUDOCELL_SAMPLE_CELLS
+    from neuroage_utils.data.stream import STREAM_ABOVE_NNZ
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    bullet = text[text.index("- Big files:"):text.index("## The runner")]
+    mantissa, exponent = re.search(r"above (\d+) x 10\^(\d+) stored values", bullet).groups()
+    assert int(mantissa) * 10 ** int(exponent) == STREAM_ABOVE_NNZ
+    assert f"sample of {PSEUDOCELL_SAMPLE_CELLS:,} cells" in bullet
+    assert f"`en_max_cells` ({DEFAULT_SETTINGS['en_max_cells']:,};" in bullet
