@@ -271,7 +271,6 @@ def predict_streamed(clock: Clock, path, donor_key: str | None = None, age_key: 
     donor_key = donor_key or clock.keys["donor_key"]
     age_key = age_key or clock.keys["age_key"]
     columns = obs_column_names(path)
-    _check_column(columns, donor_key, "donor-key")
     names, codes = _label_codes(path, columns, donor_key, "donor-key")
     ages = _donor_age_table(path, age_key, codes, names) if age_key in columns else np.full(len(names), np.nan)
     controls = _control_mask(path, columns, control_key, control_value)

@@ -27,7 +27,7 @@ from neuroage_utils.data.stream import _matrix_node, _obs_columns, _open
 from neuroage_utils.errors import DataValidationError
 
 __all__ = ["MISSING", "obs_column_names", "column_codes", "missing_code", "column_numbers", "count_blocks",
-           "gene_names", "n_obs"]
+           "gene_names"]
 
 #: The code of a missing value (the largest uint16; a column's distinct values stay below it).
 MISSING = np.iinfo(np.uint16).max
@@ -39,13 +39,6 @@ def obs_column_names(path) -> list[str]:
         if "obs" not in f:
             raise DataValidationError(f"{path} has no obs: pass an .h5ad written by anndata or scanpy")
         return _obs_columns(f["obs"])
-
-
-def n_obs(path) -> int:
-    """The number of cells (rows of obs), from the file's metadata."""
-    with _open(path) as f:
-        node, kind = _matrix_node(f)
-        return int(node.attrs["shape"][0]) if kind == "csr_matrix" else int(node.shape[0])
 
 
 def _kind(node) -> str:
