@@ -170,3 +170,58 @@ def test_readme_states_the_streaming_numbers_of_the_code():
     assert int(mantissa) * 10 ** int(exponent) == STREAM_ABOVE_NNZ
     assert f"sample of {PSEUDOCELL_SAMPLE_CELLS:,} cells" in bullet
     assert f"`en_max_cells` ({DEFAULT_SETTINGS['en_max_cells']:,};" in bullet
+
+
+def test_obs_columns_read_in_blocks_equal_the_in_memory_strings(tmp_path):
+    """Categorical, plain string, boolean, integer and float columns (with missing values) become codes
+    whose names are the in-memory ``astype(str)`` of every cell."""
+    from neuroage_utils.data.stream_obs import column_codes, column_numbers, missing_code
+
+    adata = make_adata(n_donors=12, cells_per_donor=10, n_genes=5)
+    n = adata.n_obs
+    rng = np.random.default_rng(1)
+    adata.obs["text"] = rng.choice(["b", "a", "c"], n)
+    adata.obs["cat"] = pd.Categorical(rng.choice(["x", "y", None], n), categories=["z", "y", "x"])
+    adata.obs["flag"] = rng.random(n) > 0.5
+    adata.obs["count"] = rng.integers(0, 4, n)
+    adata.obs["level"] = np.where(rng.random(n) > 0.8, np.nan, rng.integers(0, 3, n).astype(float))
+    path = tmp_path / "obs.h5ad"
+    adata.write_h5ad(path, convert_strings_to_categoricals=False)
+    for key in ("text", "cat", "flag", "count", "level"):
+        names, codes = column_codes(path, key, block_rows=7)
+        column = adata.obs[key]
+        missing = codes == missing_code(codes)
+        assert codes.dtype == np.uint8 and (missing == column.isna().to_numpy()).all(), key
+        assert list(names) == sorted(set(column.dropna().astype(str))), key
+        assert (names[codes[~missing]] == column.dropna().astype(str).to_numpy()).all(), key
+    ages = np.concatenate([v for _, v in column_numbers(path, "level", block_rows=7)])
+    np.testing.assert_array_equal(ages, adata.obs["level"].to_numpy())
+
+
+def test_streamed_predict_on_three_donors_without_ages(data_file, tmp_path):
+    """New data may hold fewer donors than a fit needs, and no age column: the streamed predict, like
+    the in-memory one, still gives every donor a prediction."""
+    adata = ad.read_h5ad(data_file)
+    clock = Clock.fit(adata, settings=SMALL)
+    few = adata[adata.obs["donor_id"].isin(["D02", "D05", "D09"])].copy()
+    del few.obs["age"]
+    path = tmp_path / "few.h5ad"
+    few.write_h5ad(path)
+    memory, streamed = clock.predict(few), predict_streamed(clock, path, block_rows=BLOCK)
+    assert len(streamed) == 3 and streamed["age"].isna().all()
+    pd.testing.assert_frame_equal(streamed, memory, check_exact=False, rtol=0, atol=1e-9)
+
+
+def test_a_missing_cell_type_is_the_in_memory_one_line(data_file, tmp_path):
+    adata = ad.read_h5ad(data_file)
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(object)
+    adata.obs.iloc[[3, 50], adata.obs.columns.get_loc("cell_type")] = None
+    path = tmp_path / "holes.h5ad"
+    adata.write_h5ad(path)
+    messages = []
+    for fit in (lambda: Clock.fit(ad.read_h5ad(path), settings=SMALL, cell_type_key="cell_type"),
+                lambda: fit_streamed(path, settings=SMALL, cell_type_key="cell_type")):
+        with pytest.raises(DataValidationError) as caught:
+            fit()
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] == "2 cells have no value in obs['cell_type']: fill or drop them"
