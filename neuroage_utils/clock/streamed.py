@@ -139,7 +139,7 @@ def _donor_sums(cohort, keep, type_codes):
         cells = np.bincount(codes if keep is None else codes[keep], minlength=len(table))[row_codes]
         return sp.csr_matrix(sums), row_codes, None, cells
     n_types = int(type_codes.max()) + 1
-    counts = np.zeros(cohort.n_donors * n_types, dtype=np.int64)
+    counts = np.zeros(len(cohort.donor_table) * n_types, dtype=np.int64)
     for a in range(0, cohort.n_cells, 1 << 20):  # combos per block: no 8-byte vector per cell
         b = min(a + (1 << 20), cohort.n_cells)
         group = codes[a:b].astype(np.int64) * n_types + type_codes[a:b]
@@ -147,7 +147,7 @@ def _donor_sums(cohort, keep, type_codes):
     present = np.flatnonzero(counts)
     remap = np.full(len(counts), -1, dtype=np.int64)
     remap[present] = np.arange(len(present))
-    sums = np.zeros((len(present), cohort.n_genes))
+    sums = np.zeros((len(present), len(cohort.gene_names)))
     for a, block in cohort.blocks(needed=keep):
         b = a + block.shape[0]
         rows = remap[codes[a:b].astype(np.int64) * n_types + type_codes[a:b]]
