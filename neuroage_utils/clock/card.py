@@ -11,6 +11,18 @@ def _interval(values) -> str:
     return f"{values[0]:.1f}–{values[1]:.1f}"
 
 
+def _streamed_lines(t: dict) -> list[str]:
+    """How a clock fitted on a streamed file saw its cells: all of them summed, or a sample."""
+    if not t.get("streamed"):
+        return []
+    sample = t.get("cell_sample")
+    if sample is None:
+        return [f"- read block by block from the file (streamed): every cell counted, {t.get('rows', 'summed counts')}"]
+    return [f"- read block by block from the file (streamed) and fitted on a per-donor sample of {sample['cells']:,} "
+            f"of the {sample['of_cells']:,} cells (at most {sample['per_donor_cap']:,} per donor, seed "
+            f"{sample['seed']}): {sample['how']}"]
+
+
 def model_card(clock) -> str:
     """Markdown describing ``clock`` (a :class:`neuroage_utils.clock.clock.Clock`)."""
     from neuroage_utils.clock.models import MODELS, NORMALISATIONS
@@ -29,6 +41,7 @@ def model_card(clock) -> str:
         "## Training data",
         "",
         f"- donors: {t['n_donors']} ({t['fitted_on']}), cells: {t['n_cells']:,}, genes: {t['n_genes']:,}",
+        *_streamed_lines(t),
         f"- ages: {t['age_range'][0]:g}–{t['age_range'][1]:g} years (mean {t['age_mean']:.1f})",
         f"- data SHA-256: `{t['data_sha256']}`",
         f"- columns: donor `{keys['donor_key']}`, age `{keys['age_key']}`"

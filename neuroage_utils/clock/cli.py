@@ -4,12 +4,15 @@
 
     neuroage fit --data FILE.h5ad --model KEY --out CLOCK_DIR [--donor-key K] [--age-key K]
                  [--cell-type-key K] [--control-key K --control-value V] [--device auto|cpu|cuda] [--seed N]
+                 [--stream]
     neuroage fit --data FILE.h5ad --model vae|mlp --out CLOCK_DIR [--params JSON] [--nproc N]
                  [--nnodes M --node-rank K --master HOST:PORT]   # torch clocks (clock/torch_clock.py)
     neuroage predict --clock CLOCK_DIR --data FILE.h5ad --out PREDICTIONS.csv [--donor-key K] [--age-key K]
-                 [--cell-type-key K] [--control-key K --control-value V]
+                 [--cell-type-key K] [--control-key K --control-value V] [--stream]
     neuroage book [runner arguments]     # the same as python -m neuroage_utils.run [...]
 
+Files above ``data.stream.STREAM_ABOVE_NNZ`` stored values (or with ``--stream``) are read block by
+block, memory flat in the cells (:mod:`neuroage_utils.clock.streamed`: what is exact, what is sampled).
 Bad input exits with status 2 and a one-line reason as the last line of stderr; nothing is written.
 """
 
@@ -49,6 +52,8 @@ def _keys(p: argparse.ArgumentParser, defaults: bool) -> None:
                         "one row per donor and type (predict)")
     p.add_argument("--control-key", default=None, help="obs column that marks controls")
     p.add_argument("--control-value", default=None, help="the value of --control-key that marks controls")
+    p.add_argument("--stream", action="store_const", const=True, default=None,
+                   help="read the file block by block (automatic above 5e8 stored values): memory flat in the cells")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,33 +93,51 @@ def _fit(args) -> int:
     if args.model in TORCH_MODELS:  # VAE / MLP: trained once (optionally data-parallel), scored on held-out donors
         return fit_command(args)
     from neuroage_utils.clock.clock import Clock
+    from neuroage_utils.data.stream import should_stream
     from neuroage_utils.train.device import resolve_device
     from neuroage_utils.train.workers import worker_count
 
     device = resolve_device(args.device)
-    adata = read_h5ad(args.data)
-    clock = Clock.fit(adata, model=args.model, donor_key=args.donor_key, age_key=args.age_key,
-                      cell_type_key=args.cell_type_key, control_key=args.control_key,
-                      control_value=args.control_value, device=device, seed=args.seed, data_path=args.data,
-                      settings={"workers": worker_count(device)})
+    options = dict(model=args.model, donor_key=args.donor_key, age_key=args.age_key,
+                   cell_type_key=args.cell_type_key, control_key=args.control_key, control_value=args.control_value,
+                   device=device, seed=args.seed, settings={"workers": worker_count(device)})
+    if should_stream(args.data, args.stream):
+        from neuroage_utils.clock.streamed import fit_streamed
+
+        clock = fit_streamed(args.data, **options)
+    else:
+        clock = Clock.fit(read_h5ad(args.data), data_path=args.data, **options)
     out = clock.save(args.out)
     for name, member in clock.members.items():
         info = member.info
         lo, hi = info["cv_mae_ci95"]
         print(f"{args.model} [{name}]: {info['n_donors']} donors, CV MAE {info['cv_mae']:.2f} years "
               f"(95% CI {lo:.2f}-{hi:.2f}), {info['n_nonzero']} genes")
+    sample = clock.training.get("cell_sample")
+    if sample:
+        print(f"streamed: fitted on a per-donor sample of {sample['cells']:,} of the {sample['of_cells']:,} cells "
+              "(training.json: cell_sample)")
     print(f"clock written to {out}")
     return 0
 
 
 def _predict(args) -> int:
     from neuroage_utils.clock.clock import Clock
+    from neuroage_utils.data.stream import should_stream
     from neuroage_utils.results import atomic_write_text
 
     clock = Clock.load(args.clock)
-    adata = read_h5ad(args.data)
-    table = clock.predict(adata, donor_key=args.donor_key, age_key=args.age_key, cell_type_key=args.cell_type_key,
-                          control_key=args.control_key, control_value=args.control_value)
+    keys = dict(donor_key=args.donor_key, age_key=args.age_key, cell_type_key=args.cell_type_key,
+                control_key=args.control_key, control_value=args.control_value)
+    from neuroage_utils.clock.torch_clock import TorchClock
+
+    # the torch clocks predict in memory (their streamed prediction is not written yet)
+    if should_stream(args.data, args.stream) and not isinstance(clock, TorchClock):
+        from neuroage_utils.clock.streamed import predict_streamed
+
+        table = predict_streamed(clock, args.data, **keys)
+    else:
+        table = clock.predict(read_h5ad(args.data), **keys)
     atomic_write_text(args.out, table.to_csv(index=False))
     print(f"{len(table)} rows written to {args.out} (age gap corrected on {table['correction'].iloc[0]})")
     return 0

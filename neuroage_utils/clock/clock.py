@@ -124,15 +124,30 @@ class Clock:
             obs = adata.obs
         validate_obs(obs, donor_key, age_key, min_donors=MIN_DONORS)
         X = counts_matrix(adata)
-        is_counts = is_count_matrix(X)
-        normalisation = clock_models.normalisation_for(model, is_counts)
+        normalisation = clock_models.normalisation_for(model, is_count_matrix(X))
         donors = obs[donor_key].astype(str).to_numpy()
         ages = pd.to_numeric(obs[age_key]).to_numpy(dtype=float)
         cell_types = _column(obs, cell_type_key, "cell-type-key") if cell_type_key else None
         genes = np.asarray(adata.var_names).astype(str)
+        keys = {"donor_key": donor_key, "age_key": age_key, "cell_type_key": cell_type_key,
+                "control_key": control_key, "control_value": None if control_value is None else str(control_value)}
+        return cls._fit_rows(model, X, donors, ages, cell_types, genes, normalisation, keys, settings, seed, device,
+                             data_sha256=_data_sha256(X, donors, ages, data_path), data_path=data_path)
+
+    @classmethod
+    def _fit_rows(cls, model: str, X, donors, ages, cell_types, genes, normalisation: str, keys: dict,
+                  settings: dict, seed: int, device, data_sha256: str, data_path=None, cells=None,
+                  training_extra: dict | None = None) -> "Clock":
+        """The clock from validated rows: ``X`` raw values, one donor, age (and cell type) per row.
+
+        A row is a cell, or (streamed pseudobulk, :mod:`neuroage_utils.clock.streamed`) the summed counts
+        of a donor's cells (of one type); ``cells`` then says how many cells each row sums, so the
+        recorded cell counts stay those of the file. ``training_extra`` adds facts to the summary.
+        """
         if len(set(genes)) != len(genes):
             raise DataValidationError("the data have duplicated gene names: make var_names unique "
                                       "(adata.var_names_make_unique()) before fitting")
+        cells = np.ones(len(donors), dtype=np.int64) if cells is None else np.asarray(cells, dtype=np.int64)
         groups = {POOLED: np.ones(len(donors), bool)}
         skipped = {}
         if cell_types is not None:
@@ -147,20 +162,21 @@ class Clock:
         extra = {}
         for name, mask in groups.items():
             members[name], extra = _fit_member(model, X[mask], donors[mask], ages[mask], normalisation, settings,
-                                               seed, device)
+                                               seed, device, n_cells=int(cells[mask].sum()))
         donor_age = donor_ages(ages, donors)
+        control_key, control_value = keys["control_key"], keys["control_value"]
         training = {
             "model": model,
             "normalisation": normalisation,
             "n_donors": int(len(donor_age)),
-            "n_cells": int(X.shape[0]),
+            "n_cells": int(cells.sum()),
             "n_genes": int(X.shape[1]),
             "age_range": [float(donor_age.min()), float(donor_age.max())],
             "age_mean": float(donor_age.mean()),
             "donor_ids": [str(d) for d in donor_age.index],
             "fitted_on": (f"cells with obs['{control_key}'] == '{control_value}'" if control_key else "every cell"),
             "cell_types_skipped": skipped,
-            "data_sha256": _data_sha256(X, donors, ages, data_path),
+            "data_sha256": data_sha256,
             "data_path": None if data_path is None else str(data_path),
             "package": "neuroage-utils",
             "package_version": __version__,
@@ -168,10 +184,10 @@ class Clock:
             "device": str(device),
             "settings": settings,
             "seed": int(seed),
+            **(training_extra or {}),
         }
-        keys = {"donor_key": donor_key, "age_key": age_key, "cell_type_key": cell_type_key,
-                "control_key": control_key, "control_value": None if control_value is None else str(control_value)}
-        return cls(model, normalisation, genes, members, extra, keys, settings, int(seed), training)
+        return cls(model, normalisation, np.asarray(genes).astype(str), members, extra, keys, settings, int(seed),
+                   training)
 
     # -- predicting ---------------------------------------------------------------------------------
     def predict(self, adata, donor_key: str | None = None, age_key: str | None = None,
@@ -223,13 +239,19 @@ class Clock:
         pred = pd.Series(member.predict_rows(rows, missing)).groupby(owners, sort=True).mean()
         cells = pd.DataFrame({"donor_id": donors, "age": ages})
         per_donor = cells.groupby("donor_id", sort=True).agg(age=("age", "first"), n_cells=("age", "size"))
+        control_donors = None if controls is None else set(donors[controls])
+        return self._member_table(name, member, pred, per_donor, control_donors, missing)
+
+    def _member_table(self, name, member: Member, pred: pd.Series, per_donor: pd.DataFrame, control_donors,
+                      missing: np.ndarray) -> pd.DataFrame:
+        """The prediction rows of one member from its per-donor predictions ``pred`` and ``per_donor``
+        (index donor id; ``age``, ``n_cells``); the gap's trend on ``control_donors`` when given."""
         table = pd.DataFrame({"donor_id": pred.index.astype(str), "cell_type": name,
                               "age": per_donor.loc[pred.index, "age"].to_numpy(),
                               "predicted_age": pred.to_numpy(),
                               "n_cells": per_donor.loc[pred.index, "n_cells"].to_numpy().astype(int),
                               "genes_missing": float(missing.mean())})
-        if controls is not None:
-            control_donors = set(donors[controls])
+        if control_donors is not None:
             ref = table[table["donor_id"].isin(control_donors)]
             trend = fit_age_trend(ref["age"], ref["predicted_age"], "new_controls")
         else:
@@ -334,19 +356,21 @@ class Clock:
                    doc["settings"], int(doc["seed"]), training)
 
 
-def _fit_member(model, X, donors, ages, normalisation, settings, seed, device) -> tuple[Member, dict]:
-    """One member: out-of-fold predictions of the clock's own CV, then the final fit on all donors."""
+def _fit_member(model, X, donors, ages, normalisation, settings, seed, device, n_cells=None) -> tuple[Member, dict]:
+    """One member: out-of-fold predictions of the clock's own CV, then the final fit on all donors
+    (``n_cells``: the cells its rows hold, when a row sums several)."""
     cv = clock_models.cv_predictions(model, X, donors, ages, normalisation, settings, seed, device)
     fitted, rows, _, extra = clock_models.fit_final(model, X, donors, ages, normalisation, settings, seed)
     feature_mean, _ = column_moments(rows)
     share = None
     if normalisation != "as_given":
-        totals = np.asarray(X.sum(axis=0), dtype=float).ravel()
+        totals = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()  # float32 sums stop counting at 2**24
         share = totals / totals.sum()
     errors = (cv["predicted"] - cv["age"]).abs().to_numpy()
     info = {
         "alpha": fitted.alpha_, "l1_ratio": fitted.l1_ratio_, "n_nonzero": fitted.n_nonzero_,
-        "converged": bool(fitted.converged), "n_donors": int(len(cv)), "n_cells": int(X.shape[0]),
+        "converged": bool(fitted.converged), "n_donors": int(len(cv)),
+        "n_cells": int(X.shape[0] if n_cells is None else n_cells),
         "n_rows_fitted": int(rows.shape[0]),
         "age_range": [float(cv["age"].min()), float(cv["age"].max())],
         "cv_mae": float(errors.mean()),

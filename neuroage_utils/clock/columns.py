@@ -10,7 +10,7 @@ import pandas as pd
 
 from neuroage_utils.errors import DataValidationError
 
-__all__ = ["obs_column", "control_mask", "sha256_file"]
+__all__ = ["obs_column", "control_mask", "sha256_file", "check_column", "check_filled", "check_control_value"]
 
 
 def sha256_file(path) -> str:
@@ -18,16 +18,37 @@ def sha256_file(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def obs_column(obs: pd.DataFrame, key: str, flag: str) -> np.ndarray:
-    """``obs[key]`` as strings; a one-line error naming ``--flag`` when the column is absent or has gaps."""
-    if key not in obs.columns:
-        shown = ", ".join(map(str, list(obs.columns)[:12]))
+def check_column(columns, key: str, flag: str) -> None:
+    """The one message for an absent obs column (in-memory and streamed)."""
+    if key not in columns:
+        shown = ", ".join(map(str, list(columns)[:12]))
         raise DataValidationError(f"obs has no column '{key}' (columns: {shown or 'none'}): name the right one "
                                   f"with --{flag}")
+
+
+def check_filled(n_missing: int, key: str) -> None:
+    """The one message for cells without a value in a column."""
+    if n_missing:
+        raise DataValidationError(f"{int(n_missing)} cells have no value in obs['{key}']: fill or drop them")
+
+
+def obs_column(obs: pd.DataFrame, key: str, flag: str) -> np.ndarray:
+    """``obs[key]`` as strings; a one-line error naming ``--flag`` when the column is absent or has gaps."""
+    check_column(obs.columns, key, flag)
     values = obs[key]
-    if values.isna().any():
-        raise DataValidationError(f"{int(values.isna().sum())} cells have no value in obs['{key}']: fill or drop them")
+    check_filled(int(values.isna().sum()), key)
     return values.astype(str).to_numpy()
+
+
+def check_control_value(control_key: str, control_value, values) -> str:
+    """The control value as text; absent from ``values`` (the column's distinct values) is an error."""
+    if control_value is None:
+        raise DataValidationError("a control key needs a control value: pass --control-value (e.g. control)")
+    if str(control_value) not in set(values):
+        found = ", ".join(sorted(set(values))[:5])
+        raise DataValidationError(f"no cell has obs['{control_key}'] == '{control_value}' (values: {found}): "
+                                  "pass the value that marks control donors with --control-value")
+    return str(control_value)
 
 
 def control_mask(obs: pd.DataFrame, control_key: str | None, control_value) -> np.ndarray | None:
@@ -35,11 +56,4 @@ def control_mask(obs: pd.DataFrame, control_key: str | None, control_value) -> n
     if control_key is None:
         return None
     values = obs_column(obs, control_key, "control-key")
-    if control_value is None:
-        raise DataValidationError("a control key needs a control value: pass --control-value (e.g. control)")
-    mask = values == str(control_value)
-    if not mask.any():
-        found = ", ".join(sorted(set(values))[:5])
-        raise DataValidationError(f"no cell has obs['{control_key}'] == '{control_value}' (values: {found}): "
-                                  "pass the value that marks control donors with --control-value")
-    return mask
+    return values == check_control_value(control_key, control_value, np.unique(values))
