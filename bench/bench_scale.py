@@ -8,7 +8,7 @@ resident memory (``wait4``'s ``ru_maxrss``) is its own:
 
 - ``data``: ``load_streamed`` (obs checks, one validation pass with library sizes), per-gene moments
   of the log-normalised training cells, donor pseudobulk of the training + validation donors, and
-  a 50,000-cell per-donor sample (what the cell-level models of the quick profile fit on);
+  the per-donor sample the cell-level models of the quick profile fit on (its ``stream_sample_cells``);
 - ``fit``: the streamed pseudobulk clock of the book's baselines chapter: load (validated), streamed
   pseudobulk of the training + validation donors, the elastic net with the quick profile's grid and
   donor-grouped CV, and the test donors' predictions from their streamed pseudobulk (with the test MAE);
@@ -76,7 +76,9 @@ def step_data(path: str) -> dict:
     cohort.pseudobulk(cohort.mask("train", "val"))
     times["pseudobulk_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    sample = cohort.sample_cohort(50_000, seed=0)
+    from neuroage_utils import profiles
+
+    sample = cohort.sample_cohort(profiles.section_params("quick", "data")["stream_sample_cells"], seed=0)
     times["sample_50k_s"] = time.perf_counter() - t
     return {"n_cells": cohort.n_cells, "n_genes": cohort.n_genes, "nnz": cohort.nnz, "n_donors": cohort.n_donors,
             "sample_cells": sample.n_cells, **{k: round(v, 1) for k, v in times.items()}}

@@ -57,12 +57,15 @@ def _scale(sc: dict) -> list[str]:
     """Memory and time against the number of cells (bench/bench_scale.py)."""
     if not sc.get("sizes"):
         return []
+    drawn = [row.get("data", {}).get("sample_cells") for row in sc["sizes"]]
+    sample = f"about {max(d for d in drawn if d):,}" if any(drawn) else "the profile's"
     out = ["## Memory against the number of cells (streamed data path)", "", *_when(sc),
            f"Simulated cohorts of {sc['genes']:,} genes written block by block, then read in blocks of 8,192 cells "
            f"(`bench/bench_scale.py`, each step in its own process, its own peak resident memory; {sc.get('cpu', '')}). "
            "*data*: load and validate (one pass, library sizes), per-gene moments of the log-normalised training "
-           "cells, donor pseudobulk of the training and validation donors, and the per-donor sample of 50,000 cells the "
-           "cell-level models of the quick profile fit on. *pseudobulk clock*: the baselines chapter's streamed clock "
+           "cells, donor pseudobulk of the training and validation donors, and the per-donor sample of "
+           f"{sample} cells the cell-level models of the quick profile fit on. *pseudobulk clock*: the baselines "
+           "chapter's streamed clock "
            "(validated load, streamed pseudobulk of the training and validation donors, elastic net with the quick "
            "profile's grid and 5 donor-grouped folds, test donors predicted from their streamed pseudobulk). "
            "*`neuroage fit`*: the command `neuroage fit --data FILE --model pseudobulk_elastic_net --out DIR` on every "

@@ -117,7 +117,7 @@ def test_the_streamed_estimate_is_the_sample_plus_a_few_bytes_a_cell(h5ad_path):
     half, double = scaled(2_500), scaled(10_000)  # 450,000 and 1.8 M cells x 2,000 genes
     for section in ("data", "svd", "baselines", "nmf"):
         a, b = (preflight.estimate(section, s, "quick", 2, "streamed") for s in (half, double))
-        # the sample (the quick profile's 50,000 cells) does not grow: only the per-cell vectors do
+        # the sample (the quick profile's 25,000 cells) does not grow: only the per-cell vectors do
         per_cell = (b.bytes - a.bytes) / (double.n_cells - half.n_cells)
         assert per_cell <= preflight.STREAM_BYTES_PER_CELL + 1, (section, per_cell)
         assert b.bytes < preflight.estimate(section, double, "quick", 2).bytes / 5
