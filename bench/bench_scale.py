@@ -37,12 +37,13 @@ PAPER_CELLS = 189_423
 def _measured(cmd) -> dict:
     """Run ``cmd``; its wall time, its own peak RSS (GB) and its last JSON line."""
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
+    load = round(os.getloadavg()[0], 1)  # times on a shared machine are upper bounds: say how shared
     tic = time.perf_counter()
     proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     out, err = proc.communicate()
     wall = time.perf_counter() - tic
-    result = {"wall_s": round(wall, 1), "exit": proc.returncode}
+    result = {"wall_s": round(wall, 1), "exit": proc.returncode, "load_1min_at_start": load}
     for line in out.strip().splitlines():  # the step's JSON line, then the wrapper's (peak RSS)
         if line.startswith("{"):
             result.update(json.loads(line))

@@ -58,6 +58,8 @@ def main() -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=["vae", "scvi", "linalg", "data", "ddp", "scale"])
     p.add_argument("--scale-millions", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0],
                    help="cohort sizes (millions of cells x 2,000 genes) of the memory-vs-cells benchmark (tens of minutes)")
+    p.add_argument("--scale-dir", type=Path, default=None,
+                   help="folder of the scale cohorts, kept between runs (default: written to /tmp and deleted)")
     p.add_argument("--out", type=Path, default=BENCH / "results.json")
     p.add_argument("--repeat", type=int, default=1, help="VAE throughput runs per tool and shape (best kept)")
     p.add_argument("--estimates-only", action="store_true",
@@ -140,7 +142,8 @@ def main() -> int:
         print("ddp", res["ddp"], flush=True)
 
     if "scale" not in args.skip:
-        res["scale"] = run_json([py, BENCH / "bench_scale.py", "--millions", *args.scale_millions], timeout=4 * 3600)
+        keep = ["--dir", args.scale_dir, "--keep"] if args.scale_dir else []
+        res["scale"] = run_json([py, BENCH / "bench_scale.py", "--millions", *args.scale_millions, *keep], timeout=4 * 3600)
         res["scale"] |= {"date_utc": now, "cpu": cpu_name()}
         print("scale", res["scale"], flush=True)
 
