@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["GaussianLikelihood", "PoissonLikelihood", "NegativeBinomialLikelihood", "MSEReconstruction",
            "make_likelihood", "kl_standard_normal", "LIKELIHOODS"]
@@ -26,6 +27,39 @@ def _per_cell_log_factorial(x: torch.Tensor, log_factorial: torch.Tensor | None)
     if log_factorial is not None:
         return log_factorial
     return torch.lgamma(x + 1.0).sum(dim=1)
+
+
+class _PoissonFit(torch.autograd.Function):
+    r"""Per cell :math:`f = \sum_g x_g \log\mathrm{softmax}(o)_g = \sum_g x_g (o_g - m) - (\sum_g x_g)\log\sum_g e^{o_g - m}`
+    (:math:`m = \max_g o_g`, as log-softmax shifts), with a hand-written backward
+    :math:`\partial f / \partial o_g = x_g - (\sum_h x_h)\,\mathrm{softmax}(o)_g`.
+
+    Why: autograd of ``(x * log_softmax(o)).sum(1)`` passes over the cells x genes matrix about eight
+    times (log-softmax and its backward each exponentiate every entry; two products with ``x``; sums),
+    and on a CPU these passes are, after the matmuls, the largest cost of a Poisson VAE step
+    (thread start-ups per pass weigh more still on a loaded machine). Here the forward makes one exp
+    pass and keeps its output, the unnormalised softmax, which the backward turns into the gradient in
+    place (two passes). ``x`` and ``total`` get no gradient (:meth:`PoissonLikelihood.nll` uses plain
+    autograd when they need one); a second backward through the same graph raises (the kept tensor was
+    modified), as torch does for any in-place change of a saved tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, output, x, total):
+        shifted = output - output.amax(dim=1, keepdim=True)
+        dot = torch.linalg.vecdot(x, shifted)
+        expo = shifted.exp_()  # in place: the shifted logits are not needed again
+        norm = expo.sum(dim=1)
+        ctx.save_for_backward(expo, norm, x, total)
+        return dot - total * torch.log(norm)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        expo, norm, x, total = ctx.saved_tensors
+        grad_output = expo.mul_((-grad * total / norm).unsqueeze(1))  # -g * total * softmax, in place
+        grad_output.addcmul_(x, grad.unsqueeze(1))
+        return grad_output, None, None
 
 
 class GaussianLikelihood(nn.Module):
@@ -101,10 +135,16 @@ class PoissonLikelihood(nn.Module):
         log_rate = self._log_library(library).unsqueeze(-1) + torch.log_softmax(output, dim=-1)
         return x * log_rate - torch.exp(log_rate) - torch.lgamma(x + 1.0)
 
-    def nll(self, x, output, library, log_factorial=None) -> torch.Tensor:
-        """Per-cell :math:`-\\sum_g \\log p(x_{ig})` (see the class docstring)."""
-        fit = (x * torch.log_softmax(output, dim=-1)).sum(dim=1)
+    def nll(self, x, output, library=None, log_factorial=None) -> torch.Tensor:
+        """Per-cell :math:`-\\sum_g \\log p(x_{ig})` (see the class docstring); ``library`` None: the
+        row sums of ``x`` (computed once, shared with the :math:`\\sum_g x_g` term)."""
         total = x.sum(dim=1)
+        if library is None:
+            library = total
+        if x.requires_grad or total.requires_grad:  # gradients w.r.t. the counts: plain autograd
+            fit = (x * torch.log_softmax(output, dim=-1)).sum(dim=1)
+        else:
+            fit = _PoissonFit.apply(output, x, total)
         return -fit - total * self._log_library(library) + library + _per_cell_log_factorial(x, log_factorial)
 
 
@@ -148,8 +188,10 @@ class NegativeBinomialLikelihood(nn.Module):
         """Element-wise :math:`\\log p(x_{ig})` (cells x genes)."""
         return self._log_prob_no_factorial(x, output, library) - torch.lgamma(x + 1.0)
 
-    def nll(self, x, output, library, log_factorial=None) -> torch.Tensor:
-        """Per-cell :math:`-\\sum_g \\log p(x_{ig})`."""
+    def nll(self, x, output, library=None, log_factorial=None) -> torch.Tensor:
+        """Per-cell :math:`-\\sum_g \\log p(x_{ig})`; ``library`` None: the row sums of ``x``."""
+        if library is None:
+            library = x.sum(dim=1)
         return -self._log_prob_no_factorial(x, output, library).sum(dim=1) + _per_cell_log_factorial(x, log_factorial)
 
     def extra_repr(self) -> str:

@@ -209,10 +209,8 @@ class AgeVAE(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             output, mu, var = output.float(), mu.float(), var.float()
             if self.likelihood.is_count:
-                library = batch.get("library")
-                if library is None:
-                    library = x.sum(dim=1)
-                nll = self.likelihood.nll(x, output, library, batch.get("log_factorial"))
+                # no library given: the likelihood takes the row sums, once (the Poisson reuses them)
+                nll = self.likelihood.nll(x, output, batch.get("library"), batch.get("log_factorial"))
             else:
                 nll = self.likelihood.nll(clean, output)
             kl = kl_standard_normal(mu, var).sum(dim=1)

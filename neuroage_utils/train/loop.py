@@ -12,6 +12,7 @@ and :func:`fit` trains any such model on a :class:`~neuroage_utils.train.batches
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -37,7 +38,7 @@ from neuroage_utils.train.checkpoints import (
     set_rng_state,
 )
 from neuroage_utils.train import distributed as ddp
-from neuroage_utils.train.device import amp_active, autocast, make_deterministic
+from neuroage_utils.train.device import amp_active, autocast, heap_reuse, make_deterministic
 from neuroage_utils.train.schedules import kl_schedule_fn
 
 __all__ = ["Validation", "fit", "predict_batches", "OPTIMIZERS"]
@@ -336,6 +337,9 @@ def fit(
     if sharded:
         loss_of = ddp.wrap_ddp(ddp.sync_batchnorm(module))
         world = ddp.world_size()
+    # per-batch cells x genes tensors reuse heap memory instead of fresh page-faulted mmaps (device.heap_reuse)
+    memory = contextlib.ExitStack()
+    memory.enter_context(heap_reuse(device))
     try:
         for epoch in range(start, epochs):
             if early["stopped"]:
@@ -406,6 +410,7 @@ def fit(
             bar.set_postfix(_postfix(row), refresh=False)
     finally:
         bar.close()
+        memory.close()
         if sharded:
             ddp.plain_batchnorm(module)
     if early_stopping_patience is not None and best_state is not None:

@@ -79,6 +79,37 @@ def test_poisson_log_prob_matches_poisson_with_library_offset():
     torch.testing.assert_close(lik.nll(x, out, library, log_factorial=logfact), -expected.sum(1))
 
 
+def test_poisson_nll_hand_written_gradient_matches_autograd():
+    # PoissonLikelihood.nll's fused log-softmax term (one exp pass, gradient formed in place) against
+    # autograd of the textbook formula, in float64 and float32.
+    gen = torch.Generator().manual_seed(3)
+    for dtype, tol in ((torch.float64, {}), (torch.float32, {"rtol": 1e-5, "atol": 1e-4})):
+        x = torch.poisson(torch.rand(9, 40, generator=gen, dtype=dtype) * 4)
+        x[2] = 0  # an empty cell
+        out = (torch.randn(9, 40, generator=gen, dtype=dtype) * 3).requires_grad_()
+        library = x.sum(1) * 1.5 + 1
+        weights = torch.rand(9, generator=gen, dtype=dtype)
+        rate = library[:, None] * torch.softmax(out, dim=1)
+        expected = -D.Poisson(rate).log_prob(x).sum(1)
+        (grad_expected,) = torch.autograd.grad((expected * weights).sum(), out)
+        got = PoissonLikelihood().nll(x, out, library)
+        (grad_got,) = torch.autograd.grad((got * weights).sum(), out)
+        torch.testing.assert_close(got, expected, **tol)
+        torch.testing.assert_close(grad_got, grad_expected, **tol)
+        # no library: the row sums, as AgeVAE.loss relies on
+        torch.testing.assert_close(PoissonLikelihood().nll(x, out), PoissonLikelihood().nll(x, out, x.sum(1)))
+    # the gradient is built in place from a kept tensor: a second backward must fail loudly, not be wrong
+    loss = PoissonLikelihood().nll(x, out, library).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
+    # counts that need a gradient take plain autograd (d nll / d x = -log(rate) + d log x!/dx)
+    xg = x.detach().clone().requires_grad_()
+    (grad_x,) = torch.autograd.grad(PoissonLikelihood().nll(xg, out.detach(), library).sum(), xg)
+    log_rate = torch.log(library)[:, None] + torch.log_softmax(out.detach(), dim=1)
+    torch.testing.assert_close(grad_x, -log_rate + torch.digamma(x + 1), rtol=1e-4, atol=1e-4)
+
+
 def test_negative_binomial_log_prob_matches_torch_parameterisation():
     x, out, library = _decoder_out()
     lik = NegativeBinomialLikelihood(x.shape[1])

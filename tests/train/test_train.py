@@ -354,3 +354,32 @@ def test_monitor_every_reads_the_curves_every_k_epochs_and_at_the_end():
     m.fit(X, ages, donors=donors, monitors={"train": (X, ages, donors)})
     read = m.history_["train_mae"].notna().tolist()
     assert read == [False, True, False, True, True]
+
+
+def test_heap_reuse_serves_large_tensors_from_the_heap_and_restores_glibc():
+    from neuroage_utils.train.device import _glibc, heap_reuse
+
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("needs glibc with mallinfo2")
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+
+    def mmapped_while_alive() -> int:  # mmapped chunks while a 64 MiB tensor (above any mmap threshold) lives
+        t = torch.empty(16 * 1024 * 1024)
+        n = libc.mallinfo2().hblks
+        del t
+        return n
+
+    before = libc.mallinfo2().hblks
+    with heap_reuse(torch.device("cpu")):
+        assert mmapped_while_alive() == before  # from the heap, not a fresh mmap
+    assert mmapped_while_alive() == before + 1  # glibc's mmap is back after the block
+    with heap_reuse(torch.device("meta")):  # not a CPU: nothing changes
+        assert mmapped_while_alive() == before + 1
