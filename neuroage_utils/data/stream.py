@@ -36,6 +36,7 @@ import scipy.sparse as sp
 
 from neuroage_utils.data.checks import require_counts
 from neuroage_utils.data.cohort import SPLITS, _study_split, split_donors, validate_obs
+from neuroage_utils.data.heap import mmap_large_blocks
 from neuroage_utils.data.features import (
     CHUNK_ROWS, _check_normalise, _normalise_profiles, _require_summed_counts, draw_pseudocells,
 )
@@ -580,6 +581,7 @@ def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed:
     """
     from neuroage_utils.data.cohort import MIN_DONORS
 
+    mmap_large_blocks()  # blocks mapped and unmapped whole: a heap that does not grow with the cells read
     path = Path(path)
     with _open(path) as f:
         if "obs" not in f:

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from neuroage_utils.data.heap import M_MMAP_MAX, M_TRIM_THRESHOLD, glibc
 from neuroage_utils.errors import DataValidationError
 
 __all__ = ["resolve_device", "device_label", "make_deterministic", "autocast", "amp_active", "native_bf16",
@@ -160,23 +161,8 @@ def autocast(amp: bool, device: torch.device):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
-# glibc mallopt parameters (malloc.h) and their defaults
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# glibc's defaults of the two settings heap_reuse changes (the library itself: data.heap)
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
-
-
-def _glibc():
-    """The C library when it is glibc (``mallopt``, ``malloc_trim``), else None."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
 
 
 @contextlib.contextmanager
@@ -192,15 +178,15 @@ def heap_reuse(device: torch.device):
     at the end; afterwards both settings are back at glibc's defaults (glibc's dynamic mmap threshold
     stays at its last value). No effect on results; a no-op on CUDA and off glibc.
     """
-    libc = _glibc() if torch.device(device).type == "cpu" else None
+    libc = glibc() if torch.device(device).type == "cpu" else None
     if libc is None:
         yield
         return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # the largest int mallopt takes
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # the largest int mallopt takes
     try:
         yield
     finally:
-        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.mallopt(M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
         libc.malloc_trim(0)

@@ -357,7 +357,8 @@ def test_monitor_every_reads_the_curves_every_k_epochs_and_at_the_end():
 
 
 def test_heap_reuse_serves_large_tensors_from_the_heap_and_restores_glibc():
-    from neuroage_utils.train.device import _glibc, heap_reuse
+    from neuroage_utils.data.heap import glibc as _glibc
+    from neuroage_utils.train.device import heap_reuse
 
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
