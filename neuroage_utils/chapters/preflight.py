@@ -126,12 +126,11 @@ def read_shape(path, donor_key: str | None = None, max_cells: int | None = None)
             info = {name: _matrix_info(node) for name, node in nodes.items()}
             counts = []
             if donor_key and "obs" in f and donor_key in f["obs"]:
-                from neuroage_utils.data.stream import count_codes, read_codes
+                from neuroage_utils.data.stream import count_codes
+                from neuroage_utils.data.stream_obs import column_codes, missing_code
 
-                n_rows = next(iter(info.values()))[0]
-                coded = read_codes(f["obs"], donor_key, n_rows)  # codes, not a string per cell
-                if coded is not None:
-                    counts = count_codes(coded[1], len(coded[0])).tolist()
+                names, codes = column_codes(path, donor_key)  # codes, not a string per cell
+                counts = count_codes(codes, len(names) + 1, codes != missing_code(codes))[: len(names)].tolist()
     except (OSError, KeyError) as exc:
         raise DataValidationError(
             f"cannot read {path} as AnnData ({type(exc).__name__}: {exc}): pass an .h5ad written by anndata or scanpy"

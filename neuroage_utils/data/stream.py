@@ -37,6 +37,9 @@ import scipy.sparse as sp
 from neuroage_utils.data.checks import require_counts
 from neuroage_utils.data.cohort import SPLITS, _study_split, split_donors, validate_obs
 from neuroage_utils.data.heap import mmap_large_blocks
+from neuroage_utils.data.stream_obs import (
+    _kind, _matrix_node, _obs_columns, _open, column_codes, column_numbers, missing_code,
+)
 from neuroage_utils.data.features import (
     CHUNK_ROWS, _check_normalise, _normalise_profiles, _require_summed_counts, draw_pseudocells,
 )
@@ -50,38 +53,6 @@ __all__ = ["STREAM_ABOVE_NNZ", "StreamedCohort", "load_streamed", "should_stream
 STREAM_ABOVE_NNZ = 500_000_000
 #: Why a count check failed is reported as for the in-memory path.
 _WHO = "NeuroAge (which library-size normalises the data)"
-
-
-def _open(path):
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise DataValidationError(f"data file {path} does not exist: pass the path of an .h5ad file")
-    try:
-        return h5py.File(path, "r")
-    except Exception as exc:  # h5py raises OSError subclasses with long texts
-        raise DataValidationError(
-            f"cannot read {path} as AnnData ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
-            "pass an .h5ad written by anndata or scanpy"
-        ) from None
-
-
-def _matrix_node(f):
-    """The raw counts' node: ``layers/counts`` when present, else ``X`` (CSR group or dense dataset)."""
-    node = f["layers"]["counts"] if "layers" in f and "counts" in f["layers"] else f.get("X")
-    if node is None:
-        raise DataValidationError("the AnnData has no matrix in X or layers['counts']: store the counts in X")
-    kind = node.attrs.get("encoding-type", "array")
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-    if kind == "csc_matrix":
-        raise DataValidationError(
-            "the count matrix is stored as CSC, which cannot be read by rows: "
-            "write it as CSR (adata.X = adata.X.tocsr(); adata.write_h5ad(path))"
-        )
-    if kind not in ("csr_matrix", "array"):
-        raise DataValidationError(f"the count matrix has an unknown encoding {kind!r}: store raw counts as CSR in X")
-    return node, kind
 
 
 def matrix_size(path) -> dict:
@@ -111,22 +82,6 @@ def _read_column(obs, key: str):
     return pd.Series(values) if not isinstance(values, pd.Series) else values
 
 
-def _obs_columns(obs) -> list[str]:
-    order = obs.attrs.get("column-order", [])
-    return [c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(order)]
-
-
-def _encoding(node) -> str:
-    kind = node.attrs.get("encoding-type", "array")
-    return kind.decode() if isinstance(kind, bytes) else str(kind)
-
-
-def code_dtype(n: int):
-    """The smallest integer type that indexes ``n`` items (a per-cell code: 1 or 2 bytes for cohorts of
-    up to 65,535 donors or cell types)."""
-    return np.uint8 if n <= np.iinfo(np.uint8).max else np.uint16 if n <= np.iinfo(np.uint16).max else np.int32
-
-
 def count_codes(codes: np.ndarray, n: int, rows=None, chunk: int = 1 << 20) -> np.ndarray:
     """``np.bincount(codes[rows], minlength=n)`` a million cells at a time (bincount copies its input to
     8-byte integers: a whole-column call would cost 8 bytes a cell)."""
@@ -137,55 +92,10 @@ def count_codes(codes: np.ndarray, n: int, rows=None, chunk: int = 1 << 20) -> n
     return out
 
 
-def _string_blocks(node, n: int, block_rows: int):
-    """Yield ``(start, str array)`` of a string-array obs column, ``block_rows`` values at a time."""
-    strings = node.asstr() if hasattr(node, "asstr") else node
-    for a in range(0, n, block_rows):
-        yield a, np.asarray(strings[a : a + block_rows]).astype(str)
-
-
-def read_codes(obs, key: str, n: int, block_rows: int = CHUNK_ROWS):
-    """An obs column as sorted distinct values (strings) and each cell's index into them, in
-    :func:`code_dtype`; ``None`` when a value is missing (the caller's checks then say so).
-
-    Categoricals are read as their stored codes (1-2 bytes a cell) and strings block by block, so no
-    string per cell is ever held; other encodings (numbers, nullable arrays) are read whole.
-    """
-    node = obs[key]
-    kind = _encoding(node)
-    if kind == "categorical":
-        from anndata.io import read_elem
-
-        cat_codes = np.asarray(node["codes"][:])
-        if cat_codes.size and cat_codes.min() < 0:
-            return None
-        categories = np.asarray(read_elem(node["categories"])).astype(str)
-        used = np.flatnonzero(count_codes(cat_codes, len(categories)))
-        names, remap = np.unique(categories[used], return_inverse=True)
-        lookup = np.zeros(len(categories), dtype=code_dtype(len(names)))
-        lookup[used] = remap
-        return names, lookup[cat_codes]
-    if kind == "string-array":
-        seen: dict[str, int] = {}
-        codes = np.empty(n, dtype=np.int32)
-        for a, values in _string_blocks(node, n, block_rows):
-            distinct, inverse = np.unique(values, return_inverse=True)
-            ids = np.array([seen.setdefault(v, len(seen)) for v in distinct], dtype=np.int32)
-            codes[a : a + len(values)] = ids[inverse]
-        order = np.array(sorted(seen, key=seen.get)) if seen else np.array([], dtype=str)
-        names, remap = np.unique(order, return_inverse=True)
-        return names, remap.astype(code_dtype(len(names)))[codes]
-    column = _read_column(obs, key)
-    if column.isna().any():
-        return None
-    names, codes = np.unique(column.astype(str).to_numpy(), return_inverse=True)
-    return names, codes.astype(code_dtype(len(names)))
-
-
 def values_at(obs, key: str, rows: np.ndarray) -> np.ndarray:
     """The values (as strings) of obs column ``key`` at the given cells only (e.g. each donor's first)."""
     node = obs[key]
-    kind = _encoding(node)
+    kind = _kind(node)
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows)
     out = np.empty(len(rows), dtype=object)
@@ -203,26 +113,15 @@ def values_at(obs, key: str, rows: np.ndarray) -> np.ndarray:
     return out.astype(str)
 
 
-def _donor_ages(obs, age_key: str, codes: np.ndarray, n_donors: int, block_rows: int) -> dict:
-    """Each donor's first cell, its age there, and the donor's lowest and highest age, over blocks of
-    the age column (a numeric column is never held whole; other encodings are read once, whole)."""
-    node = obs[age_key]
-    if _encoding(node) == "array" and getattr(node, "ndim", 0) == 1 and node.dtype.kind in "iuf":
-        def read(a, b):
-            return np.asarray(node[a:b], dtype=float)
-    else:
-        whole = pd.to_numeric(_read_column(obs, age_key), errors="coerce").to_numpy(dtype=float)
-
-        def read(a, b):
-            return whole[a:b]
-    n = len(codes)
+def _donor_ages(path, age_key: str, codes: np.ndarray, n_donors: int) -> dict:
+    """Each donor's first cell, its age there, and whether every donor has one finite age, from the age
+    column read a million cells at a time (``stream_obs.column_numbers``: non-numbers are NaN)."""
     first = np.full(n_donors, -1, dtype=np.int64)
     age = np.full(n_donors, np.nan)
     low, high = np.full(n_donors, np.inf), np.full(n_donors, -np.inf)
     finite = True
-    for a in range(0, n, block_rows):
-        b = min(a + block_rows, n)
-        ages, own = read(a, b), codes[a:b]
+    for a, ages in column_numbers(path, age_key):
+        own = codes[a : a + len(ages)]
         finite = finite and bool(np.isfinite(ages).all())
         present, at = np.unique(own, return_index=True)
         new = first[present] < 0
@@ -577,7 +476,7 @@ def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed:
     The same checks, split and messages as ``load_cohort``; one pass over the matrix, which also sums
     every donor's counts when donors x genes float64 fit in ``donor_sums_gb`` (69 donors x 17,658 genes:
     10 MB), so that the pseudobulk of whole donors needs no further pass. The obs columns are read
-    as codes or block by block (:func:`read_codes`, :func:`values_at`): no per-cell string or float.
+    as codes or block by block (``stream_obs.column_codes``, :func:`values_at`): no per-cell string or float.
     """
     from neuroage_utils.data.cohort import MIN_DONORS
 
@@ -597,14 +496,13 @@ def load_streamed(path, donor_key: str = "donor_id", age_key: str = "age", seed:
         else:
             n_cells, n_genes = (int(v) for v in node.shape)
             nnz = n_cells * n_genes
-        coded = read_codes(obs, donor_key, n_cells, block_rows) if n_cells else None
-        if coded is None:
+        names, codes = column_codes(path, donor_key) if n_cells else (None, None)
+        if codes is None or (codes == missing_code(codes)).any():  # no cells, or cells without a donor
             _validate_whole(obs, donor_key, age_key)
-        names, codes = coded
         # Every remaining check depends only on the distinct (donor, age) pairs in order of first
         # appearance: with one finite age per donor (the usual case) they are the donors' first cells,
         # found block by block; otherwise the whole columns are read and pandas finds them.
-        seen = _donor_ages(obs, age_key, codes, len(names), block_rows)
+        seen = _donor_ages(path, age_key, codes, len(names))
         first = seen["first"]
         if not seen["consistent"]:
             _validate_whole(obs, donor_key, age_key, codes)

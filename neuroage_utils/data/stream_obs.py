@@ -23,11 +23,50 @@ import pandas as pd
 import scipy.sparse as sp
 
 from neuroage_utils.data.features import CHUNK_ROWS
-from neuroage_utils.data.stream import _matrix_node, _obs_columns, _open
 from neuroage_utils.errors import DataValidationError
 
 __all__ = ["MISSING", "obs_column_names", "column_codes", "missing_code", "column_numbers", "count_blocks",
            "gene_names"]
+
+# -- the file: opening it, its count matrix's node, its obs columns (the streamed cohort reads these too) --
+
+
+def _open(path):
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"data file {path} does not exist: pass the path of an .h5ad file")
+    try:
+        return h5py.File(path, "r")
+    except Exception as exc:  # h5py raises OSError subclasses with long texts
+        raise DataValidationError(
+            f"cannot read {path} as AnnData ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+            "pass an .h5ad written by anndata or scanpy"
+        ) from None
+
+
+def _matrix_node(f):
+    """The raw counts' node: ``layers/counts`` when present, else ``X`` (CSR group or dense dataset)."""
+    node = f["layers"]["counts"] if "layers" in f and "counts" in f["layers"] else f.get("X")
+    if node is None:
+        raise DataValidationError("the AnnData has no matrix in X or layers['counts']: store the counts in X")
+    kind = node.attrs.get("encoding-type", "array")
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind == "csc_matrix":
+        raise DataValidationError(
+            "the count matrix is stored as CSC, which cannot be read by rows: "
+            "write it as CSR (adata.X = adata.X.tocsr(); adata.write_h5ad(path))"
+        )
+    if kind not in ("csr_matrix", "array"):
+        raise DataValidationError(f"the count matrix has an unknown encoding {kind!r}: store raw counts as CSR in X")
+    return node, kind
+
+
+def _obs_columns(obs) -> list[str]:
+    order = obs.attrs.get("column-order", [])
+    return [c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(order)]
+
 
 #: The code of a missing value (the largest uint16; a column's distinct values stay below it).
 MISSING = np.iinfo(np.uint16).max
