@@ -123,6 +123,7 @@ def render(results_path: Path, page: Path) -> str:
     if vae:
         amp_runs = [vae.get(f"ours_{g}_bf16", {}).get("precision") for g in (2000, 17658)]
         native = ("this CPU multiplies bf16 in hardware, so our bf16 rows ran in bf16" if "bf16-mixed" in amp_runs else
+                  f"bf16 {vae['bf16']}" if isinstance(vae.get("bf16"), str) else
                   "this CPU has no bf16 hardware, so our bf16 rows ran in float32 and SCVI's in emulated bf16")
         out += ["## Our Poisson VAE and scvi-tools' SCVI", "", *_when(vae),
                 "SCVI {cite:p}`lopez2018scvi` as implemented in [scvi-tools](https://scvi-tools.org) "
