@@ -130,7 +130,7 @@ def render(results_path: Path, page: Path) -> str:
                 "{cite:p}`gayoso2022scvitools`.",
                 "Same shape: encoder and decoder 2 x 256, latent 100, Poisson likelihood, same batch size, 2 torch",
                 "threads, synthetic counts (10% non-zero) read from CSR per batch; best timed epoch after a",
-                "warm-up. Each tool runs in float32 and in bf16 mixed precision (ours: autocast, with the",
+                "warm-up. Each tool runs in float32 and, where the CPU has bf16 hardware, in bf16 mixed precision (ours: autocast, with the",
                 "likelihood and KL in float32, only where the device multiplies bf16 in hardware; SCVI: Lightning's",
                 f"`bf16-mixed`); {native}. Achieved FLOP/s counts the Linear layers only; the matmul reference is a",
                 "batch x genes by genes x 256 product in the run's precision, timed in the same process.", "",
@@ -148,8 +148,17 @@ def render(results_path: Path, page: Path) -> str:
                        f"{_f(o.get('matmul_first_layer_gflops'))} | {_f(o.get('fraction_of_matmul'), 2)} |")
         best = [(g, vae[f"ratio_best_{g}"]) for g in (2000, 17658) if isinstance(vae.get(f"ratio_best_{g}"), dict)]
         if best:
-            out += ["", "Each in the precision it runs fastest in: " + "; ".join(
-                f"{g:,} genes, ours ({b['ours']}) / SCVI ({b['scvi']}) = {b['ratio']:.2f}" for g, b in best) + "."]
+            def spread(g, b):  # every timed run of each tool at that precision: how stable the ratio is
+                runs = {t: vae.get(f"{t}_{g}{'' if b[t] == 'fp32' else '_' + b[t]}", {}).get("cells_per_s_all", [])
+                        for t in ("ours", "scvi")}
+                if not all(runs.values()):
+                    return ""
+                return (f" (runs: ours {min(runs['ours']):,.0f}-{max(runs['ours']):,.0f}, SCVI "
+                        f"{min(runs['scvi']):,.0f}-{max(runs['scvi']):,.0f} cells/s)")
+
+            out += ["", "Each in the precision it runs fastest in, best run of each: " + "; ".join(
+                f"{g:,} genes, ours ({b['ours']}) / SCVI ({b['scvi']}) = {b['ratio']:.2f}{spread(g, b)}"
+                for g, b in best) + "."]
         s = vae.get("scvi_2000", {})
         if "tool" in s:
             out += ["", f"SCVI: {s['tool']}, torch {s['torch']} (its own virtualenv, `bench/requirements-scvi.txt`)."]
