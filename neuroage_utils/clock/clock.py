@@ -39,6 +39,7 @@ from neuroage_utils import __version__
 from neuroage_utils.clock import models as clock_models
 from neuroage_utils.clock.alignment import align_genes, feature_rows
 from neuroage_utils.clock.card import model_card
+from neuroage_utils.clock.columns import prediction_columns
 from neuroage_utils.clock.columns import control_mask as _controls, obs_column as _column, sha256_file as _sha256_file
 from neuroage_utils.data.checks import donor_ages, is_count_matrix, require_counts
 from neuroage_utils.data.cohort import MIN_DONORS, counts_matrix, file_sha256, validate_obs
@@ -206,15 +207,7 @@ class Clock:
         donor_key = donor_key or self.keys["donor_key"]
         age_key = age_key or self.keys["age_key"]
         obs = adata.obs
-        donors = _column(obs, donor_key, "donor-key")
-        if age_key in obs.columns:
-            ages = pd.to_numeric(obs[age_key], errors="coerce").to_numpy(dtype=float)
-            known = np.isfinite(ages)
-            if known.any():
-                donor_ages(ages[known], donors[known], where=f" in obs['{age_key}']")
-        else:
-            ages = np.full(len(donors), np.nan)
-        controls = _controls(obs, control_key, control_value)
+        donors, ages, controls = prediction_columns(obs, donor_key, age_key, control_key, control_value)
         cell_types = _column(obs, cell_type_key, "cell-type-key") if cell_type_key else None
         X = counts_matrix(adata)
         if self.normalisation != "as_given":

@@ -10,7 +10,7 @@ import pandas as pd
 
 from neuroage_utils.errors import DataValidationError
 
-__all__ = ["obs_column", "control_mask", "sha256_file", "check_column", "check_filled", "check_control_value"]
+__all__ = ["prediction_columns", "obs_column", "control_mask", "sha256_file", "check_column", "check_filled", "check_control_value"]
 
 
 def sha256_file(path) -> str:
@@ -57,3 +57,19 @@ def control_mask(obs: pd.DataFrame, control_key: str | None, control_value) -> n
         return None
     values = obs_column(obs, control_key, "control-key")
     return values == check_control_value(control_key, control_value, np.unique(values))
+
+
+def prediction_columns(obs: pd.DataFrame, donor_key: str, age_key: str, control_key: str | None, control_value):
+    """What every clock's ``predict`` reads from ``obs``: donors, ages (NaN where unknown or without an
+    age column; a donor's known ages must agree) and the control mask (None without a control key)."""
+    from neuroage_utils.data.checks import donor_ages
+
+    donors = obs_column(obs, donor_key, "donor-key")
+    if age_key in obs.columns:
+        ages = pd.to_numeric(obs[age_key], errors="coerce").to_numpy(dtype=float)
+        known = np.isfinite(ages)
+        if known.any():
+            donor_ages(ages[known], donors[known], where=f" in obs['{age_key}']")
+    else:
+        ages = np.full(len(donors), np.nan)
+    return donors, ages, control_mask(obs, control_key, control_value)

@@ -43,7 +43,7 @@ import scipy.sparse as sp
 
 from neuroage_utils import __version__
 from neuroage_utils.clock.alignment import align_genes
-from neuroage_utils.clock.columns import control_mask, obs_column, sha256_file
+from neuroage_utils.clock.columns import control_mask, obs_column, prediction_columns, sha256_file
 from neuroage_utils.data.checks import donor_ages, is_count_matrix, require_counts
 from neuroage_utils.data.cohort import MIN_DONORS, counts_matrix, file_sha256, validate_obs
 from neuroage_utils.data.features import log_normalize
@@ -190,15 +190,7 @@ class TorchClock:
         donor_key = donor_key or self.keys["donor_key"]
         age_key = age_key or self.keys["age_key"]
         obs = adata.obs
-        donors = obs_column(obs, donor_key, "donor-key")
-        if age_key in obs.columns:
-            ages = pd.to_numeric(obs[age_key], errors="coerce").to_numpy(dtype=float)
-            known = np.isfinite(ages)
-            if known.any():
-                donor_ages(ages[known], donors[known], where=f" in obs['{age_key}']")
-        else:
-            ages = np.full(len(donors), np.nan)
-        controls = control_mask(obs, control_key, control_value)
+        donors, ages, controls = prediction_columns(obs, donor_key, age_key, control_key, control_value)
         if cell_type_key:
             obs_column(obs, cell_type_key, "cell-type-key")
         X = counts_matrix(adata)

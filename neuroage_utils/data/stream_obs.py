@@ -91,6 +91,12 @@ def _as_text(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _length(node, kind: str) -> int:
+    """Cells in an obs column, whatever its encoding."""
+    return node["codes"].shape[0] if kind == "categorical" else (
+        node["values"].shape[0] if kind.startswith("nullable") else node.shape[0])
+
+
 def _block_values(node, kind: str, a: int, b: int):
     """``(values, missing)`` of cells ``a:b``: values as stored (categorical: the codes), missing a mask."""
     if kind == "categorical":
@@ -117,8 +123,7 @@ def column_codes(path, key: str, block_rows: int = 1 << 20) -> tuple[np.ndarray,
     with _open(path) as f:
         node = f["obs"][key]
         kind = _kind(node)
-        n = node["codes"].shape[0] if kind == "categorical" else (
-            node["values"].shape[0] if kind.startswith("nullable") else node.shape[0])
+        n = _length(node, kind)
         seen: dict[str, int] = {}  # value -> first-seen index (remapped to sorted order at the end)
         lookup = None
         if kind == "categorical":
@@ -169,8 +174,7 @@ def column_numbers(path, key: str, block_rows: int = 1 << 20):
         if kind == "categorical":
             categories = pd.to_numeric(pd.Series(np.asarray(read_elem(node["categories"]))),
                                        errors="coerce").to_numpy(dtype=float)
-        n = node["codes"].shape[0] if kind == "categorical" else (
-            node["values"].shape[0] if kind.startswith("nullable") else node.shape[0])
+        n = _length(node, kind)
         for a in range(0, n, block_rows):
             b = min(a + block_rows, n)
             values, missing = _block_values(node, kind, a, b)
